@@ -1,0 +1,50 @@
+"""mIoU, per-class IoU, pixel accuracy and confusion matrix over a CamVid-layout folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.camvid import IGNORE_INDEX, list_pairs, normalise, read_pair
+from .metrics import confusion_matrix, scores
+from .models import IMAGENET_MEAN, IMAGENET_STD, DANet
+
+
+@torch.inference_mode()
+def predict_logits(model: DANet, x: torch.Tensor, flip: bool = False,
+                   scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
+    """Fused logits (summed softmax over scales and flips) at the input size."""
+    size = x.shape[-2:]
+    total = 0
+    for scale in scales:
+        xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear",
+                                                  align_corners=model.config.align_corners)
+        views = [xs, xs.flip(-1)] if flip else [xs]
+        for i, view in enumerate(views):
+            logits = model(view)[0]
+            if i == 1:
+                logits = logits.flip(-1)
+            total = total + torch.softmax(F.interpolate(logits, size=size, mode="bilinear",
+                                                        align_corners=model.config.align_corners), 1)
+    return total
+
+
+def evaluate_model(model: DANet, data: str | Path, split: str = "val", device=None, num_classes: int = 11,
+                   ignore_index: int = IGNORE_INDEX, flip: bool = False, scales=(1.0,),
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD, progress=None) -> dict:
+    """Scores of ``model`` on every pair of ``data/split``; ``progress`` wraps the pair list."""
+    device = device or next(model.parameters()).device
+    pairs = list_pairs(data, split)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for image_path, label_path in (progress(pairs) if progress else pairs):
+        image, label = read_pair(image_path, label_path)
+        x = normalise(image, mean, std).unsqueeze(0).to(device)
+        prediction = predict_logits(model, x, flip, tuple(scales)).argmax(1)[0].cpu().numpy()
+        if label.shape != prediction.shape:
+            raise ValueError(f"{label_path.name}: label {label.shape} does not match image {prediction.shape}")
+        confusion += confusion_matrix(prediction, label, num_classes, ignore_index)
+    result = scores(confusion)
+    result.update(confusion=confusion, images=len(pairs), split=split)
+    return result

@@ -1,0 +1,153 @@
+"""One forward pass -> an immutable record of everything the UIs show.
+
+The record keeps the PAM query/key projections (O(N d)), never the N x N matrix: any
+attention row is rebuilt on demand in O(N) memory. No hooks are installed, so one model
+object can serve many threads/sessions at once, each getting its own result.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models import IMAGENET_MEAN, IMAGENET_STD, DANet
+
+
+def to_tensor(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> normalised (1, 3, H, W) float tensor."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    mean = torch.tensor(mean).view(3, 1, 1)
+    std = torch.tensor(std).view(3, 1, 1)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+@dataclass(frozen=True, eq=False)
+class InspectionResult:
+    """Outputs and attention of one DANet forward on one image (all tensors on the CPU).
+
+    Logits are (K, H, W) at input size in the order fused, PAM, CAM. ``pam_query`` and
+    ``pam_key`` are (N, d) with N = grid_h * grid_w, row-major over the feature grid.
+    """
+
+    image_size: tuple[int, int]          # (H, W) of the input
+    grid_size: tuple[int, int]           # (h, w) of the head's feature grid
+    fused_logits: torch.Tensor
+    pam_logits: torch.Tensor
+    cam_logits: torch.Tensor
+    pam_query: torch.Tensor
+    pam_key: torch.Tensor
+    cam_attention: torch.Tensor          # (C, C), rows sum to 1
+    cam_input: torch.Tensor              # (C, h, w) channel maps before CAM
+    cam_output: torch.Tensor             # (C, h, w) channel maps after CAM (beta * attn A + A)
+    alpha: float
+    beta: float
+    align_corners: bool
+    seconds: float = 0.0                 # wall time of the forward
+    device: str = "cpu"
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- predictions -------------------------------------------------------------------
+    @property
+    def logits(self) -> dict[str, torch.Tensor]:
+        return {"fused": self.fused_logits, "pam": self.pam_logits, "cam": self.cam_logits}
+
+    def prediction(self, which: str = "fused") -> np.ndarray:
+        """(H, W) int class map of one output: ``"fused"``, ``"pam"`` or ``"cam"``."""
+        if which not in self._cache:
+            self._cache[which] = self.logits[which].argmax(0).numpy().astype(np.int64)
+        return self._cache[which]
+
+    def probabilities(self, which: str = "fused") -> np.ndarray:
+        return torch.softmax(self.logits[which], 0).numpy()
+
+    # ---- geometry ----------------------------------------------------------------------
+    @property
+    def num_positions(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def pixel_to_cell(self, x: float, y: float) -> tuple[int, int]:
+        """Grid cell (row, col) that covers input pixel (x, y); pixels scale proportionally."""
+        height, width = self.image_size
+        gh, gw = self.grid_size
+        if not (0 <= x < width and 0 <= y < height):
+            raise ValueError(f"point ({x}, {y}) lies outside the {width}x{height} image")
+        return min(int(y * gh / height), gh - 1), min(int(x * gw / width), gw - 1)
+
+    def cell_to_pixel_box(self, row: int, col: int) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of the input region a grid cell stands for."""
+        height, width = self.image_size
+        gh, gw = self.grid_size
+        return (col * width / gw, row * height / gh, (col + 1) * width / gw, (row + 1) * height / gh)
+
+    # ---- attention on demand -----------------------------------------------------------
+    def rows(self, points: list[tuple[float, float]]) -> np.ndarray:
+        """PAM softmax rows for input-pixel points (x, y), as (P, h, w) maps summing to 1.
+
+        Each row costs one (N, d) x (d,) product: O(N) memory, no N x N matrix.
+        """
+        cells = [self.pixel_to_cell(x, y) for x, y in points]
+        index = torch.tensor([r * self.grid_size[1] + c for r, c in cells], dtype=torch.long)
+        energy = self.pam_query[index] @ self.pam_key.T          # (P, N)
+        attention = torch.softmax(energy.float(), dim=-1)
+        return attention.reshape(len(points), *self.grid_size).numpy()
+
+    def upsample_maps(self, maps: np.ndarray, mode: str = "bilinear") -> np.ndarray:
+        """(P, h, w) grid maps -> (P, H, W) at input size (``"bilinear"`` or ``"nearest"``)."""
+        tensor = torch.from_numpy(np.asarray(maps, dtype=np.float32)).unsqueeze(1)
+        kwargs = {"align_corners": self.align_corners} if mode == "bilinear" else {}
+        return F.interpolate(tensor, size=self.image_size, mode=mode, **kwargs)[:, 0].numpy()
+
+    def rows_upsampled(self, points, mode: str = "bilinear") -> np.ndarray:
+        return self.upsample_maps(self.rows(points), mode)
+
+    def channel_mix(self, channel: int, top_k: int = 5) -> list[tuple[int, float]]:
+        """The ``top_k`` channels that CAM mixes most strongly into ``channel``."""
+        weights = self.cam_attention[channel]
+        values, indices = torch.topk(weights, min(top_k, weights.numel()))
+        return [(int(i), float(v)) for i, v in zip(indices, values)]
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU; anything else is passed through."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no GPU is available")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def inspect_image(model: DANet, image: np.ndarray | torch.Tensor, mean=IMAGENET_MEAN,
+                  std=IMAGENET_STD) -> InspectionResult:
+    """Run ``model`` once on ``image`` (HxWx3 uint8, or a normalised (1,3,H,W) tensor).
+
+    The model must already be in eval mode on its device; it is not modified, so
+    concurrent calls on one model are safe.
+    """
+    if model.training:
+        raise ValueError("inspect_image needs a model in eval mode (call model.eval() once after loading)")
+    x = to_tensor(image, mean, std) if isinstance(image, np.ndarray) else image
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    x = x.to(device)
+    features = model.backbone(x)
+    head = model.head.inspect(features)
+    size = tuple(x.shape[-2:])
+    fused, pam, cam = (model.upsample(t, size)[0].float().cpu() for t in (head.fused, head.pam, head.cam))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return InspectionResult(
+        image_size=size, grid_size=tuple(features.shape[-2:]),
+        fused_logits=fused, pam_logits=pam, cam_logits=cam,
+        pam_query=head.pam_query[0].float().cpu(), pam_key=head.pam_key[0].float().cpu(),
+        cam_attention=head.cam_attention[0].float().cpu(),
+        cam_input=head.cam_input[0].float().cpu(), cam_output=head.cam_output[0].float().cpu(),
+        alpha=float(model.head.pam.alpha), beta=float(model.head.cam.beta),
+        align_corners=model.config.align_corners, seconds=seconds, device=str(device),
+    )

@@ -1,0 +1,103 @@
+"""Position (PAM) and channel (CAM) attention modules with the reference DANet maths.
+
+PAM: energy[p, q] = Q_p . K_q (no 1/sqrt(d) scale), softmax over q, E = alpha * attn V + A.
+CAM: energy = A A^T, attn = softmax(rowmax(energy) - energy), E = beta * attn A + A.
+
+PAM never has to materialise the N x N matrix: large grids go through
+``scaled_dot_product_attention`` with ``scale=1``; small grids use the explicit product,
+which is as fast there and lets a caller keep the matrix if it wants it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Grids with at most this many positions use the explicit N x N product; above it SDPA.
+# Measured on the 2-core CPU (benchmarks/bench_head.py): the two are within noise up to
+# N ~ 8k, and the explicit path needs 4*N^2 bytes, so we switch well before memory matters.
+EXPLICIT_MAX_POSITIONS = 4096
+
+
+def pam_attention_explicit(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Full PAM softmax matrix, (B, N, N), for query/key of shape (B, N, d). Reference maths."""
+    energy = torch.bmm(query, key.transpose(1, 2))
+    return torch.softmax(energy, dim=-1)
+
+
+def pam_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  method: str = "auto") -> torch.Tensor:
+    """sum_q softmax(Q K^T)[p, q] V_q for (B, N, d) query/key and (B, N, C) value.
+
+    ``method`` is ``"explicit"``, ``"sdpa"`` or ``"auto"`` (explicit for small N).
+    """
+    n = query.shape[1]
+    if method == "auto":
+        method = "explicit" if n <= EXPLICIT_MAX_POSITIONS else "sdpa"
+    if method == "explicit":
+        return torch.bmm(pam_attention_explicit(query, key), value)
+    if method == "sdpa":
+        # SDPA wants matching dtypes; under autocast q/k/v already share one.
+        return F.scaled_dot_product_attention(
+            query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), scale=1.0
+        ).squeeze(1)
+    raise ValueError(f"unknown PAM method {method!r}; use 'auto', 'explicit' or 'sdpa'")
+
+
+def cam_attention(features: torch.Tensor) -> torch.Tensor:
+    """CAM C x C softmax matrix for (B, C, N) features, with the reference max-minus-energy."""
+    energy = torch.bmm(features, features.transpose(1, 2))
+    energy_new = energy.amax(dim=-1, keepdim=True) - energy
+    return torch.softmax(energy_new, dim=-1)
+
+
+class PositionAttention(nn.Module):
+    """PAM: self-attention over spatial positions, residual scaled by ``alpha`` (init 0)."""
+
+    def __init__(self, channels: int, key_channels: int | None = None, method: str = "auto"):
+        super().__init__()
+        key_channels = key_channels or max(channels // 8, 1)
+        self.query = nn.Conv2d(channels, key_channels, 1)
+        self.key = nn.Conv2d(channels, key_channels, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.alpha = nn.Parameter(torch.zeros(1))
+        self.method = method
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key (B, N, d) and value (B, N, C) for a (B, C, H, W) input."""
+        return (self.query(x).flatten(2).transpose(1, 2),
+                self.key(x).flatten(2).transpose(1, 2),
+                self.value(x).flatten(2).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output plus the query and key, so callers can rebuild any attention row later."""
+        b, c, h, w = x.shape
+        query, key, value = self.project(x)
+        context = pam_aggregate(query, key, value, self.method)
+        context = context.transpose(1, 2).reshape(b, c, h, w)
+        return self.alpha * context + x, query, key
+
+
+class ChannelAttention(nn.Module):
+    """CAM: attention between channels (no convolutions), residual scaled by ``beta`` (init 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.beta = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output and the (B, C, C) attention matrix (C x C is small: always kept)."""
+        b, c, h, w = x.shape
+        flat = x.reshape(b, c, h * w)
+        # The energy of large feature maps overflows fp16: compute CAM in fp32, autocast or not.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            attention = cam_attention(flat.float())
+            out = torch.bmm(attention, flat.float())
+        out = out.to(x.dtype).reshape(b, c, h, w)
+        return self.beta * out + x, attention

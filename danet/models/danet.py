@@ -1,0 +1,98 @@
+"""DANet = backbone + DA head, described by a small serialisable config."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import DilatedResNet, TimmBackbone
+from .head import DAHead
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DANetConfig:
+    """Everything needed to rebuild the network; stored in our ``.safetensors`` metadata.
+
+    ``backbone`` is ``"resnet{18,34,50,101,152}"`` or a timm model name
+    (e.g. ``"tf_efficientnet_lite0"``, ``"mobilenetv2_100"``).
+    """
+
+    num_classes: int = 19
+    backbone: str = "resnet50"
+    stem: str = "7x7"
+    output_stride: int = 8
+    multi_grid: bool = False
+    head_channels: int | None = None      # None: backbone channels // 4, as in the paper
+    key_channels: int | None = None       # None: head_channels // 8
+    align_corners: bool = True
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DANetConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def is_resnet(self) -> bool:
+        return self.backbone.startswith("resnet") and self.backbone[6:].isdigit()
+
+
+class DANet(nn.Module):
+    """Dual Attention Network. ``forward`` returns (fused, PAM, CAM) logits at input size."""
+
+    def __init__(self, config: DANetConfig):
+        super().__init__()
+        self.config = config
+        if config.is_resnet:
+            self.backbone = DilatedResNet(int(config.backbone[6:]), config.stem,
+                                          config.output_stride, config.multi_grid)
+        else:
+            self.backbone = TimmBackbone(config.backbone, config.output_stride)
+        self.head = DAHead(self.backbone.out_channels, config.num_classes, config.head_channels,
+                           config.key_channels, config.dropout)
+
+    def upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear",
+                             align_corners=self.config.align_corners)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = x.shape[-2:]
+        fused, pam, cam = self.head(self.backbone(x))
+        return self.upsample(fused, size), self.upsample(pam, size), self.upsample(cam, size)
+
+
+def create_model(config: DANetConfig | None = None, **overrides) -> DANet:
+    """Build a DANet from a config (and/or keyword overrides); weights are random."""
+    config = dataclasses.replace(config or DANetConfig(), **overrides)
+    return DANet(config)
+
+
+def danet_resnet50(num_classes: int = 19, **kwargs) -> DANet:
+    return create_model(num_classes=num_classes, backbone="resnet50", **kwargs)
+
+
+def danet_resnet101(num_classes: int = 19, **kwargs) -> DANet:
+    return create_model(num_classes=num_classes, backbone="resnet101", **kwargs)
+
+
+def danet_resnet18(num_classes: int = 19, **kwargs) -> DANet:
+    return create_model(num_classes=num_classes, backbone="resnet18", **kwargs)
+
+
+def danet_efficientnet_lite0(num_classes: int = 11, **kwargs) -> DANet:
+    kwargs.setdefault("head_channels", 128)
+    return create_model(num_classes=num_classes, backbone="tf_efficientnet_lite0", **kwargs)
+
+
+def danet_mobilenetv2(num_classes: int = 11, **kwargs) -> DANet:
+    kwargs.setdefault("head_channels", 128)
+    return create_model(num_classes=num_classes, backbone="mobilenetv2_100", **kwargs)
