@@ -56,6 +56,22 @@ def train(
     typer.echo(json.dumps({"best_val_miou": best.get("miou"), "epoch": best.get("epoch")}))
 
 
+def _register_subcommands():
+    """Each module in ``danet.commands`` adds its subcommands with ``register(app)``."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(app)
+
+
+_register_subcommands()
+
+
 def main():  # console-script entry point
     app()
 
