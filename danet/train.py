@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         epoch += 1
         record = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
                   "seconds": round(time.time() - started, 1),
-                  "alpha": float(model.head.pam.alpha), "beta": float(model.head.cam.beta)}
+                  "alpha": float(model.head.pam.alpha.detach()), "beta": float(model.head.cam.beta.detach())}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs or step >= total:
             model.eval()
             result = evaluate_model(model, cfg.data, "val", device=device)
