@@ -22,6 +22,21 @@ IMAGENET_SOURCES = {
 }
 
 
+# Input normalisation each ImageNet file was trained with (TF EfficientNet-Lite: [-1, 1]).
+NORMALISATION = {
+    "tf_efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "tf_efficientnet_lite1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "tf_efficientnet_lite2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) that ``backbone``'s ImageNet weights expect; ImageNet's by default."""
+    from .models import IMAGENET_MEAN, IMAGENET_STD
+
+    return NORMALISATION.get(backbone, (IMAGENET_MEAN, IMAGENET_STD))
+
+
 def imagenet_file(backbone: str) -> Path:
     if backbone not in IMAGENET_SOURCES:
         raise ValueError(f"no offline ImageNet weights for {backbone!r}; available: {sorted(IMAGENET_SOURCES)}")

@@ -24,6 +24,7 @@ from .data.palettes import CAMVID
 from .evaluate import evaluate_model
 from .inspect import select_device
 from .models import DANet, DANetConfig
+from .pretrained import normalisation
 
 
 @dataclass
@@ -105,8 +106,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     device = select_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    mean, std = normalisation(cfg.backbone)
     dataset = SegmentationDataset(cfg.data, "train", SegmentationAugment(tuple(cfg.crop), tuple(cfg.scale)),
-                                  seed=cfg.seed)
+                                  seed=cfg.seed, mean=mean, std=std)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(cfg.seed))
     weight = class_weights(dataset, CAMVID.num_classes, cfg.class_weights)
@@ -163,7 +165,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                   "alpha": float(model.head.pam.alpha.detach()), "beta": float(model.head.cam.beta.detach())}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs or step >= total:
             model.eval()
-            result = evaluate_model(model, cfg.data, "val", device=device)
+            result = evaluate_model(model, cfg.data, "val", device=device, mean=mean, std=std)
             record.update(val_miou=result["miou"], val_pixel_accuracy=result["pixel_accuracy"],
                           val_iou=[None if np.isnan(v) else round(float(v), 4) for v in result["iou"]])
             if result["miou"] > best["miou"]:
@@ -182,7 +184,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path) -> Path:
     """Write the best model as fp16 ``.safetensors`` with its measured accuracy."""
-    meta = ModelMeta(config=model.config, dataset=CAMVID, layout="danet-lens", extra={
+    mean, std = normalisation(cfg.backbone)
+    meta = ModelMeta(config=model.config, dataset=CAMVID, mean=mean, std=std, layout="danet-lens", extra={
         "val_miou": round(best["miou"] * 100, 2),
         "val_pixel_accuracy": round(best["pixel_accuracy"] * 100, 2),
         "val_iou": dict(zip(CAMVID.classes, [None if v is None else round(v * 100, 2) for v in best["iou"]])),
