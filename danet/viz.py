@@ -54,12 +54,17 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha
     return blend(image, colorize(mask, palette), alpha)
 
 
-def mark_points(image: np.ndarray, points, radius: int | None = None, labels: bool = True) -> np.ndarray:
-    """Draw a ringed dot (and its 1-based number) at each (x, y) point, in its point colour."""
+def mark_points(image: np.ndarray, points, radius: int | None = None, labels: bool = True,
+                first_index: int = 0) -> np.ndarray:
+    """Draw a ringed dot (and its 1-based number) at each (x, y) point, in its point colour.
+
+    ``first_index`` numbers and colours the points as if they started at that index (to mark
+    point k alone with its own colour).
+    """
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
     radius = radius or max(4, round(min(image.shape[:2]) / 60))
-    for index, (x, y) in enumerate(points):
+    for index, (x, y) in enumerate(points, start=first_index):
         colour = point_colour(index)
         box = (x - radius, y - radius, x + radius, y + radius)
         draw.ellipse(box, fill=colour, outline=(0, 0, 0), width=max(1, radius // 3))
