@@ -1,0 +1,278 @@
+"""Does PAM gather context from same-class pixels? Attention statistics over a labelled dataset.
+
+Definitions (all on the head's feature grid of h x w = N cells, row-major):
+
+* **Grid ground truth.** Each cell takes the majority label of the input pixels it covers (pixel
+  (x, y) belongs to cell (floor(y h / H), floor(x w / W)), as in ``InspectionResult.pixel_to_cell``).
+  Void pixels (the ignore id, or any id outside 0..K-1) vote too, as one extra candidate; ties go to
+  the lower class id, so a cell is void only when void pixels outnumber every single class.
+* **Grid prediction.** The fused prediction at input size, reduced to the grid the same way.
+* **Queries.** ``points_per_image`` cells drawn without replacement among the non-void cells
+  (seeded per image from ``(seed, image index)``). The query pixel is the cell centre.
+* **Same-class mass (ground truth).** For the query's softmax row a (sums to 1 over all N cells):
+  sum of a over cells with the query's class / sum of a over non-void cells. Void targets are left
+  out of numerator and denominator. ``chance_gt`` is the same ratio for uniform attention (the share
+  of non-void cells with the query's class): mass above it means attention prefers the class.
+* **Same-class mass (prediction).** sum of a over cells whose predicted class equals the query's
+  predicted class (no void in a prediction, so the denominator is 1); ``chance_pred`` likewise.
+* **Entropy.** -sum a log a in nats, and divided by log N (1 = uniform, 0 = one cell).
+* **Attended distance.** sum_j a_j |c_j - c_q| between cell centres, in grid cells and in input
+  pixels (cells need not be square); ``uniform_distance_*`` is the same for uniform attention.
+* **Module ablation.** alpha = 0 turns PAM into the identity, beta = 0 does the same for CAM. Each
+  is set on a deep copy of the model; mIoU of all three outputs over the same images.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .metrics import confusion_matrix, scores
+
+VOID = -1
+
+QUERY_COLUMNS = ("image", "row", "col", "x", "y", "gt_class", "pred_class", "same_class_mass_gt",
+                 "chance_gt", "same_class_mass_pred", "chance_pred", "entropy", "entropy_normalised",
+                 "distance_cells", "distance_pixels", "uniform_distance_cells", "uniform_distance_pixels")
+STAT_COLUMNS = QUERY_COLUMNS[7:]
+
+
+# ---- pure functions ------------------------------------------------------------------------------
+def pixel_cells(image_size: tuple[int, int], grid_size: tuple[int, int]) -> np.ndarray:
+    """(H, W) index of the grid cell that covers each input pixel (row-major cell numbers)."""
+    height, width = image_size
+    gh, gw = grid_size
+    rows = np.minimum(np.arange(height) * gh // height, gh - 1)
+    cols = np.minimum(np.arange(width) * gw // width, gw - 1)
+    return rows[:, None] * gw + cols[None, :]
+
+
+def grid_labels(label: np.ndarray, grid_size: tuple[int, int], num_classes: int,
+                ignore_index: int | None = None) -> np.ndarray:
+    """(h, w) majority label of each cell; ``VOID`` where void pixels win (see module docstring)."""
+    label = np.asarray(label).astype(np.int64)
+    void = (label < 0) | (label >= num_classes)
+    if ignore_index is not None:
+        void |= label == ignore_index
+    classes = np.where(void, num_classes, label)              # void is the last candidate
+    cells = pixel_cells(label.shape, grid_size)
+    n = grid_size[0] * grid_size[1]
+    counts = np.bincount((cells * (num_classes + 1) + classes).ravel(),
+                         minlength=n * (num_classes + 1)).reshape(n, num_classes + 1)
+    winner = counts.argmax(1)
+    return np.where(winner == num_classes, VOID, winner).reshape(grid_size)
+
+
+def sample_queries(grid_gt: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat indices of up to ``count`` distinct non-void cells."""
+    candidates = np.flatnonzero(np.asarray(grid_gt).ravel() != VOID)
+    take = min(count, candidates.size)
+    return np.sort(rng.choice(candidates, size=take, replace=False)) if take else candidates[:0]
+
+
+def cell_centres(grid_size: tuple[int, int], image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of all cells as (N, 2) (row, col) in cell units and (N, 2) (x, y) in input pixels."""
+    gh, gw = grid_size
+    height, width = image_size
+    rows, cols = np.meshgrid(np.arange(gh) + 0.5, np.arange(gw) + 0.5, indexing="ij")
+    in_cells = np.stack([rows.ravel(), cols.ravel()], 1)
+    in_pixels = np.stack([cols.ravel() * width / gw, rows.ravel() * height / gh], 1)
+    return in_cells, in_pixels
+
+
+def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray, grid_pred: np.ndarray,
+                     image_size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Per-query statistics for attention ``rows`` (P, N) of the cells ``queries`` (P,).
+
+    ``grid_gt`` and ``grid_pred`` are (h, w) class maps (``VOID`` allowed in the ground truth).
+    Returns one (P,) array per name in ``STAT_COLUMNS``.
+    """
+    grid_size = np.asarray(grid_gt).shape
+    gt, pred = np.asarray(grid_gt).ravel(), np.asarray(grid_pred).ravel()
+    rows = np.asarray(rows, dtype=np.float64).reshape(len(queries), -1)
+    n = rows.shape[1]
+    if n != gt.size:
+        raise ValueError(f"attention rows have {n} cells but the grid has {gt.size}")
+    rows = rows / rows.sum(1, keepdims=True)
+    queries = np.asarray(queries, dtype=np.int64)
+    valid = gt != VOID
+    same_gt = (gt[None, :] == gt[queries][:, None]) & valid[None, :]
+    same_pred = pred[None, :] == pred[queries][:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mass_gt = (rows * same_gt).sum(1) / (rows * valid[None, :]).sum(1)
+        chance_gt = same_gt.sum(1) / max(valid.sum(), 1)
+        logs = np.where(rows > 0, np.log(np.where(rows > 0, rows, 1.0)), 0.0)
+    entropy = -(rows * logs).sum(1)
+    in_cells, in_pixels = cell_centres(grid_size, image_size)
+    d_cells = np.linalg.norm(in_cells[None, :, :] - in_cells[queries][:, None, :], axis=2)
+    d_pixels = np.linalg.norm(in_pixels[None, :, :] - in_pixels[queries][:, None, :], axis=2)
+    return {
+        "same_class_mass_gt": mass_gt,
+        "chance_gt": chance_gt,
+        "same_class_mass_pred": (rows * same_pred).sum(1),
+        "chance_pred": same_pred.mean(1),
+        "entropy": entropy,
+        "entropy_normalised": entropy / math.log(n) if n > 1 else np.zeros_like(entropy),
+        "distance_cells": (rows * d_cells).sum(1),
+        "distance_pixels": (rows * d_pixels).sum(1),
+        "uniform_distance_cells": d_cells.mean(1),
+        "uniform_distance_pixels": d_pixels.mean(1),
+    }
+
+
+def summarise(queries: dict[str, np.ndarray], classes: tuple[str, ...]) -> list[dict]:
+    """One row per ground-truth class of the query (means, plus medians of the same-class mass),
+    then ``all`` over every query; classes without queries are left out."""
+    gt = np.asarray(queries["gt_class"])
+    groups = [(name, gt == index) for index, name in enumerate(classes)] + [("all", np.ones_like(gt, bool))]
+    table = []
+    for name, chosen in groups:
+        if not chosen.any():
+            continue
+        row = {"class": name, "queries": int(chosen.sum())}
+        for column in STAT_COLUMNS:
+            row[column] = float(np.nanmean(np.asarray(queries[column], dtype=np.float64)[chosen]))
+        mass = np.asarray(queries["same_class_mass_gt"], dtype=np.float64)[chosen]
+        row["same_class_mass_gt_median"] = float(np.nanmedian(mass))
+        row["same_class_mass_gt_q25"] = float(np.nanquantile(mass, 0.25))
+        row["same_class_mass_gt_q75"] = float(np.nanquantile(mass, 0.75))
+        row["lift_gt"] = row["same_class_mass_gt"] / row["chance_gt"] if row["chance_gt"] > 0 else float("nan")
+        table.append(row)
+    return table
+
+
+def rows_to_csv(rows: list[dict], columns: Iterable[str] | None = None) -> str:
+    """CSV text of ``rows`` (floats with 6 significant digits; NaN as an empty field)."""
+    rows = list(rows)
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float)
+                         else v for v in (row[c] for c in columns)])
+    return buffer.getvalue()
+
+
+def select_evenly(items: list, limit: int | None) -> list:
+    """At most ``limit`` items spread evenly over ``items`` (CamVid splits are video sequences,
+    so the first M frames would all come from one clip)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit <= 0:
+        return []
+    picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in picks]
+
+
+def switched_off(model, pam: bool = False, cam: bool = False):
+    """A deep copy of ``model`` with alpha (``pam``) and/or beta (``cam``) set to 0; the original
+    is untouched, so a model shared with other threads or sessions stays valid."""
+    clone = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        if pam:
+            clone.head.pam.alpha.zero_()
+        if cam:
+            clone.head.cam.beta.zero_()
+    return clone
+
+
+ABLATIONS = (("full model", False, False), ("alpha=0 (PAM off)", True, False),
+             ("beta=0 (CAM off)", False, True), ("alpha=beta=0 (both off)", True, True))
+
+
+# ---- driver --------------------------------------------------------------------------------------
+@dataclass
+class AttentionStats:
+    """Everything ``danet attention-stats`` writes: per query, per class, per ablation."""
+
+    queries: dict[str, np.ndarray]
+    summary: list[dict]
+    ablation: list[dict]
+    images: list[str]
+    settings: dict = field(default_factory=dict)
+
+    def query_rows(self) -> list[dict]:
+        return [{c: _plain(self.queries[c][i]) for c in QUERY_COLUMNS} for i in range(len(self.queries["row"]))]
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_per_image: int = 20,
+                            seed: int = 0, ablation: bool = True, ignore_index: int | None = None,
+                            progress: Callable[[Iterable], Iterable] | None = None) -> AttentionStats:
+    """Sample queries on every (image, label) pair, gather their statistics, and score the ablations.
+
+    ``model`` must be in eval mode; it is never modified (ablations run on copies).
+    """
+    from .data.camvid import normalise, read_pair
+    from .inspect import inspect_image
+
+    num_classes = meta.config.num_classes
+    if ignore_index is None:
+        ignore_index = meta.dataset.ignore_index
+    variants = [(name, switched_off(model, pam, cam) if (pam or cam) else model)
+                for name, pam, cam in (ABLATIONS if ablation else ABLATIONS[:1])]
+    confusions = {name: {o: np.zeros((num_classes, num_classes), np.int64) for o in ("fused", "pam", "cam")}
+                  for name, _ in variants}
+    columns: dict[str, list] = {c: [] for c in QUERY_COLUMNS}
+    device = next(model.parameters()).device
+    for index, (image_path, label_path) in enumerate(progress(pairs) if progress else pairs):
+        image, label = read_pair(image_path, label_path)
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"{label_path.name}: label {label.shape} does not match image {image.shape[:2]}")
+        result = inspect_image(model, image, meta.mean, meta.std)
+        grid_gt = grid_labels(label, result.grid_size, num_classes, ignore_index)
+        grid_pred = grid_labels(result.prediction("fused"), result.grid_size, num_classes)
+        queries = sample_queries(grid_gt, points_per_image, np.random.default_rng([seed, index]))
+        if queries.size:
+            _, in_pixels = cell_centres(result.grid_size, result.image_size)
+            points = [tuple(p) for p in in_pixels[queries]]
+            stats = query_statistics(result.rows(points).reshape(len(points), -1), queries, grid_gt,
+                                     grid_pred, result.image_size)
+            gw = result.grid_size[1]
+            columns["image"] += [image_path.name] * len(queries)
+            columns["row"] += list(queries // gw)
+            columns["col"] += list(queries % gw)
+            columns["x"] += [float(x) for x, _ in points]
+            columns["y"] += [float(y) for _, y in points]
+            columns["gt_class"] += list(grid_gt.ravel()[queries])
+            columns["pred_class"] += list(grid_pred.ravel()[queries])
+            for name, values in stats.items():
+                columns[name] += list(values)
+        for name, variant in variants:
+            if variant is model:
+                outputs = {o: result.prediction(o) for o in ("fused", "pam", "cam")}
+            else:
+                with torch.inference_mode():
+                    x = normalise(image, meta.mean, meta.std).unsqueeze(0).to(device)
+                    logits = variant(x)
+                outputs = {o: t[0].argmax(0).cpu().numpy() for o, t in zip(("fused", "pam", "cam"), logits)}
+            for output, prediction in outputs.items():
+                confusions[name][output] += confusion_matrix(prediction, label, num_classes, ignore_index)
+    queries_table = {c: np.asarray(v) for c, v in columns.items()}
+    full = scores(confusions[variants[0][0]]["fused"])["miou"]
+    ablation_rows = []
+    for (name, variant), (_, pam_off, cam_off) in zip(variants, ABLATIONS):
+        result_scores = {o: scores(c) for o, c in confusions[name].items()}
+        ablation_rows.append({
+            "variant": name, "alpha": variant.head.pam.alpha.item(), "beta": variant.head.cam.beta.item(),
+            "miou_fused": result_scores["fused"]["miou"], "miou_pam_output": result_scores["pam"]["miou"],
+            "miou_cam_output": result_scores["cam"]["miou"],
+            "delta_miou_fused": result_scores["fused"]["miou"] - full,
+            "pixel_accuracy_fused": result_scores["fused"]["pixel_accuracy"]})
+    summary = summarise(queries_table, tuple(meta.classes)) if queries_table["row"].size else []
+    return AttentionStats(queries=queries_table, summary=summary, ablation=ablation_rows,
+                          images=[str(p) for p, _ in pairs],
+                          settings={"points_per_image": points_per_image, "seed": seed,
+                                    "ignore_index": ignore_index, "num_classes": num_classes,
+                                    "classes": list(meta.classes)})

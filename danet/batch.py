@@ -1,0 +1,219 @@
+"""Plumbing shared by the batch subcommands: which images to process, how to name their outputs,
+how to write files so that nothing half-written ever looks complete, and how to load the model.
+
+Nothing here knows about the command-line library; the subcommands in ``danet/commands`` turn the
+exceptions raised here into one-line ``error: ...`` messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class BatchInputError(ValueError):
+    """A path the user named cannot be used; the message is meant for the user."""
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+def collect_images(inputs: list[str | Path], recursive: bool = False) -> list[Path]:
+    """Image files named directly or found in the named folders, sorted per folder, no duplicates.
+
+    A missing path, a file that is not an image by its suffix, or no image at all is a
+    ``BatchInputError`` raised before any work starts.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise BatchInputError(f"{path} does not exist")
+        if path.is_dir():
+            pattern = path.rglob("*") if recursive else path.iterdir()
+            candidates = sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            candidates = [path]
+        else:
+            raise BatchInputError(f"{path} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(candidate)
+    if not found:
+        raise BatchInputError("no images found in " + ", ".join(str(p) for p in inputs))
+    return found
+
+
+def output_names(images: list[Path]) -> list[str]:
+    """One output name per image: its stem, plus a short path hash where two stems collide.
+
+    Deterministic for the same inputs, so a rerun finds the outputs of an earlier run.
+    """
+    stems = [image.stem for image in images]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names = []
+    for image, stem in zip(images, stems):
+        if counts[stem] > 1:
+            digest = hashlib.sha1(str(image.resolve()).encode()).hexdigest()[:8]
+            stem = f"{stem}-{digest}"
+        names.append(stem)
+    return names
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """``"X,Y"`` (input pixels, x to the right, y down) -> (x, y)."""
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 2:
+        raise BatchInputError(f"point {text!r} is not X,Y")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise BatchInputError(f"point {text!r} is not X,Y with numbers") from None
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise BatchInputError(f"point {text!r} is not finite")
+    return x, y
+
+
+def check_points(points: list[tuple[float, float]], size_wh: tuple[int, int]) -> None:
+    width, height = size_wh
+    if not points:
+        raise BatchInputError("give at least one --point X,Y")
+    for x, y in points:
+        if not (0 <= x < width and 0 <= y < height):
+            raise BatchInputError(f"point ({x:g}, {y:g}) lies outside the {width}x{height} image")
+
+
+# ---- fingerprints --------------------------------------------------------------------------------
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(source: str) -> str:
+    """sha256 of the checkpoint file a model came from (``""`` when it has no file)."""
+    return file_sha256(source) if source and Path(source).is_file() else ""
+
+
+def describe_model(loaded) -> dict:
+    """What a manifest says about a ``LoadedModel``: enough to tell two models apart."""
+    meta = loaded.meta
+    return {"source": loaded.source, "sha256": model_fingerprint(loaded.source), "layout": meta.layout,
+            "dataset": meta.dataset.name, "classes": list(meta.classes), "config": meta.config.to_dict()}
+
+
+# ---- atomic writes -------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix, so writers pick the right format);
+    it is renamed onto ``path`` only when the block finishes without an exception."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden, unique per writer; created by the writer itself so the usual permissions apply.
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as temporary:
+        Image.fromarray(np.ascontiguousarray(array)).save(temporary, format="PNG")
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, np.asarray(array))
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+
+def save_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def save_json(path: str | Path, data) -> None:
+    save_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def save_figure(figure, path: str | Path, dpi: int | None = None) -> None:
+    """A matplotlib ``Figure`` written atomically; the format follows the suffix."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format=path.suffix.lstrip(".").lower(), dpi=dpi, bbox_inches="tight")
+
+
+def read_json(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# ---- model ---------------------------------------------------------------------------------------
+def load_model(checkpoint: str | Path | None, device: str = "auto", dilation: str | None = None,
+               dataset: str | None = None):
+    """``danet.loading.load_any`` with only the options the user gave; the model is put in eval mode."""
+    from .loading import load_any
+
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise BatchInputError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise BatchInputError(f"checkpoint {checkpoint} does not exist")
+    options = {}
+    if checkpoint is not None:
+        if dilation is not None:
+            options["dilation"] = dilation
+        if dataset is not None:
+            options["dataset"] = dataset
+    try:
+        loaded = load_any(checkpoint, device=device, **options)
+    except FileNotFoundError as error:
+        raise BatchInputError(one_line(error)) from error
+    except Exception as error:  # untrusted files fail in many library-specific ways
+        what = f"checkpoint {checkpoint}" if checkpoint is not None else "the default model"
+        raise BatchInputError(f"could not load {what}: {one_line(error)}") from error
+    loaded.model.eval()
+    return loaded
+
+
+def one_line(error: BaseException | str) -> str:
+    """An exception's message on one line, without the quotes ``KeyError`` adds."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
