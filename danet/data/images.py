@@ -1,7 +1,27 @@
-"""Safe image decoding for untrusted uploads: one error type, notices instead of surprises."""
+"""Safe image decoding for untrusted uploads: one error type, notices instead of surprises.
+
+Every input either becomes an RGB uint8 array the network can use, with a list of notices that
+say what was changed on the way (rotation, bit depth, transparency, frames, scale), or raises
+``ImageLoadError`` with a message meant for the person who uploaded the file.
+
+Rules (each has a test in ``tests/test_images.py``):
+
+* only common raster formats are opened (``ALLOWED_FORMATS``): no EPS/PDF/ghostscript paths;
+* anything that declares more than ``max_decode_pixels`` is refused before it is decoded
+  (decompression bombs), and PIL's own bomb warning is an error here, never a silent pass;
+* 16-bit greyscale is scaled to 8 bits (value / 257), not clipped as ``PIL.convert`` does;
+* transparent pixels are composited on white; CMYK, palette and greyscale become RGB;
+* animated/multi-page files use their first frame; EXIF orientation is applied;
+* images wider than ``max_aspect`` : 1 are refused; the rest are downscaled to ``max_pixels``
+  and upscaled so the short side has at least ``min_side`` pixels (the network downsamples
+  by up to 32, so a smaller input would leave it no feature grid to attend over).
+"""
 from __future__ import annotations
 
 import io
+import math
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +29,21 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
+MAX_DECODE_PIXELS = 64 * 1024 * 1024      # 8192 x 8192: above this a file is treated as a bomb
+MIN_SIDE = 32                              # short side after loading (output stride 32 -> 1 cell)
+MAX_ASPECT = 64                            # longest side / shortest side
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
+BACKGROUND = (255, 255, 255)               # what transparent pixels are shown on
+
+# Magic numbers of files people often upload by mistake, to name them in the error message.
+_KNOWN_NON_IMAGES = ((b"%PDF", "a PDF document"), (b"<svg", "an SVG drawing"),
+                     (b"<?xml", "an XML/SVG file"), (b"PK\x03\x04", "a ZIP archive"),
+                     (b"%!PS", "a PostScript/EPS file"))
+_HEIF_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif")
+
+# ``warnings.catch_warnings`` swaps process-wide state; one decode at a time keeps it consistent
+# when several app sessions (threads) upload at once.
+_DECODE_LOCK = threading.Lock()
 
 
 class ImageLoadError(ValueError):
@@ -20,7 +55,7 @@ class LoadedImage:
     """An RGB uint8 array plus what was done to it on the way (for the UI to say)."""
 
     array: np.ndarray
-    original_size: tuple[int, int]            # (width, height) before any downscale
+    original_size: tuple[int, int]            # (width, height) after EXIF rotation, before any resize
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -28,25 +63,208 @@ class LoadedImage:
         return self.array.shape[1], self.array.shape[0]
 
 
-def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode ``source`` (bytes or a path) to RGB, honour EXIF rotation, downscale above ``max_pixels``."""
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+# ---- reading and decoding (shared with danet.data.labels) ------------------------------------
+def read_source(source: bytes | bytearray | memoryview | str | Path, error=ImageLoadError) -> tuple[str, bytes]:
+    """(name for messages, bytes) of a path or an in-memory upload; empty or missing -> ``error``."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = path.name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise error(f"{path} does not exist") from None
+        except IsADirectoryError:
+            raise error(f"{path} is a folder, not an image file") from None
+        except OSError as exc:
+            raise error(f"{path} could not be read: {exc.strerror or exc}") from None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = "the upload", bytes(source)
+    else:
+        raise TypeError(f"expected bytes or a path, got {type(source).__name__}")
     if not data:
-        raise ImageLoadError("the file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
+        raise error(f"{name} is empty (0 bytes)")
+    return name, data
+
+
+def describe_bytes(data: bytes) -> str:
+    """A short human description of what non-image bytes look like."""
+    head = data[:16]
+    for magic, what in _KNOWN_NON_IMAGES:
+        if head.lstrip().startswith(magic):
+            return f"it looks like {what}"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "it looks like a HEIC/AVIF photo; convert it to JPEG or PNG first"
+    text = data[:24]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in text):
+        return f"it starts with the text {text.decode('ascii')!r}"
+    return f"it starts with the bytes {head[:8].hex(' ')}"
+
+
+def _bomb_message(name: str, width: int, height: int, limit: int) -> str:
+    return (f"{name} declares {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), more "
+            f"than the {limit / 1e6:.0f} megapixels danet-lens will decode (a guard against "
+            f"decompression bombs); resize it before uploading")
+
+
+def decode_first_frame(data: bytes, name: str, max_decode_pixels: int = MAX_DECODE_PIXELS,
+                       draft_pixels: int | None = None, error=ImageLoadError
+                       ) -> tuple[Image.Image, tuple[int, int], list[str]]:
+    """Open, guard and fully decode frame 0 of ``data``; every decoder failure becomes ``error``.
+
+    Returns the image, its declared (width, height) as stored (before any draft scaling) and
+    notices.
+    ``draft_pixels``: let JPEG decode at 1/2, 1/4 or 1/8 scale when the result still has at
+    least this many pixels (saves memory and time on huge photos that will be downscaled).
+    """
+    notices: list[str] = []
+    with _DECODE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+            if width * height > max_decode_pixels:
+                raise error(_bomb_message(name, width, height, max_decode_pixels))
+            if width < 1 or height < 1:
+                raise error(f"{name} declares an empty image ({width}x{height} pixels)")
+            frames = getattr(image, "n_frames", 1) if getattr(image, "is_animated", False) else 1
             image.seek(0)
-            image = ImageOps.exif_transpose(image)
-            original = image.size
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"could not read the image: {error}") from None
+            if draft_pixels and image.format in ("JPEG", "MPO") and width * height > draft_pixels:
+                scale = math.sqrt(draft_pixels / (width * height))
+                image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+            image.load()
+        except error:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise error(f"{name} is too large to decode safely (a guard against decompression "
+                        f"bombs): {exc}") from None
+        except UnidentifiedImageError:
+            raise error(f"{name} is not an image danet-lens can read ({describe_bytes(data)}); "
+                        f"supported formats: {', '.join(ALLOWED_FORMATS)}") from None
+        except MemoryError:
+            raise error(f"{name} needs more memory to decode than is available") from None
+        except Exception as exc:  # PIL raises many types on corrupt data; all mean "bad file"
+            reason = str(exc) or type(exc).__name__
+            if "truncated" in reason or isinstance(exc, EOFError):
+                raise error(f"{name} is truncated (the file ends before the image data does); "
+                            f"save or download it again") from None
+            raise error(f"{name} is a damaged or unsupported image file ({reason})") from None
+    if frames > 1:
+        notices.append(f"the file has {frames} frames (animated or multi-page): using the first")
+    return image, (width, height), notices
+
+
+# ---- pixel formats ---------------------------------------------------------------------------
+def _scale_16_to_8(values: np.ndarray) -> np.ndarray:
+    """Full-range 16-bit -> 8-bit, rounding (65535 -> 255, 257 -> 1): value * 255 / 65535."""
+    return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def to_rgb_array(image: Image.Image) -> tuple[np.ndarray, list[str]]:
+    """Any decoded PIL image -> (H, W, 3) uint8 RGB, with a notice for every lossy step."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return _grey_to_rgb(_scale_16_to_8(np.asarray(image))), [
+            "16-bit greyscale image scaled to 8 bits"]
+    if mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        if mode == "I" and lo >= 0 and hi <= 255:
+            return _grey_to_rgb(values.astype(np.uint8)), []
+        if mode == "I" and lo >= 0 and hi <= 65535:
+            return _grey_to_rgb(_scale_16_to_8(values.astype(np.uint16))), [
+                "16-bit greyscale image scaled to 8 bits"]
+        if mode == "F" and lo >= 0 and hi <= 1:
+            return _grey_to_rgb(np.round(values * 255).astype(np.uint8)), [
+                "floating-point image (0-1) scaled to 8 bits"]
+        span = hi - lo if hi > lo else 1.0
+        return _grey_to_rgb(np.round((values - lo) / span * 255).astype(np.uint8)), [
+            f"{'32-bit integer' if mode == 'I' else 'floating-point'} image stretched from "
+            f"[{lo:g}, {hi:g}] to 8 bits"]
     notices = []
-    width, height = rgb.size
-    if width * height > max_pixels:
-        scale = (max_pixels / (width * height)) ** 0.5
-        new = (max(int(width * scale), 1), max(int(height * scale), 1))
-        rgb = rgb.resize(new, Image.BILINEAR)
-        notices.append(f"downscaled from {width}x{height} to {new[0]}x{new[1]} to stay within "
-                       f"{max_pixels / 1e6:.1f} megapixels")
-    return LoadedImage(np.asarray(rgb, dtype=np.uint8).copy(), original, notices)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB") and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba)[:, :, 3]
+        if alpha.min() < 255:
+            background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+            rgba = Image.alpha_composite(background, rgba)
+            notices.append("transparent pixels are shown on a white background")
+        return np.asarray(rgba.convert("RGB"), dtype=np.uint8).copy(), notices
+    if mode == "CMYK":
+        notices.append("CMYK image converted to RGB (colours may differ slightly)")
+    try:
+        rgb = image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageLoadError(f"the pixel format {mode!r} is not supported ({exc})") from None
+    return np.asarray(rgb, dtype=np.uint8).copy(), notices
+
+
+# ---- geometry --------------------------------------------------------------------------------
+def _apply_orientation(image: Image.Image) -> tuple[Image.Image, bool, list[str]]:
+    """EXIF-rotated image, whether width and height swapped, notices."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation not in (2, 3, 4, 5, 6, 7, 8):
+            return image, False, []
+        return (ImageOps.exif_transpose(image), orientation >= 5,
+                [f"rotated/flipped as its EXIF orientation ({orientation}) asks"])
+    except Exception:  # malformed EXIF must not make a readable picture unusable
+        return image, False, ["the EXIF data is damaged: the image is shown as stored, without rotation"]
+
+
+def fit_size(width: int, height: int, max_pixels: int, min_side: int) -> tuple[int, int]:
+    """The (width, height) to resize to: within ``max_pixels`` but never below ``min_side``."""
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    if min(width, height) * scale < min_side:
+        scale = min_side / min(width, height)
+    if scale == 1.0:
+        return width, height
+    return max(round(width * scale), min_side), max(round(height * scale), min_side)
+
+
+def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+               min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT,
+               max_decode_pixels: int = MAX_DECODE_PIXELS) -> LoadedImage:
+    """Decode ``source`` (bytes or a path) to an RGB uint8 array the network can take.
+
+    Raises ``ImageLoadError`` (with a message for the user) for anything unusable. See the
+    module docstring for every rule; ``notices`` lists what was changed.
+    """
+    if max_pixels < min_side * min_side:
+        raise ValueError(f"max_pixels ({max_pixels}) must allow at least {min_side}x{min_side}")
+    name, data = read_source(source)
+    image, (width, height), notices = decode_first_frame(data, name, max_decode_pixels,
+                                                         draft_pixels=max_pixels)
+    with image:
+        image, swapped, rotation = _apply_orientation(image)
+        notices += rotation
+        array, format_notices = to_rgb_array(image)
+    notices += format_notices
+    if swapped:
+        width, height = height, width
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side / short_side > max_aspect:
+        raise ImageLoadError(
+            f"{name} is {width}x{height} pixels, a {long_side / short_side:.0f}:1 strip; danet-lens "
+            f"takes images up to {max_aspect:g}:1 (crop it to the part you want to inspect)")
+    new_width, new_height = fit_size(width, height, max_pixels, min_side)
+    decoded = (array.shape[1], array.shape[0])      # smaller than (width, height) after a JPEG draft
+    if (new_width, new_height) != decoded:
+        shrinking = new_width < decoded[0]
+        resized = Image.fromarray(array).resize((new_width, new_height),
+                                                Image.BILINEAR if shrinking else Image.BICUBIC,
+                                                reducing_gap=3.0 if shrinking else None)
+        array = np.asarray(resized, dtype=np.uint8).copy()
+    if (new_width, new_height) != (width, height):
+        if new_width < width:
+            notices.append(f"downscaled from {width}x{height} to {new_width}x{new_height} to stay "
+                           f"within {max_pixels / 1e6:.1f} megapixels")
+        else:
+            notices.append(f"upscaled from {width}x{height} to {new_width}x{new_height}: the network "
+                           f"needs at least {min_side} pixels on the short side")
+    return LoadedImage(array, (width, height), notices)
