@@ -1,0 +1,126 @@
+"""Download bundles of one inspection: a PNG of the figures, an ``.npz`` of the maps, a JSON record.
+
+Pure functions returning bytes/str so the app (or a script) can hand them to a download button.
+"""
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .checkpoints.metadata import ModelMeta
+from .inspect import InspectionResult
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def compose_panels(panels: list[tuple[str, np.ndarray]], columns: int = 4, panel_width: int = 360,
+                   background=(255, 255, 255)) -> np.ndarray:
+    """Lay titled RGB panels out on a grid (each scaled to ``panel_width``), like the page shows them."""
+    if not panels:
+        raise ValueError("nothing to compose")
+    font = ImageFont.load_default(size=15)
+    title_h = 24
+    scaled = []
+    for title, array in panels:
+        image = Image.fromarray(np.asarray(array, dtype=np.uint8))
+        height = max(1, round(image.height * panel_width / image.width))
+        scaled.append((title, image.resize((panel_width, height), Image.BILINEAR)))
+    columns = max(1, min(columns, len(scaled)))
+    rows = -(-len(scaled) // columns)
+    row_heights = [max(img.height for _, img in scaled[r * columns:(r + 1) * columns]) + title_h
+                   for r in range(rows)]
+    gap = 8
+    canvas = Image.new("RGB", (columns * (panel_width + gap) + gap, sum(row_heights) + gap * (rows + 1)),
+                       background)
+    draw = ImageDraw.Draw(canvas)
+    y = gap
+    for r in range(rows):
+        for c, (title, image) in enumerate(scaled[r * columns:(r + 1) * columns]):
+            x = gap + c * (panel_width + gap)
+            draw.text((x, y + 3), title, fill=(0, 0, 0), font=font)
+            canvas.paste(image, (x, y + title_h))
+        y += row_heights[r] + gap
+    return np.asarray(canvas)
+
+
+def npz_bundle(result: InspectionResult, points: list[tuple[int, int]], rows: np.ndarray | None,
+               classes: tuple[str, ...], labels: np.ndarray | None = None) -> bytes:
+    """Compressed ``.npz`` of the predictions, the clicked points' PAM maps and the CAM matrix.
+
+    Arrays: ``fused/pam/cam_prediction`` (H, W), ``points`` (P, 2) as (x, y), ``cells`` (P, 2) as
+    (row, col), ``pam_attention`` (P, h, w) softmax rows, ``cam_attention`` (C, C),
+    ``cam_input/cam_output`` (C, h, w), ``alpha``, ``beta``, ``classes``, optional ``labels``.
+    """
+    dtype = np.uint8 if len(classes) <= 255 else np.int32
+    arrays = {f"{which}_prediction": result.prediction(which).astype(dtype)
+              for which in ("fused", "pam", "cam")}
+    arrays["points"] = np.asarray(points, dtype=np.int32).reshape(-1, 2)
+    arrays["cells"] = np.asarray([result.pixel_to_cell(x, y) for x, y in points], dtype=np.int32).reshape(-1, 2)
+    gh, gw = result.grid_size
+    arrays["pam_attention"] = (np.zeros((0, gh, gw), np.float32) if rows is None
+                               else np.asarray(rows, dtype=np.float32))
+    arrays["cam_attention"] = result.cam_attention.numpy().astype(np.float32)
+    arrays["cam_input"] = result.cam_input.numpy().astype(np.float32)
+    arrays["cam_output"] = result.cam_output.numpy().astype(np.float32)
+    arrays["alpha"] = np.float32(result.alpha)
+    arrays["beta"] = np.float32(result.beta)
+    arrays["classes"] = np.asarray(classes)
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels).astype(np.int32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def model_summary(meta: ModelMeta, source: str, warnings: list[str] | None = None) -> dict:
+    """The JSON-friendly description of a model that the record and the details page show."""
+    return {"source": source, "layout": meta.layout, "config": meta.config.to_dict(),
+            "dataset": meta.dataset.name, "classes": list(meta.classes),
+            "ignore_index": meta.dataset.ignore_index, "mean": list(meta.mean), "std": list(meta.std),
+            "warnings": list(warnings or [])}
+
+
+def json_record(model: dict, image: dict, result: InspectionResult, points: list[dict],
+                settings: dict | None = None, metrics: dict | None = None) -> str:
+    """A reproducible record of what was inspected: model, image hash, device, clicked points."""
+    record = {
+        "tool": "danet-lens",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model,
+        "image": image,
+        "inference": {"device": result.device, "forward_seconds": round(result.seconds, 4),
+                      "image_size": list(result.image_size), "grid_size": list(result.grid_size),
+                      "alpha": result.alpha, "beta": result.beta},
+        "points": points,
+        "settings": settings or {},
+    }
+    if metrics:
+        record["metrics"] = metrics
+    return json.dumps(record, indent=2, default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def metrics_for_json(scored: dict[str, dict], classes: tuple[str, ...]) -> dict:
+    """``session.score_outputs`` output -> plain numbers (NaN -> None) per output."""
+    def number(value):
+        value = float(value)
+        return None if np.isnan(value) else round(value, 5)
+
+    return {which: {"miou": number(s["miou"]), "pixel_accuracy": number(s["pixel_accuracy"]),
+                    "iou": {name: number(v) for name, v in zip(classes, s["iou"])}}
+            for which, s in scored.items()}

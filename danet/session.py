@@ -1,0 +1,259 @@
+"""Pure helpers behind the Streamlit app: clicked points, cache keys, label maps, per-point stats.
+
+Nothing here imports Streamlit, so every rule the app follows (how a click becomes a point,
+when a forward pass is needed, how a label map is checked) is testable without a browser.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .attention_stats import grid_labels
+from .checkpoints.metadata import LoadedModel
+from .data.labels import LabelMapError, load_label_map
+from .inspect import InspectionResult
+from .metrics import confusion_matrix, scores
+
+__all__ = ["FORWARDS", "MAX_POINTS", "LabelMap", "LabelMapError", "PointStats", "Selection", "add_point",
+           "apply_click", "attention_entropy", "branch_disagreement", "click_to_pixel", "file_stamp",
+           "head_widths", "parameter_count", "point_statistics", "prepare_label_map", "remove_point",
+           "result_key", "score_outputs", "sha256_bytes"]
+
+MAX_POINTS = 8                     # clicked points kept per image (the paper figure shows 2-6)
+OUTPUTS = ("fused", "pam", "cam")  # the three DANet outputs, in the order the model returns them
+FALLBACK_IGNORE = 255              # ignore id for label maps when the dataset has none
+
+
+# ---- forward-pass bookkeeping -----------------------------------------------------------------
+class ForwardCounter:
+    """Counts forward passes per process, so tests and the diagnostics panel can check caching."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._total = 0
+        self._seconds: list[float] = []
+
+    def record(self, seconds: float) -> int:
+        with self._lock:
+            self._total += 1
+            self._seconds.append(float(seconds))
+            return self._total
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def last_seconds(self) -> float | None:
+        return self._seconds[-1] if self._seconds else None
+
+
+FORWARDS = ForwardCounter()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_stamp(path: str | Path) -> str:
+    """A cheap identity of a file's current content (size + mtime), for cache keys."""
+    stat = Path(path).stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def result_key(model_id: str, image_sha256: str, device: str) -> str:
+    """The one key a forward pass is cached under: same image + model + device -> no new forward."""
+    return f"{model_id}|{image_sha256}|{device}"
+
+
+@dataclass
+class Selection:
+    """What every page of the app works on: one model, one image, its cached forward result."""
+
+    loaded: LoadedModel
+    model_id: str
+    image: np.ndarray                      # (H, W, 3) uint8, after any downscale
+    image_name: str
+    image_sha256: str                      # of the uploaded/sample file bytes
+    original_size: tuple[int, int]         # (W, H) before downscaling
+    result: InspectionResult
+    result_key: str
+    labels: "LabelMap | None" = None
+    device: str = "cpu"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.loaded.meta.classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.loaded.meta.palette
+
+
+def parameter_count(loaded: LoadedModel) -> int:
+    return sum(p.numel() for p in loaded.model.parameters())
+
+
+def head_widths(loaded: LoadedModel) -> tuple[int, int]:
+    """(head channels C, PAM key channels d) as built (the config may leave them to defaults)."""
+    pam = loaded.model.head.pam
+    return int(pam.value.out_channels), int(pam.query.out_channels)
+
+
+# ---- clicked points ---------------------------------------------------------------------------
+def click_to_pixel(value: dict | None, image_size: tuple[int, int]) -> tuple[int, int] | None:
+    """A ``streamlit_image_coordinates`` value (displayed pixels) -> image pixel (x, y), or None.
+
+    The component reports the click in the size the image was displayed at (``width``/``height``),
+    which differs from the image size whenever the column is narrower than the image.
+    """
+    if not value or "x" not in value or "y" not in value:
+        return None
+    height, width = image_size
+    shown_w = value.get("width") or width
+    shown_h = value.get("height") or height
+    x = int(float(value["x"]) * width / shown_w)
+    y = int(float(value["y"]) * height / shown_h)
+    return min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+
+
+def add_point(points: list[tuple[int, int]], point: tuple[int, int],
+              max_points: int = MAX_POINTS) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    """Append ``point`` (a repeat of an existing point is ignored); beyond ``max_points`` the
+    oldest is dropped and returned so the UI can say so."""
+    point = (int(point[0]), int(point[1]))
+    if point in points:
+        return list(points), None
+    updated = list(points) + [point]
+    dropped = updated.pop(0) if len(updated) > max_points else None
+    return updated, dropped
+
+
+def remove_point(points: list[tuple[int, int]], index: int) -> list[tuple[int, int]]:
+    return [p for i, p in enumerate(points) if i != index]
+
+
+def apply_click(state: MutableMapping, value: dict | None, image_size: tuple[int, int] | None,
+                max_points: int = MAX_POINTS) -> tuple[int, int] | None:
+    """What one click does to a session's state (``st.session_state`` or any dict).
+
+    Adds the clicked pixel to ``state["points"]``; when the oldest point is dropped, leaves a
+    message in ``state["point_notice"]``. Returns the pixel, or None if the value was no click.
+    """
+    if image_size is None:
+        return None
+    point = click_to_pixel(value, image_size)
+    if point is None:
+        return None
+    points, dropped = add_point(list(state.get("points", [])), point, max_points)
+    state["points"] = points
+    if dropped is not None:
+        state["point_notice"] = (f"At most {max_points} points are kept: the oldest "
+                                 f"({dropped[0]}, {dropped[1]}) was removed.")
+    return point
+
+
+# ---- per-point attention statistics -----------------------------------------------------------
+def attention_entropy(row: np.ndarray) -> float:
+    """Shannon entropy (bits) of one attention map that sums to 1."""
+    p = np.asarray(row, dtype=np.float64).ravel()
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+@dataclass(frozen=True)
+class PointStats:
+    """What the app says about one clicked point's PAM attention map."""
+
+    index: int
+    x: int
+    y: int
+    cell: tuple[int, int]
+    class_id: int
+    class_name: str
+    entropy_bits: float
+    entropy_fraction: float        # entropy / log2(N): 1 = uniform over the whole grid
+    same_class_share: float        # attention mass on cells predicted as the point's class
+    top_class_id: int              # class receiving the most attention mass
+    top_class_name: str
+    top_class_share: float
+    peak_cell: tuple[int, int]     # the most attended cell
+
+    def to_dict(self) -> dict:
+        return {"index": self.index + 1, "x": self.x, "y": self.y, "cell": list(self.cell),
+                "class_id": self.class_id, "class": self.class_name,
+                "entropy_bits": round(self.entropy_bits, 4),
+                "entropy_fraction": round(self.entropy_fraction, 4),
+                "same_class_share": round(self.same_class_share, 4),
+                "top_class": self.top_class_name, "top_class_share": round(self.top_class_share, 4),
+                "peak_cell": list(self.peak_cell)}
+
+
+def point_statistics(result: InspectionResult, points: list[tuple[int, int]], rows: np.ndarray,
+                     classes: tuple[str, ...]) -> list[PointStats]:
+    """Statistics of each point's attention ``rows`` (P, h, w), judged against the fused prediction."""
+    num_classes = len(classes)
+    prediction = result.prediction("fused")
+    on_grid = grid_labels(prediction, result.grid_size, num_classes)   # majority per cell
+    per_class_index = on_grid.ravel()
+    max_entropy = np.log2(result.num_positions) if result.num_positions > 1 else 1.0
+    stats = []
+    for index, ((x, y), row) in enumerate(zip(points, rows)):
+        flat = row.ravel().astype(np.float64)
+        mass = np.bincount(per_class_index, weights=flat, minlength=num_classes)
+        class_id = int(prediction[y, x])
+        top = int(mass.argmax())
+        entropy = attention_entropy(flat)
+        peak = int(flat.argmax())
+        stats.append(PointStats(
+            index=index, x=int(x), y=int(y), cell=result.pixel_to_cell(x, y),
+            class_id=class_id, class_name=classes[class_id] if class_id < num_classes else str(class_id),
+            entropy_bits=entropy, entropy_fraction=entropy / max_entropy,
+            same_class_share=float(mass[class_id]) if class_id < num_classes else 0.0,
+            top_class_id=top, top_class_name=classes[top], top_class_share=float(mass[top]),
+            peak_cell=divmod(peak, result.grid_size[1]),
+        ))
+    return stats
+
+
+# ---- label maps -------------------------------------------------------------------------------
+@dataclass
+class LabelMap:
+    labels: np.ndarray                     # (H, W) int64; ignored pixels hold ``ignore_index``
+    ignore_index: int
+    notices: list[str] = field(default_factory=list)
+
+
+def prepare_label_map(data: bytes, image_size: tuple[int, int], num_classes: int,
+                      ignore_index: int | None, palette: np.ndarray | None = None) -> LabelMap:
+    """Check a label map for an image of ``image_size`` (H, W) with ``danet.data.labels``.
+
+    Datasets without an ignore id use ``FALLBACK_IGNORE`` so stray ids are ignored, not fatal.
+    Raises ``LabelMapError`` with a message for the user.
+    """
+    ignore = FALLBACK_IGNORE if ignore_index is None else int(ignore_index)
+    height, width = image_size
+    labels, notices = load_label_map(data, (width, height), num_classes, ignore, palette=palette)
+    notices = list(notices)
+    if (labels == ignore).all():
+        notices.append("every pixel of the label map is ignored: no scores can be computed")
+    return LabelMap(labels=labels, ignore_index=ignore, notices=notices)
+
+
+def score_outputs(result: InspectionResult, labels: LabelMap, num_classes: int) -> dict[str, dict]:
+    """Per-class IoU, mIoU and pixel accuracy of the fused, PAM and CAM predictions."""
+    return {which: scores(confusion_matrix(result.prediction(which), labels.labels, num_classes,
+                                           labels.ignore_index))
+            for which in OUTPUTS}
+
+
+def branch_disagreement(result: InspectionResult) -> dict[str, float]:
+    """Share of pixels where the PAM / CAM branch prediction differs from the fused one."""
+    fused = result.prediction("fused")
+    return {"pam": float((result.prediction("pam") != fused).mean()),
+            "cam": float((result.prediction("cam") != fused).mean())}

@@ -1,0 +1,101 @@
+"""Channel attention page: the C x C CAM matrix, and what CAM does to one channel."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import streamlit as st
+
+import app_sidebar
+from app_sidebar import sticky
+from danet import viz
+from danet.viz_plotly import cam_matrix_figure, channel_maps_figure, channel_mix_figure, cluster_order
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def clustered_order(result_key: str, _matrix: np.ndarray) -> np.ndarray:
+    """Clustering depends only on the result, so it runs once per forward, not per rerun."""
+    return cluster_order(_matrix)
+
+
+selection = app_sidebar.render()
+st.title("Channel attention (CAM)")
+if selection is None:
+    st.info("Choose a model and an image in the sidebar first.")
+    app_sidebar.show_diagnostics()
+    st.stop()
+
+result = selection.result
+matrix = result.cam_attention.numpy()
+channels = matrix.shape[0]
+uniform = 1.0 / channels
+
+st.markdown(
+    f"CAM re-mixes the **{channels}** feature channels of the head: output channel *i* = "
+    f"beta x sum_j w[i, j] x channel *j* + channel *i*, with learned **beta = {result.beta:.4f}**. "
+    "Each row of the matrix below is one output channel's weights w[i, :] (it sums to 1).")
+st.info(
+    "As in the reference implementation, the weights are softmax(rowmax(E) - E) with E = A Aᵀ, the "
+    "Gram matrix of the channel maps: this **inverts similarity**, so the channels *least* similar to "
+    "channel i get the most weight. It differs from the paper's softmax(E).", icon=":material/info:")
+
+off_diagonal = matrix[~np.eye(channels, dtype=bool)]
+stats = st.columns(4)
+stats[0].metric("uniform weight 1/C", f"{uniform:.5f}")
+stats[1].metric("mean self-weight w[i, i]", f"{float(np.diag(matrix).mean()):.5f}")
+stats[2].metric("largest off-diagonal weight", f"{float(off_diagonal.max()) if off_diagonal.size else 0:.5f}")
+row_entropy = -(matrix * np.log2(np.clip(matrix, 1e-12, None))).sum(1)
+stats[3].metric("mean row entropy", f"{float(row_entropy.mean()):.2f} bits",
+                help=f"log2(C) = {np.log2(channels):.2f} bits would be uniform")
+
+controls = st.columns(3)
+reorder = sticky(controls[0].toggle, "Reorder by hierarchical clustering", key="cam_cluster", default=False,
+                 help="scipy average linkage on the rows; ticks keep the original channel ids")
+log_scale = sticky(controls[1].toggle, "Log colour scale", key="cam_log", default=False)
+colour_scale = sticky(controls[2].selectbox, "Colour scale", ["Viridis", "Cividis", "Inferno", "Blues"],
+                      key="cam_colours", default="Viridis")
+order = clustered_order(selection.result_key, matrix) if reorder else None
+st.plotly_chart(cam_matrix_figure(matrix, order, colour_scale, log_scale), key="cam_matrix",
+                config={"displaylogo": False})
+
+# ---- one channel ---------------------------------------------------------------------------------
+st.subheader("One channel before and after CAM")
+pick = st.columns([1, 1, 2])
+if st.session_state.get("kept_widgets", {}).get("cam_channel", 0) >= channels:   # another model
+    st.session_state["kept_widgets"].pop("cam_channel")
+    st.session_state.pop("cam_channel", None)
+channel = int(sticky(pick[0].number_input, "Channel", 0, channels - 1, key="cam_channel", default=0, step=1))
+top_k = int(sticky(pick[1].slider, "Top-k mixed-in channels", 1, min(24, channels), key="cam_top_k",
+                   default=min(6, channels)))
+strongest = int(np.argmax(off_diagonal.reshape(channels, channels - 1).max(1))) if channels > 1 else 0
+pick[2].caption(f"Tip: channel {strongest} has the most concentrated off-diagonal weight. Hover the "
+                "matrix to find others.")
+
+before = result.cam_input[channel].numpy()
+after = result.cam_output[channel].numpy()
+change = float(np.abs(after - before).mean() / (np.abs(before).mean() + 1e-12))
+st.plotly_chart(channel_maps_figure(before, after, channel), key="cam_channel_maps",
+                config={"displaylogo": False})
+st.caption(f"Mean absolute change from CAM: {change:.1%} of the channel's mean magnitude "
+           f"(grid {result.grid_size[0]}x{result.grid_size[1]}).")
+
+mix = result.channel_mix(channel, top_k)
+st.plotly_chart(channel_mix_figure(mix, channel, uniform), key="cam_mix", config={"displaylogo": False})
+st.markdown("##### The mixed-in channels' maps (before CAM), over the image")
+overlay_opacity = sticky(st.slider, "Overlay opacity", 0.0, 1.0, key="cam_overlay_opacity", default=0.6,
+                         step=0.05)
+per_row = 6
+for start in range(0, len(mix), per_row):
+    columns = st.columns(per_row)
+    for column, (source, weight) in zip(columns, mix[start:start + per_row]):
+        grid_map = result.cam_input[source].numpy()[None]
+        full = result.upsample_maps(grid_map, "bilinear")[0]
+        column.image(viz.heatmap_overlay(selection.image, full, overlay_opacity, "viridis"),
+                     caption=f"ch {source}: w = {weight:.4f}", width="stretch")
+
+buffer = io.StringIO()
+np.savetxt(buffer, matrix, delimiter=",", fmt="%.6g")
+st.download_button("CAM matrix (CSV)", buffer.getvalue(), "cam_attention.csv", "text/csv",
+                   on_click="ignore", key="download_cam_csv")
+
+app_sidebar.show_diagnostics()
