@@ -23,9 +23,10 @@ def _fail(message: str):
 def _inspect(image_path: Path, point_texts: list[str], checkpoint, device, dilation, dataset):
     """Parse and check everything, load the model and run one inspection.
 
-    Returns (loaded model, loaded image, points in the image as used, points as given, result).
+    Returns (loaded model, its description, loaded image, points in the image as used, points as
+    given, result).
     """
-    from ..batch import BatchInputError, check_points, load_model, one_line, parse_point
+    from ..batch import BatchInputError, check_points, describe_model, load_model, one_line, parse_point
     from ..data.images import ImageLoadError, load_image
     from ..inspect import inspect_image
 
@@ -39,10 +40,14 @@ def _inspect(image_path: Path, point_texts: list[str], checkpoint, device, dilat
         scale_y = picture.size[1] / picture.original_size[1]
         used = [(min(x * scale_x, picture.size[0] - 1), min(y * scale_y, picture.size[1] - 1)) for x, y in given]
         loaded = load_model(checkpoint, device, dilation, dataset)
+        model_info = describe_model(loaded)          # hash now: the file may be replaced later
         result = inspect_image(loaded.model, picture.array, loaded.meta.mean, loaded.meta.std)
-    except (BatchInputError, ImageLoadError, OSError) as error:
+    except ImageLoadError as error:
+        message = one_line(error)
+        _fail(message if image_path.name in message else f"{image_path.name}: {message}")
+    except (BatchInputError, OSError) as error:
         _fail(one_line(error))
-    return loaded, picture, used, given, result
+    return loaded, model_info, picture, used, given, result
 
 
 def attention(
@@ -60,11 +65,12 @@ def attention(
     """PAM attention maps of query points, the CAM matrix and channel maps, with a JSON manifest."""
     from tqdm import tqdm
 
-    from ..batch import describe_model, file_sha256, save_json, save_npy, save_png, save_text
+    from ..batch import file_sha256, save_json, save_npy, save_png, save_text
     from ..figures import cam_matrix_figure, save as save_fig
     from ..viz import heatmap, heatmap_overlay, mark_points
 
-    loaded, picture, points, given, result = _inspect(image, point, checkpoint, device, dilation, dataset)
+    _, model_info, picture, points, given, result = _inspect(image, point, checkpoint, device, dilation,
+                                                             dataset)
     channels_total = result.cam_attention.shape[0]
     bad = [c for c in channel if not 0 <= c < channels_total]
     if bad:
@@ -92,7 +98,7 @@ def attention(
             stem = f"pam_point{index + 1}"
             save_npy(keep(f"{stem}.npy"), grid_map.astype(np.float32))
             overlay = heatmap_overlay(array, full_map, opacity, vmin=0.0)
-            save_png(keep(f"{stem}.png"), mark_points(overlay, [(x, y)]))
+            save_png(keep(f"{stem}.png"), mark_points(overlay, [(x, y)], first_index=index))
             point_entries.append({
                 "index": index + 1, "x": gx, "y": gy, "x_used": x, "y_used": y, "cell": [row, col],
                 "cell_box": [round(v, 3) for v in result.cell_to_pixel_box(row, col)],
@@ -122,7 +128,7 @@ def attention(
             bar.update(1)
 
     save_json(out / MANIFEST, {
-        "model": describe_model(loaded),
+        "model": model_info,
         "image": {"path": str(image), "sha256": file_sha256(image), "size": list(picture.size),
                   "original_size": list(picture.original_size), "notices": picture.notices},
         "grid_size": list(result.grid_size), "alpha": result.alpha, "beta": result.beta,
@@ -157,7 +163,7 @@ def figure(
     suffix = out.suffix.lstrip(".").lower()
     if suffix not in FIGURE_FORMATS:
         _fail(f"unsupported figure format {suffix or '(none)'!r}; use .png, .pdf or .svg")
-    loaded, picture, points, _, result = _inspect(image, point, checkpoint, device, dilation, dataset)
+    loaded, _, picture, points, _, result = _inspect(image, point, checkpoint, device, dilation, dataset)
     maps = result.rows_upsampled(points)
     predictions = {which: result.prediction(which) for which in ("fused", "pam", "cam")}
     fig = attention_figure(picture.array, points, maps, predictions, loaded.meta.classes, loaded.meta.palette,

@@ -50,6 +50,7 @@ def attention_stats(
     try:
         pairs = select_evenly(list_pairs(data, split), max_images)
         loaded = load_model(checkpoint, device, dilation, dataset)
+        model_info = describe_model(loaded)          # hash now: the file may be replaced later
     except (BatchInputError, FileNotFoundError) as error:
         fail(one_line(error))
     start = time.perf_counter()
@@ -70,7 +71,7 @@ def attention_stats(
     save_text(out / "ablation.csv", rows_to_csv(stats.ablation))
     save_fig(attention_stats_figure(stats), out / "attention_stats.png", dpi=150)
     save_json(out / "summary.json", {
-        "model": describe_model(loaded), "data": str(data), "split": split, "images": len(pairs),
+        "model": model_info, "data": str(data), "split": split, "images": len(pairs),
         "settings": stats.settings, "seconds": round(seconds, 1), "per_class": stats.summary,
         "ablation": stats.ablation,
         "files": ["attention_stats.csv", "queries.csv", "ablation.csv", "attention_stats.png"]})
