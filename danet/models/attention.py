@@ -38,6 +38,13 @@ def pam_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         return torch.bmm(pam_attention_explicit(query, key), value)
     if method == "sdpa":
         # SDPA wants matching dtypes; under autocast q/k/v already share one.
+        # The fused kernels need a unit stride on the channel axis (projections arrive
+        # transposed) and, on the CPU, one head size for q, k and v; otherwise SDPA falls back
+        # to its math path, which builds the N x N matrix. Zero channels leave Q K^T unchanged.
+        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+        extra = value.shape[-1] - query.shape[-1]
+        if query.device.type == "cpu" and extra > 0:
+            query, key = F.pad(query, (0, extra)), F.pad(key, (0, extra))
         return F.scaled_dot_product_attention(
             query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), scale=1.0
         ).squeeze(1)
