@@ -40,6 +40,8 @@ _KNOWN_NON_IMAGES = ((b"%PDF", "a PDF document"), (b"<svg", "an SVG drawing"),
                      (b"<?xml", "an XML/SVG file"), (b"PK\x03\x04", "a ZIP archive"),
                      (b"%!PS", "a PostScript/EPS file"))
 _HEIF_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif")
+_IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"),
+                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 # ``warnings.catch_warnings`` swaps process-wide state; one decode at a time keeps it consistent
 # when several app sessions (threads) upload at once.
@@ -89,6 +91,13 @@ def read_source(source: bytes | bytearray | memoryview | str | Path, error=Image
 def describe_bytes(data: bytes) -> str:
     """A short human description of what non-image bytes look like."""
     head = data[:16]
+    for magic, what in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            return f"it starts like a {what} file but is damaged or cut short"
+    if head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00":
+        return "it starts like a BMP file but is damaged or cut short"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "it starts like a WEBP file but is damaged or cut short"
     for magic, what in _KNOWN_NON_IMAGES:
         if head.lstrip().startswith(magic):
             return f"it looks like {what}"
@@ -263,7 +272,7 @@ def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     if (new_width, new_height) != (width, height):
         if new_width < width:
             notices.append(f"downscaled from {width}x{height} to {new_width}x{new_height} to stay "
-                           f"within {max_pixels / 1e6:.1f} megapixels")
+                           f"within {max_pixels / 1e6:.2g} megapixels")
         else:
             notices.append(f"upscaled from {width}x{height} to {new_width}x{new_height}: the network "
                            f"needs at least {min_side} pixels on the short side")
