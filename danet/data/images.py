@@ -18,6 +18,7 @@ Rules (each has a test in ``tests/test_images.py``):
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import threading
@@ -115,6 +116,22 @@ def _bomb_message(name: str, width: int, height: int, limit: int) -> str:
             f"decompression bombs); resize it before uploading")
 
 
+@contextlib.contextmanager
+def pil_guard(notices: list[str]):
+    """One PIL call at a time with its warnings captured: bomb warnings raise, others become notices.
+
+    ``warnings.catch_warnings`` swaps process-wide state, hence the lock (app sessions are threads).
+    """
+    with _DECODE_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+    for warning in caught:
+        message = f"the file is slightly damaged; the decoder said: {str(warning.message).strip()}"
+        if message not in notices:
+            notices.append(message)
+
+
 def decode_first_frame(data: bytes, name: str, max_decode_pixels: int = MAX_DECODE_PIXELS,
                        draft_pixels: int | None = None, error=ImageLoadError
                        ) -> tuple[Image.Image, tuple[int, int], list[str]]:
@@ -126,8 +143,7 @@ def decode_first_frame(data: bytes, name: str, max_decode_pixels: int = MAX_DECO
     least this many pixels (saves memory and time on huge photos that will be downscaled).
     """
     notices: list[str] = []
-    with _DECODE_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with pil_guard(notices):
         try:
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = image.size
@@ -249,11 +265,10 @@ def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     name, data = read_source(source)
     image, (width, height), notices = decode_first_frame(data, name, max_decode_pixels,
                                                          draft_pixels=max_pixels)
-    with image:
+    with image, pil_guard(notices):
         image, swapped, rotation = _apply_orientation(image)
-        notices += rotation
         array, format_notices = to_rgb_array(image)
-    notices += format_notices
+    notices += rotation + format_notices
     if swapped:
         width, height = height, width
     long_side, short_side = max(width, height), min(width, height)
