@@ -61,6 +61,7 @@ def test_official_layout_with_module_prefix(models, tmp_path):
     assert_same_outputs(model, loaded.model)
 
 
+@pytest.mark.slow
 def test_mmseg_resnet50_bottleneck_with_meta_classes(tmp_path):
     """R-50 (Bottleneck, downsample) with 0-d gammas, an aux head and CLASSES/PALETTE in meta."""
     model = make_model("mmseg", backbone="resnet50", num_classes=19, head_channels=16)
@@ -109,6 +110,7 @@ def test_our_own_layout_in_a_training_checkpoint(models, tmp_path):
     assert_same_outputs(model, loaded.model)
 
 
+@pytest.mark.slow
 def test_our_timm_layout_finds_the_backbone(tmp_path):
     from helpers_checkpoints import randomize
     from danet.models import create_model

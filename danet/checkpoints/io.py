@@ -305,6 +305,8 @@ def _load_own(raw: RawCheckpoint, dilation, dataset, align_corners, device, sour
         meta.dataset, _ = resolve_dataset(dataset, config.num_classes, None)
     meta.config = config
     meta.extra = {**meta.extra, "container": "danet-lens safetensors"}
+    if dilation is not None and config.is_resnet:
+        meta.extra["dilation"] = dilation_name(config.output_stride, config.multi_grid)
     state = {k: v for k, v in raw.obj.items() if not k.endswith("num_batches_tracked")}
     mapped = Mapped(DANET_LENS, "stem.N", state, {k: k for k in state})
     return _finish(build_empty(config), meta, mapped, source, device)
@@ -399,7 +401,8 @@ def describe(loaded: LoadedModel) -> dict:
         "source": loaded.source,
         "layout": meta.layout,
         "layout_title": layout.title if layout else None,
-        "container": meta.extra.get("container"),
+        "container": meta.extra.get("container")
+        or ("danet-lens safetensors" if str(loaded.source).endswith(".safetensors") else None),
         "backbone": config.backbone,
         "stem": config.stem if config.is_resnet else None,
         "output_stride": config.output_stride,

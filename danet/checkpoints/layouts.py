@@ -95,7 +95,7 @@ BLOG = Layout(
 
 DANET_LENS = Layout(
     name="danet-lens",
-    title="this project's own DANet (e.g. a training run's last.pt)",
+    title="danet-lens, this project's own DANet (.safetensors exports, training last.pt)",
     backbone_prefix="backbone.", head_prefix="head.", marker="pam_in_conv",
     head_map={m: m for m in OUR_HEAD_MODULES}, dilation="2-4-4", align_corners=True,
 )
