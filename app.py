@@ -31,6 +31,33 @@ def accept_click() -> None:
         st.session_state["click_started"] = time.perf_counter()
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
+def prediction_views(result_key: str, opacity: float, _result, _image: np.ndarray, _palette: np.ndarray) -> dict:
+    """Class overlays of the three outputs and the disagreement view, shared read-only by all
+    sessions: recomputed when the result or the opacity changes, not on every click."""
+    predictions = {which: _result.prediction(which) for which in OUTPUTS}
+    views = {which: viz.mask_overlay(_image, predictions[which], _palette, opacity) for which in OUTPUTS}
+    disagreement = viz.disagreement(*(predictions[w] for w in OUTPUTS))
+    views["disagreement"] = viz.blend(_image, viz.colorize(disagreement, viz.DISAGREEMENT_PALETTE),
+                                      max(opacity, 0.35))
+    for array in views.values():
+        array.flags.writeable = False
+    views["present"] = np.unique(np.concatenate([np.unique(p) for p in predictions.values()]))
+    return views
+
+
+def attention_rows(points: list[tuple[int, int]]) -> np.ndarray:
+    """PAM rows of ``points`` (P, h, w); each point's row is computed once per session and result."""
+    cache = st.session_state.setdefault("row_cache", {})
+    if cache.get("key") != selection.result_key:
+        cache.clear()
+        cache["key"] = selection.result_key
+    missing = [p for p in points if p not in cache]
+    if missing:
+        cache.update(zip(missing, result.rows(missing)))
+    return np.stack([cache[p] for p in points])
+
+
 def drop_point(index: int) -> None:
     st.session_state["points"] = remove_point(st.session_state.get("points", []), index)
 
@@ -57,15 +84,14 @@ st.caption(f"**{selection.image_name}** ({width}x{height}) · forward **{result.
 # ---- predictions ----------------------------------------------------------------------------------
 st.subheader("Predictions")
 opacity = sticky(st.slider, "Class colour opacity", 0.0, 1.0, key="mask_opacity", default=0.55, step=0.05)
-predictions = {which: result.prediction(which) for which in OUTPUTS}
-overlays = {which: viz.mask_overlay(image, predictions[which], palette, opacity) for which in OUTPUTS}
+views = prediction_views(selection.result_key, opacity, result, image, palette)
+overlays = {which: views[which] for which in OUTPUTS}
 columns = st.columns(4)
 columns[0].image(image, caption="Input", width="stretch")
 for column, which in zip(columns[1:], OUTPUTS):
     column.image(overlays[which], caption=OUTPUT_TITLES[which], width="stretch")
 
-disagreement = viz.disagreement(*(predictions[w] for w in OUTPUTS))
-disagreement_view = viz.blend(image, viz.colorize(disagreement, viz.DISAGREEMENT_PALETTE), max(opacity, 0.35))
+disagreement_view = views["disagreement"]
 shares = branch_disagreement(result)
 columns = st.columns(4)
 columns[0].image(disagreement_view, caption="Where the branches disagree with the fused output",
@@ -73,8 +99,7 @@ columns[0].image(disagreement_view, caption="Where the branches disagree with th
 columns[1].image(viz.legend(viz.DISAGREEMENT_LABELS, viz.DISAGREEMENT_PALETTE), width="content")
 columns[1].markdown(f"PAM differs from fused on **{shares['pam']:.1%}** of pixels, "
                     f"CAM on **{shares['cam']:.1%}**.")
-present = np.unique(np.concatenate([np.unique(p) for p in predictions.values()]))
-columns[2].image(viz.legend(classes, palette, present=present), caption="Predicted classes", width="content")
+columns[2].image(viz.legend(classes, palette, present=views["present"]), caption="Predicted classes", width="content")
 if selection.labels is not None:
     truth = viz.mask_overlay(image, selection.labels.labels, palette, opacity)
     columns[3].image(truth, caption="Ground truth (label map)", width="stretch")
@@ -119,16 +144,15 @@ left, right = st.columns(2)
 with left:
     st.session_state["click_image_size"] = (height, width)
     streamlit_image_coordinates(viz.mark_points(base, points), key=CLICK_KEY, on_click=accept_click,
-                                width="stretch", cursor="crosshair")
+                                width="stretch", cursor="crosshair", image_format="JPEG", jpeg_quality=92)
     buttons = st.columns([2, 1])
     buttons[0].markdown(f"**{len(points)} point{'s' if len(points) != 1 else ''}** selected "
                         f"(max {MAX_POINTS})")
     buttons[1].button("Clear all points", on_click=clear_points, disabled=not points, key="clear_points")
 
-stats = []
-heat_panels = []
+stats, heat_panels, rows = [], [], None
 if points:
-    rows = result.rows(points)                                # (P, h, w), O(P N d)
+    rows = attention_rows(points)                             # (P, h, w), O(P N d)
     maps = result.upsample_maps(rows, mode)                   # (P, H, W)
     stats = point_statistics(result, points, rows, classes)
     shared_max = float(maps.max()) if scale == "shared" else None
@@ -198,9 +222,8 @@ def figure_png() -> bytes:
 
 
 def maps_npz() -> bytes:
-    rows_now = result.rows(points) if points else None
     labels = selection.labels.labels if selection.labels is not None else None
-    return npz_bundle(result, points, rows_now, classes, labels)
+    return npz_bundle(result, points, rows, classes, labels)
 
 
 def record_json() -> str:

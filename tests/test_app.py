@@ -1,0 +1,237 @@
+"""The Streamlit app through ``streamlit.testing.v1.AppTest``: selection, points, caching, bad input.
+
+Clicks are simulated by writing ``session_state["points"]`` (what the click callback does; the
+callback's logic itself is ``danet.session.apply_click``, tested in test_session.py) — the
+real click path is covered by test_browser.py. Works with whatever default weights exist.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from danet.checkpoints import save_model
+from danet.checkpoints.metadata import ModelMeta
+from danet.data.palettes import CAMVID
+from danet.models import create_model
+from danet.session import FORWARDS
+from danet.weights import DEFAULT_WEIGHTS
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
+TIMEOUT = 180          # a forward on a busy 2-core CPU
+
+
+@pytest.fixture
+def fresh_caches():
+    """Empty the app's caches (shared by every AppTest in this process) for forward counting."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> bytes:
+    """A small random CamVid DANet (MobileNetV2, 16 head channels) as our .safetensors bytes."""
+    torch.manual_seed(0)
+    model = create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16).eval()
+    with torch.no_grad():
+        model.head.pam.alpha.fill_(0.5)
+        model.head.cam.beta.fill_(0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_model(model, ModelMeta(config=model.config, dataset=CAMVID, extra={"val_miou": 12.5}), path,
+               dtype=torch.float16)
+    return path.read_bytes()
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def small_image() -> np.ndarray:
+    """A 96 x 128 crop of a CamVid sample: small enough for a fast forward."""
+    return np.asarray(Image.open(SAMPLES[0]).convert("RGB"))[100:196, 100:228].copy()
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]                 # the whole page, sidebar included
+
+
+def point_cards(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if "same-class mass" in m.value and "entropy" in m.value]
+
+
+def with_tiny_model(at: AppTest, checkpoint: bytes, image: np.ndarray | None = None) -> AppTest:
+    """Switch the app to the uploaded tiny model and (optionally) an uploaded image."""
+    at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
+    at.sidebar.file_uploader(key="checkpoint_upload").set_value(
+        ("tiny.safetensors", checkpoint, "application/octet-stream")).run()
+    if image is not None:
+        at.sidebar.radio(key="image_source").set_value("Upload an image").run()
+        at.sidebar.file_uploader(key="image_upload").set_value(("crop.png", png(image), "image/png")).run()
+    return at
+
+
+def test_default_model_on_a_sample_or_a_clear_message(fresh_caches):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    if not DEFAULT_WEIGHTS.exists():
+        assert any("default weights are not there" in e for e in errors(at))
+        return
+    assert errors(at) == []
+    assert at.title[0].value == "DANet inspector"
+    caption = at.caption[0].value
+    assert SAMPLES[0].name in caption and "forward" in caption and ("cpu" in caption or "cuda" in caption)
+    assert len(at.metric) == 3                     # sample ground truth: mIoU of fused, PAM, CAM
+    assert any("mobilenetv2_100" in c.value for c in at.sidebar.caption)
+
+
+def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
+    start = FORWARDS.total
+    assert errors(at) == [] and not at.exception
+    at.session_state["points"] = [(10, 10), (120, 90)]
+    at.run()
+    cards = point_cards(at)
+    assert len(cards) == 2 and cards[0] != cards[1]
+    assert "(10, 10)" in cards[0] and "(120, 90)" in cards[1]
+    at.slider(key="mask_opacity").set_value(0.9).run()
+    at.slider(key="attention_opacity").set_value(0.3).run()
+    at.radio(key="attention_mode").set_value("nearest").run()
+    at.radio(key="attention_scale").set_value("shared").run()
+    at.selectbox(key="attention_cmap").set_value("viridis").run()
+    at.session_state["points"] = at.session_state["points"] + [(60, 40)]
+    at.run()
+    assert len(point_cards(at)) == 3
+    at.switch_page("pages/1_Channel_attention.py").run()
+    assert not at.exception and errors(at) == []
+    at.toggle(key="cam_cluster").set_value(True).run()
+    at.number_input(key="cam_channel").set_value(7).run()
+    assert not at.exception
+    at.switch_page("pages/2_Model_details.py").run()
+    assert not at.exception and any(m.value == "12.50 %" for m in at.metric)
+    at.switch_page("app.py").run()
+    assert len(point_cards(at)) == 3                                   # points survive page changes
+    assert at.slider(key="mask_opacity").value == 0.9                  # and so do the controls
+    assert FORWARDS.total - start == 0                                 # the one forward was before `start`
+    assert "forward passes" in " ".join(m.value for m in at.sidebar.markdown)
+
+
+def test_one_forward_per_image_and_model(tiny_checkpoint, fresh_caches):
+    before = FORWARDS.total
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
+    # (default, sample) if the default exists, then (tiny, sample), then (tiny, crop)
+    expected = (1 if DEFAULT_WEIGHTS.exists() else 0) + 2
+    assert FORWARDS.total - before == expected
+    for _ in range(3):
+        at.run()
+    assert FORWARDS.total - before == expected
+    other = AppTest.from_file(APP, default_timeout=TIMEOUT)           # a second session, same inputs
+    with_tiny_model(other.run(), tiny_checkpoint, small_image())
+    assert FORWARDS.total - before == expected                        # served from the shared cache
+    flipped = small_image()[:, ::-1].copy()                            # a new image: one more forward
+    other.sidebar.file_uploader(key="image_upload").set_value(("flip.png", png(flipped), "image/png")).run()
+    assert FORWARDS.total - before == expected + 1
+
+
+def test_points_are_per_session_and_per_image(tiny_checkpoint):
+    first = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
+    second = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
+    first.session_state["points"] = [(5, 5), (50, 50)]
+    first.run()
+    second.session_state["points"] = [(100, 80)]
+    second.run()
+    assert len(point_cards(first)) == 2 and len(point_cards(second)) == 1
+    assert "(100, 80)" in point_cards(second)[0]
+    # a new image clears this session's points
+    first.sidebar.file_uploader(key="image_upload").set_value(
+        ("other.png", png(small_image()[::-1].copy()), "image/png")).run()
+    assert point_cards(first) == [] and first.session_state["points"] == []
+
+
+def test_remove_and_clear_points(tiny_checkpoint):
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
+    at.session_state["points"] = [(5, 5), (50, 50), (100, 80)]
+    at.run()
+    at.button(key="remove_50_50").click().run()
+    assert at.session_state["points"] == [(5, 5), (100, 80)]
+    at.button(key="clear_points").click().run()
+    assert at.session_state["points"] == [] and point_cards(at) == []
+
+
+@pytest.mark.parametrize("name, data", [
+    ("notes.png", b"this is a text file, not a picture"),
+    ("truncated.png", png(np.zeros((64, 64, 3), np.uint8))[:60]),
+    ("empty.jpg", b""),
+])
+def test_bad_image_uploads_show_an_error(tiny_checkpoint, name, data):
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
+    at.sidebar.radio(key="image_source").set_value("Upload an image").run()
+    at.sidebar.file_uploader(key="image_upload").set_value((name, data, "image/png")).run()
+    assert not at.exception
+    messages = errors(at)
+    assert any(f"Could not use `{name}`" in m for m in messages), messages
+    assert at.title[0].value == "DANet inspector"                     # the page still renders
+
+
+@pytest.mark.parametrize("name, data, expected", [
+    ("random.pth", bytes(range(256)) * 40, "Could not load `random.pth`"),
+    ("empty.safetensors", b"", "Could not load `empty.safetensors`"),
+])
+def test_bad_checkpoint_uploads_show_an_error(name, data, expected):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
+    at.sidebar.file_uploader(key="checkpoint_upload").set_value((name, data, "application/octet-stream")).run()
+    assert not at.exception
+    assert any(expected in m for m in errors(at)), errors(at)
+    at.run()                                                            # rerun: same message, no crash
+    assert any(expected in m for m in errors(at))
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "resnet_classifier.safetensors"
+    save_file({"fc.weight": torch.zeros(10, 4), "fc.bias": torch.zeros(10)}, str(path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
+    at.sidebar.file_uploader(key="checkpoint_upload").set_value(
+        (path.name, path.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception
+    assert any("Could not load" in m for m in errors(at))
+
+
+def test_label_map_upload_checked(tiny_checkpoint):
+    image = small_image()
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, image)
+    wrong = np.zeros((50, 50), np.uint8)
+    at.sidebar.file_uploader(key="label_upload").set_value(("wrong.png", png(wrong), "image/png")).run()
+    assert not at.exception
+    assert any("Label map not used" in m and "50x50" in m for m in errors(at))
+    assert len(at.metric) == 0
+
+    labels = np.full(image.shape[:2], 3, np.uint8)            # all road ...
+    labels[:10] = 200                                           # ... with 1280 pixels of an unknown id
+    at.sidebar.file_uploader(key="label_upload").set_value(("labels.png", png(labels), "image/png")).run()
+    assert not at.exception and errors(at) == []
+    assert any("outside 0..10" in i.value for i in at.sidebar.info)
+    assert len(at.metric) == 3 and at.dataframe
+
+
+def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
+    big = np.asarray(Image.fromarray(small_image()).resize((1600, 1200)))
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
+    at.sidebar.number_input(key="max_mp").set_value(0.1).run()
+    at.sidebar.radio(key="image_source").set_value("Upload an image").run()
+    at.sidebar.file_uploader(key="image_upload").set_value(("big.png", png(big), "image/png")).run()
+    assert not at.exception and errors(at) == []
+    assert any("downscaled from 1600x1200" in i.value for i in at.sidebar.info)
+    assert "(365x273)" in at.caption[0].value or "(365x274)" in at.caption[0].value

@@ -1,0 +1,219 @@
+"""The real app in a real browser: ``streamlit run app.py`` driven by Playwright + Debian chromium.
+
+Clicks two points on a sample, checks two different attention maps and per-point statistics
+appear while the network ran once, then checks a second browser session only sees its own
+point. Screenshots and timings go to ``test-artifacts/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from danet.weights import DEFAULT_WEIGHTS
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LOAD_TIMEOUT_MS = 240_000        # first page: model load + one forward on a busy CPU
+CLICK_TIMEOUT_MS = 60_000
+
+if not CHROMIUM.exists():
+    pytest.skip(f"browser test needs Debian chromium at {CHROMIUM} (apt-get install chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
+if not DEFAULT_WEIGHTS.exists():
+    pytest.skip(f"browser test opens a sample with the default weights, which are missing: {DEFAULT_WEIGHTS}",
+                allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A fresh ``streamlit run app.py`` (fresh caches, forward counter 0); killed by its PID after."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    log = (ARTIFACTS / "streamlit-server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"streamlit exited early (code {process.returncode}); see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("streamlit did not answer its health check within 90 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_inspector(browser, url: str):
+    """A new browser context (= a new Streamlit session) on the inspector, with its image loaded."""
+    context = browser.new_context(viewport={"width": 1500, "height": 3000})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=LOAD_TIMEOUT_MS)
+    image = page.frame_locator("iframe[title*='streamlit_image_coordinates']").locator("#image")
+    image.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => { const f = document.querySelector(\"iframe[title*='streamlit_image_coordinates']\");"
+        " const i = f && f.contentDocument && f.contentDocument.getElementById('image');"
+        " return i && i.complete && i.naturalWidth > 0; }", timeout=LOAD_TIMEOUT_MS)
+    return context, page, image
+
+
+def click_at(page, image, fx: float, fy: float, expected_points: int) -> float:
+    """Click at a fraction of the displayed image; seconds until the new point's card is shown."""
+    box = image.bounding_box()
+    start = time.perf_counter()
+    image.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+    label = f"{expected_points} point{'s' if expected_points != 1 else ''}"
+    page.get_by_text(re.compile(rf"^{label} selected")).wait_for(timeout=CLICK_TIMEOUT_MS)
+    page.locator("[data-testid='stImageCaption'], [data-testid='stCaptionContainer']").get_by_text(
+        f"point {expected_points}", exact=True).first.wait_for(timeout=CLICK_TIMEOUT_MS)
+    cards(page, expected_points)
+    return time.perf_counter() - start
+
+
+def cards(page, count: int) -> list[str]:
+    """Texts of the per-point statistic cards, waiting until ``count`` are shown."""
+    locator = page.locator("[data-testid='stMarkdownContainer']").filter(has_text="same-class mass").filter(
+        has_text="entropy")
+    page.wait_for_function(
+        "n => [...document.querySelectorAll(\"[data-testid='stMarkdownContainer']\")]"
+        ".filter(e => e.innerText.includes('entropy') && e.innerText.includes('same-class mass')).length === n",
+        arg=count, timeout=CLICK_TIMEOUT_MS)
+    return [text.strip() for text in locator.all_inner_texts()]
+
+
+def forward_passes(page) -> int:
+    expander = page.locator("[data-testid='stSidebar'] [data-testid='stExpander']").filter(has_text="Diagnostics")
+    text = expander.locator("[data-testid='stMarkdownContainer']").filter(has_text="forward passes").first
+    if not text.is_visible():
+        expander.get_by_text("Diagnostics").click()
+    text.wait_for(timeout=CLICK_TIMEOUT_MS)
+    return int(re.search(r"forward passes:\s*(\d+)", text.inner_text()).group(1))
+
+
+def point_image_sources(page) -> list[str]:
+    sources = []
+    for index in (1, 2):
+        figure = page.locator("[data-testid='stImage']").filter(has_text=f"point {index}").last
+        sources.append(figure.locator("img").get_attribute("src"))
+    return sources
+
+
+def download(page, label: str) -> bytes:
+    with page.expect_download(timeout=CLICK_TIMEOUT_MS) as info:
+        page.locator("[data-testid='stDownloadButton']").get_by_text(label).click()
+    return Path(info.value.path()).read_bytes()
+
+
+def check_downloads(page) -> None:
+    """The three download buttons give what they promise for the two clicked points."""
+    record = json.loads(download(page, "Record (JSON)"))
+    sample = sorted((ROOT / "assets" / "samples").glob("*.png"))[0]
+    assert record["image"]["name"] == sample.name
+    assert record["image"]["sha256"] == hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert len(record["points"]) == 2 and record["model"]["layout"] == "danet-lens"
+    maps = np.load(io.BytesIO(download(page, "Maps + CAM matrix (.npz)")))
+    assert maps["pam_attention"].shape[0] == 2 and maps["fused_prediction"].shape == (360, 480)
+    np.testing.assert_allclose(maps["pam_attention"].sum((1, 2)), 1.0, rtol=1e-4)
+    png = download(page, "Figures (PNG)")
+    (ARTIFACTS / "browser_download_figures.png").write_bytes(png)
+    figure = Image.open(io.BytesIO(png))
+    assert figure.format == "PNG" and figure.width > 1000
+
+
+def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
+    timings = {}
+    first_context, first, first_image = open_inspector(browser, server)
+    timings["click_1_to_card_s"] = click_at(first, first_image, 0.30, 0.25, 1)
+    timings["click_2_to_card_s"] = click_at(first, first_image, 0.65, 0.80, 2)
+    first_cards = cards(first, 2)
+    assert first_cards[0] != first_cards[1], first_cards
+    sources = point_image_sources(first)
+    assert all(sources) and sources[0] != sources[1]              # two different heatmap images
+    assert forward_passes(first) == 1
+    first.screenshot(path=str(ARTIFACTS / "browser_session_1_two_points.png"))
+    check_downloads(first)
+
+    second_context, second, second_image = open_inspector(browser, server)
+    timings["second_session_click_to_card_s"] = click_at(second, second_image, 0.80, 0.40, 1)
+    (only,) = cards(second, 1)
+    assert only not in first_cards
+    x, y = map(int, re.search(r"\((\d+), (\d+)\)", only).groups())
+    assert abs(x - 0.80 * 480) <= 3 and abs(y - 0.40 * 360) <= 3      # displayed -> image pixels
+    assert forward_passes(second) == 1                                # same image + model: cached
+    second.screenshot(path=str(ARTIFACTS / "browser_session_2_one_point.png"))
+
+    # the first session reruns (a slider moves: new heatmaps) and still has exactly its own two points
+    block = first.locator("[data-testid='stSlider']").filter(has_text="Heatmap opacity")
+    block.locator("input[type='range']").first.focus()
+    first.keyboard.press("ArrowLeft")
+    block.get_by_text("0.55", exact=True).wait_for(timeout=CLICK_TIMEOUT_MS)
+    deadline = time.monotonic() + CLICK_TIMEOUT_MS / 1000
+    while point_image_sources(first) == sources:
+        assert time.monotonic() < deadline, "the heatmaps were not redrawn after the slider moved"
+        time.sleep(0.2)
+    assert cards(first, 2) == first_cards
+    assert first.get_by_text(re.compile(r"^2 points selected")).is_visible()
+
+    # the other pages reuse the cached forward
+    first.locator("[data-testid='stSidebar']").get_by_text("Channel attention").click()
+    first.locator("[data-testid='stPlotlyChart']").first.wait_for(timeout=CLICK_TIMEOUT_MS)
+    first.get_by_text("inverts similarity").wait_for(timeout=CLICK_TIMEOUT_MS)
+    time.sleep(1.0)                                                   # let Plotly finish drawing
+    first.screenshot(path=str(ARTIFACTS / "browser_channel_attention.png"))
+    assert forward_passes(first) == 1
+
+    (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2))
+    print("browser timings:", json.dumps(timings))
+    first_context.close()
+    second_context.close()
