@@ -188,8 +188,11 @@ def read_json(path: str | Path) -> dict | None:
 
 # ---- model ---------------------------------------------------------------------------------------
 def load_model(checkpoint: str | Path | None, device: str = "auto", dilation: str | None = None,
-               dataset: str | None = None):
-    """``danet.loading.load_any`` with only the options the user gave; the model is put in eval mode."""
+               dataset: str | None = None, warn=None):
+    """``danet.loading.load_any`` with only the options the user gave; the model is put in eval mode.
+
+    The loader's warnings (e.g. an assumed dilation) go to ``warn`` one by one.
+    """
     from .loading import load_any
 
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -210,7 +213,21 @@ def load_model(checkpoint: str | Path | None, device: str = "auto", dilation: st
         what = f"checkpoint {checkpoint}" if checkpoint is not None else "the default model"
         raise BatchInputError(f"could not load {what}: {one_line(error)}") from error
     loaded.model.eval()
+    for message in loaded.warnings if warn else ():
+        warn(message)
     return loaded
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output folder (and parents); a file in its place is a ``BatchInputError``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BatchInputError(f"--out {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BatchInputError(f"cannot create {path}: {one_line(error)}") from error
+    return path
 
 
 def one_line(error: BaseException | str) -> str:

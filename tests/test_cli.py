@@ -171,6 +171,15 @@ def test_predict_bad_inputs(tmp_path, checkpoint, args, fragment, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_output_folder_that_is_a_file(tmp_path, images, checkpoint):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert_one_line_error(run("predict", images, "--out", taken, "--checkpoint", checkpoint), "not a folder")
+    assert_one_line_error(run("attention", images / "a.png", "--point", "1,1", "--out", taken,
+                              "--checkpoint", checkpoint), "not a folder")
+    assert taken.read_text() == "a file"
+
+
 def test_bad_checkpoint_and_device(tmp_path, images):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)

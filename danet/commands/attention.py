@@ -39,7 +39,7 @@ def _inspect(image_path: Path, point_texts: list[str], checkpoint, device, dilat
         scale_x = picture.size[0] / picture.original_size[0]
         scale_y = picture.size[1] / picture.original_size[1]
         used = [(min(x * scale_x, picture.size[0] - 1), min(y * scale_y, picture.size[1] - 1)) for x, y in given]
-        loaded = load_model(checkpoint, device, dilation, dataset)
+        loaded = load_model(checkpoint, device, dilation, dataset, warn=_warn)
         model_info = describe_model(loaded)          # hash now: the file may be replaced later
         result = inspect_image(loaded.model, picture.array, loaded.meta.mean, loaded.meta.std)
     except ImageLoadError as error:
@@ -56,7 +56,7 @@ def attention(
     out: Path = typer.Option(..., "--out", help="output folder"),
     channel: List[int] = typer.Option([], "--channel", help="CAM channel to export before/after (repeatable)"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="backbone dilation, for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="heatmap opacity in the overlays"),
@@ -65,7 +65,8 @@ def attention(
     """PAM attention maps of query points, the CAM matrix and channel maps, with a JSON manifest."""
     from tqdm import tqdm
 
-    from ..batch import file_sha256, save_json, save_npy, save_png, save_text
+    from ..batch import (BatchInputError, file_sha256, one_line, prepare_output_dir, save_json, save_npy,
+                         save_png, save_text)
     from ..figures import cam_matrix_figure, save as save_fig
     from ..viz import heatmap, heatmap_overlay, mark_points
 
@@ -76,7 +77,10 @@ def attention(
     if bad:
         _fail(f"channel {bad[0]} does not exist; the CAM has channels 0..{channels_total - 1}")
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_output_dir(out)
+    except BatchInputError as error:
+        _fail(one_line(error))
     (out / MANIFEST).unlink(missing_ok=True)       # the old manifest must not vouch for new files
     array = picture.array
     rows = result.rows(points)                      # (P, h, w), each sums to 1
@@ -149,7 +153,7 @@ def figure(
     point: List[str] = typer.Option(..., "--point", help="query pixel X,Y (repeat for more points)"),
     out: Path = typer.Option(..., "--out", help="figure file: .png, .pdf or .svg"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="backbone dilation, for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     dpi: int = typer.Option(300, min=50, max=1200, help="resolution of raster output"),
@@ -170,6 +174,10 @@ def figure(
                            all_classes=all_classes, title=title, columns=columns)
     save_fig(fig, out, dpi=dpi)
     typer.echo(f"figure -> {out}")
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -76,7 +76,7 @@ def predict(
     inputs: List[Path] = typer.Argument(..., metavar="IMAGES_OR_DIRS...", help="image files and/or folders"),
     out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per image)"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="backbone dilation, for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     batch_size: Optional[int] = typer.Option(
@@ -92,7 +92,7 @@ def predict(
     from tqdm import tqdm
 
     from ..batch import (BatchInputError, collect_images, describe_model, file_sha256, load_model,
-                         one_line, output_names, save_json, save_png)
+                         one_line, output_names, prepare_output_dir, save_json, save_png)
     from ..data.images import ImageLoadError, load_image
     from ..inspect import to_tensor
     from ..viz import legend
@@ -103,13 +103,13 @@ def predict(
 
     try:
         images = collect_images(inputs, recursive)
-        loaded = load_model(checkpoint, device, dilation, dataset)
+        loaded = load_model(checkpoint, device, dilation, dataset, warn=_warn)
+        prepare_output_dir(out)
     except BatchInputError as error:
         fail(one_line(error))
     meta, model = loaded.meta, loaded.model
     model_info = describe_model(loaded)
     palette = meta.palette
-    out.mkdir(parents=True, exist_ok=True)
     save_png(out / "legend.png", legend(meta.classes, palette))
 
     names = output_names(images)
@@ -169,6 +169,10 @@ def predict(
     if failed:
         listing = "; ".join(f"{p.name}: {m}" for p, m in failed[:3]) + (" ..." if len(failed) > 3 else "")
         fail(f"{len(failed)} of {len(images)} images could not be read ({listing})")
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,7 @@ def attention_stats(
     ablation: bool = typer.Option(True, help="also score the model with alpha=0 / beta=0 (on copies)"),
     ignore_index: Optional[int] = typer.Option(None, help="void label id; default: the model's dataset's"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="backbone dilation, for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ):
@@ -39,7 +39,8 @@ def attention_stats(
     from tqdm import tqdm
 
     from ..attention_stats import QUERY_COLUMNS, compute_attention_stats, rows_to_csv, select_evenly
-    from ..batch import BatchInputError, describe_model, load_model, one_line, save_json, save_text
+    from ..batch import (BatchInputError, describe_model, load_model, one_line, prepare_output_dir, save_json,
+                         save_text)
     from ..data.camvid import list_pairs
     from ..figures import attention_stats_figure, save as save_fig
 
@@ -49,8 +50,9 @@ def attention_stats(
 
     try:
         pairs = select_evenly(list_pairs(data, split), max_images)
-        loaded = load_model(checkpoint, device, dilation, dataset)
+        loaded = load_model(checkpoint, device, dilation, dataset, warn=_warn)
         model_info = describe_model(loaded)          # hash now: the file may be replaced later
+        prepare_output_dir(out)
     except (BatchInputError, FileNotFoundError) as error:
         fail(one_line(error))
     start = time.perf_counter()
@@ -64,7 +66,6 @@ def attention_stats(
         fail(f"no non-void query cells in {len(pairs)} image(s); check --ignore-index and the labels")
     seconds = time.perf_counter() - start
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)
     save_text(out / "attention_stats.csv", rows_to_csv(stats.summary, SUMMARY_COLUMNS))
     save_text(out / "queries.csv", rows_to_csv(stats.query_rows(), QUERY_COLUMNS))
@@ -97,6 +98,10 @@ def attention_stats(
     if stats.ablation:
         console.print(ablation_table)
     console.print(f"-> {out}")
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 def register(app: typer.Typer) -> None:
