@@ -11,9 +11,11 @@ at that moment in an inference-mode forward:
   ``nn.Sequential`` containers keep nothing;
 * inside PAM, the attention working set, which is what decides the peak on large grids:
   ``explicit`` holds the N x N energy and its softmax at once (2 * 4 * N^2 bytes);
-  ``sdpa`` on the CPU uses a fused O(N) kernel only when query, key and value share one head
-  dimension -- DANet's value has C channels and its query/key C/8, so PyTorch falls back to
-  its math path, which materialises the same N x N matrices (measured: ``tests/test_memory.py``).
+  ``sdpa`` runs PyTorch's fused kernel in O(N) memory: ``pam_aggregate`` makes q/k/v
+  contiguous and, on the CPU, zero-pads q/k to the value's width (the CPU kernel needs one head
+  size; without that PyTorch falls back to a math path that builds the N x N matrix anyway).
+  ``pam_working_bytes`` mirrors that code; ``tests/test_memory.py`` measures both paths, so a
+  change in ``attention.py`` that moves the peak shows up there.
 
 The peak of those sums plus the three logit maps kept at input size is the live-tensor peak
 (``ForwardMemory.peak``). The process needs more than that: the C allocator keeps freed blocks
@@ -82,11 +84,10 @@ def pam_working_bytes(positions: int, key_channels: int, channels: int, method: 
     if method == "explicit":
         return 2 * n * n * element_bytes + output             # energy + softmax, then the product
     if method == "sdpa":
-        fused_kernel = device != "cpu" or key_channels == channels
-        if fused_kernel:
-            return output + 2 * n * (key_channels + channels) * element_bytes
-        # Math fallback: scaled query, N x N energy and softmax, contiguous value copy, output.
-        return 2 * n * n * element_bytes + 2 * output + n * key_channels * element_bytes
+        # Contiguous copies of q, k (zero-padded to C on the CPU) and v, then the output; the
+        # fused kernel's own blocks (a few query x key tiles per thread) are small next to these.
+        qk_width = channels if device == "cpu" else key_channels
+        return (2 * qk_width + channels) * n * element_bytes + output
     raise ValueError(f"unknown PAM method {method!r}")
 
 
