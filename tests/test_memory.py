@@ -99,11 +99,16 @@ def test_estimate_grows_quadratically_with_the_grid():
     assert estimate_forward_bytes(config, 512, 512) == int(large.peak * ALLOCATOR_SLACK["cpu"])
 
 
-def test_fit_check_says_why_a_forward_will_not_fit():
+def test_fit_check_says_why_a_forward_will_not_fit(monkeypatch):
+    import danet.memory
+
+    monkeypatch.setattr(danet.memory, "available_bytes", lambda device="cpu": 2 ** 30)   # 1 GiB free
     config = create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16).config
     assert check_forward_fits(config, 64, 64) is None
-    message = check_forward_fits(config, 4096, 8192)
-    assert message is not None and "131072 attention positions" in message and "GiB is free" in message
+    message = check_forward_fits(config, 2048, 4096)
+    assert message is not None
+    assert message.startswith("a 4096x2048 forward needs about ") and "(131072 attention positions, sdpa PAM)" in message
+    assert message.endswith("but only 1.0 GiB is free on cpu; use a smaller image")
 
 
 def test_bad_sizes_are_refused():
