@@ -26,6 +26,7 @@ from danet.weights import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parent
 SAMPLES = ROOT / "assets" / "samples"
+SAMPLE_DATASET = "camvid"          # the samples' label maps use CamVid class ids
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp"]
 CHECKPOINT_TYPES = ["safetensors", "pth", "pt", "tar", "bin", "ckpt"]
 DEFAULT_SOURCE, UPLOAD_SOURCE = "Default (CamVid, MobileNetV2)", "Upload a checkpoint"
@@ -271,6 +272,11 @@ def build_selection() -> Selection | None:
     image, name, digest, label_bytes = choose_image()
     if loaded is None or image is None:
         return None
+    if (label_bytes is not None and st.session_state.get("image_source") == SAMPLE_SOURCE
+            and loaded.meta.dataset.name != SAMPLE_DATASET):
+        st.sidebar.info(f"The samples' ground truth uses {SAMPLE_DATASET} classes; this model predicts "
+                        f"{loaded.meta.dataset.name} classes, so it is not scored against it.")
+        label_bytes = None
     labels = check_label_map(loaded, image, label_bytes)
     if st.session_state.get("points_image") != digest:     # points belong to one image
         st.session_state["points"] = []

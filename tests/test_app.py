@@ -235,3 +235,43 @@ def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
     assert not at.exception and errors(at) == []
     assert any("downscaled from 1600x1200" in i.value for i in at.sidebar.info)
     assert "(365x273)" in at.caption[0].value or "(365x274)" in at.caption[0].value
+
+
+def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
+    from helpers_checkpoints import foreign_state, make_model, wrap
+
+    model = make_model("official", backbone="resnet18", num_classes=11, head_channels=32)
+    buffer = io.BytesIO()
+    torch.save(wrap(foreign_state(model, "official"), "official"), buffer)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.sidebar.radio(key="image_source").set_value("Upload an image").run()
+    at.sidebar.file_uploader(key="image_upload").set_value(("crop.png", png(small_image()), "image/png")).run()
+    at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
+    at.sidebar.file_uploader(key="checkpoint_upload").set_value(
+        ("DANet18.pth.tar", buffer.getvalue(), "application/octet-stream")).run()
+    assert not at.exception and errors(at) == []
+    summary = " ".join(c.value for c in at.sidebar.caption)
+    assert "layout **official**" in summary and "resnet18" in summary and "multi-grid" in summary
+    at.sidebar.selectbox(key="dilation").set_value("2-4-4").run()        # what the file cannot tell
+    at.sidebar.selectbox(key="dataset_choice").set_value("camvid").run()
+    assert not at.exception and errors(at) == []
+    summary = " ".join(c.value for c in at.sidebar.caption)
+    assert "multi-grid" not in summary and "dataset **camvid**" in summary
+    at.switch_page("pages/2_Model_details.py").run()
+    assert not at.exception
+    assert "DANet18.pth.tar" in at.dataframe[0].value.loc["source", "value"]
+
+
+def test_sample_ground_truth_only_scores_models_of_its_dataset(tmp_path):
+    from danet.data.palettes import generic_dataset
+
+    model = create_model(backbone="mobilenetv2_100", num_classes=5, head_channels=16).eval()
+    path = tmp_path / "five.safetensors"
+    save_model(model, ModelMeta(config=model.config, dataset=generic_dataset(5)), path, dtype=torch.float16)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
+    at.sidebar.file_uploader(key="checkpoint_upload").set_value(
+        (path.name, path.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception and errors(at) == []
+    assert any("not scored" in i.value for i in at.sidebar.info)
+    assert len(at.metric) == 0 and at.title[0].value == "DANet inspector"
