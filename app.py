@@ -75,8 +75,7 @@ if selection is None:
 
 result, image, classes, palette = selection.result, selection.image, selection.classes, selection.palette
 height, width = result.image_size
-cached = "" if st.session_state.get("announced_key") != selection.result_key else " (cached)"
-st.session_state["announced_key"] = selection.result_key
+cached = " (just now)" if selection.computed_now else " (cached)"
 st.caption(f"**{selection.image_name}** ({width}x{height}) · forward **{result.seconds:.2f} s** on "
            f"**{result.device}**{cached} · feature grid {result.grid_size[0]}x{result.grid_size[1]} · "
            f"PAM alpha {result.alpha:.3f}, CAM beta {result.beta:.3f}")

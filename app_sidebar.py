@@ -284,7 +284,7 @@ def build_selection() -> Selection | None:
     height, width = image.array.shape[:2]          # the same file at another size limit is another input
     key = result_key(model_id, f"{digest}@{width}x{height}", DEVICE)
     failure = remembered_failure(key)
-    result = None
+    result, forwards_before = None, FORWARDS.total
     if failure is None:
         try:
             with st.spinner(f"Running DANet on {name} ({DEVICE})..."):
@@ -297,7 +297,8 @@ def build_selection() -> Selection | None:
         return None
     return Selection(loaded=loaded, model_id=model_id, image=image.array, image_name=name,
                      image_sha256=digest, original_size=image.original_size, result=result,
-                     result_key=key, labels=labels, device=DEVICE)
+                     result_key=key, labels=labels, device=DEVICE,
+                     computed_now=FORWARDS.total > forwards_before)
 
 
 def render() -> Selection | None:

@@ -85,6 +85,7 @@ class Selection:
     result_key: str
     labels: "LabelMap | None" = None
     device: str = "cpu"
+    computed_now: bool = False             # this run did the forward (else it came from the cache)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -90,8 +90,11 @@ def test_default_model_on_a_sample_or_a_clear_message(fresh_caches):
     assert at.title[0].value == "DANet inspector"
     caption = at.caption[0].value
     assert SAMPLES[0].name in caption and "forward" in caption and ("cpu" in caption or "cuda" in caption)
+    assert "(just now)" in caption                # fresh caches: this run did the forward
     assert len(at.metric) == 3                     # sample ground truth: mIoU of fused, PAM, CAM
     assert any("mobilenetv2_100" in c.value for c in at.sidebar.caption)
+    at.run()
+    assert "(cached)" in at.caption[0].value
 
 
 def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
