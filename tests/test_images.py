@@ -248,3 +248,14 @@ def test_the_loaded_array_is_writable_rgb_uint8():
     assert loaded.array.dtype == np.uint8 and loaded.array.shape == (50, 60, 3)
     assert loaded.array.flags.writeable
     assert (loaded.array == noise(50, 60)).all()
+
+
+def test_decoder_warnings_become_notices_not_log_noise():
+    image = Image.new("RGB", (40, 40), (1, 2, 3))
+    broken_exif = b"II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00"       # IFD claims 5 entries, holds 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_image(encode(image, "PNG", exif=broken_exif))
+    assert loaded.array[0, 0].tolist() == [1, 2, 3]
+    assert loaded.notices == ["the file is slightly damaged; the decoder said: Corrupt EXIF data.  "
+                              "Expecting to read 12 bytes but only got 4."]
