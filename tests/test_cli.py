@@ -97,7 +97,8 @@ def test_help(command, option):
 # ---- predict -------------------------------------------------------------------------------------
 def test_predict_writes_masks_overlays_logits_and_resumes(tmp_path, images, checkpoint):
     out = tmp_path / "out"
-    result = run("predict", images, "--out", out, "--checkpoint", checkpoint, "--save-logits", "--device", "cpu")
+    result = run("predict", images, "--out", out, "--checkpoint", checkpoint, "--save-logits", "--logits-dtype",
+                 "float32", "--device", "cpu")
     assert result.exit_code == 0, result.output + result.stderr
     assert "3 predicted, 0 already done" in result.output
     assert png(out / "legend.png").shape[0] > 5 * 18     # one swatch row per class
@@ -106,7 +107,7 @@ def test_predict_writes_masks_overlays_logits_and_resumes(tmp_path, images, chec
         with np.load(folder / "logits.npz") as data:
             logits, probabilities = data["logits"], data["probabilities"]
             assert list(data["outputs"]) == ["fused", "pam", "cam"]
-        assert logits.shape == (3, 5, height, width)
+        assert logits.shape == (3, 5, height, width) and logits.dtype == np.float32
         np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
         for index, which in enumerate(("fused", "pam", "cam")):
             mask = png(folder / f"{which}_mask.png")
@@ -125,16 +126,27 @@ def test_predict_writes_masks_overlays_logits_and_resumes(tmp_path, images, chec
 
     # Second run: everything is skipped and nothing is rewritten.
     stamp = (out / "a" / "fused_mask.png").stat().st_mtime_ns
-    again = run("predict", images, "--out", out, "--checkpoint", checkpoint, "--save-logits", "--device", "cpu")
+    again = run("predict", images, "--out", out, "--checkpoint", checkpoint, "--save-logits", "--logits-dtype",
+                "float32", "--device", "cpu")
     assert again.exit_code == 0 and "0 predicted, 3 already done" in again.output
     assert (out / "a" / "fused_mask.png").stat().st_mtime_ns == stamp
+    # Without logits the same outputs count as complete too.
+    assert "0 predicted, 3 already done" in run("predict", images, "--out", out, "--checkpoint", checkpoint).output
 
     # A lost output file or a new image makes only those images run again.
     (out / "b" / "cam_overlay.png").unlink()
     write_image(images / "d.png", 64, 96, 3)
-    third = run("predict", images, "--out", out, "--checkpoint", checkpoint, "--save-logits", "--device", "cpu")
+    third = run("predict", images, "--out", out, "--checkpoint", checkpoint, "--save-logits", "--logits-dtype",
+                "float32", "--device", "cpu")
     assert third.exit_code == 0 and "2 predicted, 2 already done" in third.output
     assert (out / "b" / "cam_overlay.png").is_file() and (out / "d" / "prediction.json").is_file()
+
+    # Asking for float16 logits redoes the images whose logits are float32.
+    fourth = run("predict", images, "--out", out, "--checkpoint", checkpoint, "--save-logits", "--device", "cpu")
+    assert fourth.exit_code == 0 and "4 predicted, 0 already done" in fourth.output
+    with np.load(out / "a" / "logits.npz") as data:
+        assert data["logits"].dtype == np.float16
+        np.testing.assert_allclose(data["probabilities"].astype(np.float32).sum(1), 1.0, atol=5e-3)
     assert not list(out.rglob("*.partial*"))
 
 

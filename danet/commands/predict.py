@@ -24,21 +24,26 @@ def expected_files(save_logits: bool) -> list[str]:
     return names + (["logits.npz"] if save_logits else []) + [RECORD]
 
 
-def is_complete(folder: Path, image_sha: str, model_sha: str, save_logits: bool) -> bool:
-    """True when an earlier run left every output of this image, for this image and model."""
+def is_complete(folder: Path, image_sha: str, model_sha: str, logits_dtype: str | None) -> bool:
+    """True when an earlier run left every output of this image, for this image and model
+    (and logits of the requested dtype, when ``logits_dtype`` is set)."""
     from ..batch import read_json
 
     record = read_json(folder / RECORD)
     if not record or record.get("image_sha256") != image_sha or record.get("model_sha256") != model_sha:
         return False
+    save_logits = logits_dtype is not None
+    if save_logits and record.get("logits_dtype") != logits_dtype:
+        return False
     return all((folder / name).is_file() for name in expected_files(save_logits))
 
 
 def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: np.ndarray,
-                  opacity: float, save_logits: bool, record: dict) -> None:
+                  opacity: float, logits_dtype: str | None, record: dict) -> None:
     """Masks, overlays (and logits) of one image; the record last, as the completion mark.
 
-    ``logits`` is (3, K, H, W) in the order fused, PAM, CAM.
+    ``logits`` is (3, K, H, W) in the order fused, PAM, CAM; with ``logits_dtype`` ("float16" or
+    "float32") they are saved, with their softmax probabilities, in ``logits.npz``.
     """
     import torch
 
@@ -51,10 +56,11 @@ def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: 
     for which, prediction in zip(OUTPUTS, predictions):
         save_png(folder / f"{which}_mask.png", colorize(prediction, palette))
         save_png(folder / f"{which}_overlay.png", mask_overlay(image, prediction, palette, opacity))
-    if save_logits:
+    if logits_dtype is not None:
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-        save_npz(folder / "logits.npz", logits=logits.astype(np.float32),
-                 probabilities=probabilities.astype(np.float32), outputs=np.array(OUTPUTS))
+        save_npz(folder / "logits.npz", logits=logits.astype(logits_dtype),
+                 probabilities=probabilities.astype(logits_dtype), outputs=np.array(OUTPUTS))
+        record["logits_dtype"] = logits_dtype
     counts = [np.bincount(p.ravel(), minlength=len(palette)) / p.size for p in predictions]
     record["class_fractions"] = {which: [round(float(v), 6) for v in c] for which, c in zip(OUTPUTS, counts)}
     save_json(folder / RECORD, record)
@@ -83,6 +89,7 @@ def predict(
         None, min=1, help="images of one size per forward pass; default 1 on the CPU (no gain measured), "
                           "8 on a GPU"),
     save_logits: bool = typer.Option(False, help="also write logits.npz (logits and probabilities)"),
+    logits_dtype: str = typer.Option("float16", help="float16 (23 MB per 480x360 CamVid frame) or float32"),
     opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="mask opacity in the overlays"),
     recursive: bool = typer.Option(False, help="also look in sub-folders"),
     force: bool = typer.Option(False, help="redo images that already have all their outputs"),
@@ -101,6 +108,9 @@ def predict(
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1)
 
+    if logits_dtype not in ("float16", "float32"):
+        fail(f"--logits-dtype must be float16 or float32, not {logits_dtype!r}")
+    wanted_dtype = logits_dtype if save_logits else None
     try:
         images = collect_images(inputs, recursive)
         loaded = load_model(checkpoint, device, dilation, dataset, warn=_warn)
@@ -120,7 +130,7 @@ def predict(
         except OSError as error:
             failed.append((path, one_line(error)))
             continue
-        if not force and is_complete(out / name, sha, model_info["sha256"], save_logits):
+        if not force and is_complete(out / name, sha, model_info["sha256"], wanted_dtype):
             skipped.append(name)
         else:
             pending.append({"path": path, "name": name, "sha": sha})
@@ -157,7 +167,7 @@ def predict(
                           "notices": item["notices"], "classes": list(meta.classes),
                           "forward_seconds": round(seconds, 4), "batch": len(group)}
                 write_outputs(out / item["name"], item["image"], image_logits, palette, opacity,
-                              save_logits, record)
+                              wanted_dtype, record)
                 done.append(item["name"])
                 bar.update(1)
 
