@@ -178,7 +178,10 @@ def attention_stats_figure(stats) -> Figure:
         ax.set_xticks(spots, [v.replace(" (", "\n(") for v in variants], fontsize=7)
         ax.set_ylabel("mIoU %")
         ax.set_title("Switching modules off (on a copy)")
-        ax.legend(frameon=False, fontsize=7)
+        top = max((row[c] * 100 for row in stats.ablation for c in ("miou_fused", "miou_pam_output",
+                                                                      "miou_cam_output")), default=1.0)
+        ax.set_ylim(0, (top if np.isfinite(top) and top > 0 else 1.0) * 1.25)   # room for the legend
+        ax.legend(frameon=False, fontsize=7, ncols=3, loc="upper center")
 
         ax = axes[1, 2]
         mass = np.asarray(queries["same_class_mass_gt"], float)
