@@ -56,7 +56,8 @@ def attention(
     out: Path = typer.Option(..., "--out", help="output folder"),
     channel: List[int] = typer.Option([], "--channel", help="CAM channel to export before/after (repeatable)"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(
+        None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="heatmap opacity in the overlays"),
@@ -153,7 +154,8 @@ def figure(
     point: List[str] = typer.Option(..., "--point", help="query pixel X,Y (repeat for more points)"),
     out: Path = typer.Option(..., "--out", help="figure file: .png, .pdf or .svg"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(
+        None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     dpi: int = typer.Option(300, min=50, max=1200, help="resolution of raster output"),

@@ -82,7 +82,8 @@ def predict(
     inputs: List[Path] = typer.Argument(..., metavar="IMAGES_OR_DIRS...", help="image files and/or folders"),
     out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per image)"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(
+        None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     batch_size: Optional[int] = typer.Option(
@@ -177,7 +178,8 @@ def predict(
         "processed": done, "skipped": skipped, "failed": {str(p): m for p, m in failed}})
     typer.echo(f"{len(done)} predicted, {len(skipped)} already done, {len(failed)} failed -> {out}")
     if failed:
-        listing = "; ".join(f"{p.name}: {m}" for p, m in failed[:3]) + (" ..." if len(failed) > 3 else "")
+        listing = "; ".join(m if p.name in m else f"{p.name}: {m}" for p, m in failed[:3])
+        listing += " ..." if len(failed) > 3 else ""
         fail(f"{len(failed)} of {len(images)} images could not be read ({listing})")
 
 

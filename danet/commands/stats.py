@@ -27,7 +27,8 @@ def attention_stats(
     ablation: bool = typer.Option(True, help="also score the model with alpha=0 / beta=0 (on copies)"),
     ignore_index: Optional[int] = typer.Option(None, help="void label id; default: the model's dataset's"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
+    dilation: Optional[str] = typer.Option(
+        None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
     dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ):
