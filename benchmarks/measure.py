@@ -89,6 +89,20 @@ def median_seconds(fn, repeats: int, device="cpu") -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(functions: dict, repeats: int, device="cpu") -> dict[str, float]:
+    """Median seconds of each function, run in turn (A B C A B C ...) so that a change in machine
+    load during the measurement hits every function alike instead of biasing the last one."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 class PieceTimer:
     """Wall time per named piece of a forward, by wrapping callables on the model instance.
 
@@ -99,11 +113,14 @@ class PieceTimer:
     def __init__(self, device="cpu"):
         self.device = device
         self.seconds: dict[str, float] = {}
+        self.enabled = True
 
     def wrap(self, owner, attribute: str, piece: str) -> None:
         original = getattr(owner, attribute)
 
         def timed(*args, **kwargs):
+            if not self.enabled:
+                return original(*args, **kwargs)
             sync(self.device)
             start = time.perf_counter()
             out = original(*args, **kwargs)

@@ -22,7 +22,7 @@ from danet.memory import available_bytes, pam_working_bytes
 from danet.models import DANetConfig, create_model
 from danet.models.attention import EXPLICIT_MAX_POSITIONS, pam_aggregate, pam_attention_explicit
 
-from .measure import PieceTimer, median_seconds, run_probe
+from .measure import PieceTimer, interleaved_medians, median_seconds, run_probe
 from .probe import HEAD_CONVS, probe_head
 from .reference import LABELS, METHODS, ReferencePAM, chunked_aggregate, make_head
 from .report import Table, fit_exponent, megabytes
@@ -91,8 +91,9 @@ def head_results(plan: Plan, log) -> dict:
     """Every head measurement the sections need, once: {(grid, method): result}."""
     grids = sorted(set(plan.head_grids) | set(plan.growth_extra), key=lambda g: g[0] * g[1])
     results = {}
-    for grid in grids:
-        for method in METHODS:
+    for index, grid in enumerate(grids):
+        shift = index % len(METHODS)                     # rotate the order: no method always runs last
+        for method in METHODS[shift:] + METHODS[:shift]:
             log(f"head {grid[0]}x{grid[1]} {method}")
             results[grid, method] = measure_head(grid, method, plan)
     return results
@@ -147,7 +148,8 @@ def head_table(results: dict, plan: Plan, same_outputs: float) -> Table:
                        f"{'this process (quick mode)' if plan.in_process else 'a fresh process'}.")
     table.notes.append("Methods: " + "; ".join(f"**{m}** = {LABELS[m]}" for m in METHODS) + ".")
     table.notes.append(f"Same weights for all three; largest |ours - reference| over the three outputs: "
-                       f"{same_outputs:.1e}.")
+                       f"{same_outputs:.1e}. Where our path is explicit (N <= {EXPLICIT_MAX_POSITIONS}) ours "
+                       f"and the reference do the same products, so their time ratio there is this run's noise floor.")
     largest = plan.head_grids[-1]
     big = table.rows[-1]
     if big[8] is not None:
@@ -201,19 +203,20 @@ def pam_sweep_table(plan: Plan, log) -> Table:
         query = (torch.randn(1, n, d, generator=generator) / 4).to(plan.device)
         key = (torch.randn(1, n, d, generator=generator) / 4).to(plan.device)
         value = torch.randn(1, n, c, generator=generator).to(plan.device)
-        times = {}
+        functions = {"explicit": lambda: pam_aggregate(query, key, value, "explicit"),
+                     "sdpa": lambda: pam_aggregate(query, key, value, "sdpa"),
+                     "chunked": lambda: chunked_method(query, key, value)}
         with torch.inference_mode():
-            for name, fn in (("explicit", lambda: pam_aggregate(query, key, value, "explicit")),
-                             ("sdpa", lambda: pam_aggregate(query, key, value, "sdpa")),
-                             ("chunked", lambda: chunked_method(query, key, value))):
+            for fn in functions.values():
                 fn()                                                         # warm-up
-                times[name] = median_seconds(fn, plan.repeats, plan.device)
+            times = interleaved_medians(functions, plan.repeats, plan.device)
         ratio = times["sdpa"] / times["explicit"]
         if crossover is None and ratio <= 1.0:
             crossover = n
         table.add(n, times["explicit"], times["sdpa"], ratio, times["chunked"],
                   times["chunked"] / times["explicit"], "explicit" if n <= EXPLICIT_MAX_POSITIONS else "sdpa")
-    table.notes.append(f"Median of {plan.repeats} runs, seconds, in this process. The package switches at "
+    table.notes.append(f"Median of {plan.repeats} runs, seconds, in this process, the three methods taking turns. "
+                       f"Random q, k, v; no convolutions. The package switches at "
                        f"EXPLICIT_MAX_POSITIONS = {EXPLICIT_MAX_POSITIONS}.")
     table.notes.append("Crossover (first N where SDPA is no slower than explicit): "
                        + (f"N = {crossover}." if crossover else "none in the measured range: SDPA was slower "
@@ -251,22 +254,34 @@ def sample_image(height: int, width: int) -> np.ndarray:
     return np.array(Image.fromarray(small).resize((width, height), Image.BILINEAR))
 
 
-def time_model_pieces(model, image: np.ndarray, repeats: int, device) -> tuple[float, dict, tuple[int, int]]:
-    """Median forward (``inspect_image``), mean seconds per piece (by wrapping them), grid size."""
+def time_model(model, image: np.ndarray, repeats: int, device) -> tuple[dict, dict, tuple[int, int]]:
+    """Median ``inspect_image`` seconds with the package PAM and with the reference PAM (taking
+    turns), mean seconds per piece of the package runs (by wrapping the pieces), and the grid."""
     timer = PieceTimer(device)
     timer.wrap_module(model.backbone, "backbone")
     for name in HEAD_CONVS:
         timer.wrap_module(getattr(model.head, name), "head convs")
-    timer.wrap(model.head.pam, "attend", "PAM")
+    ours_pam = model.head.pam
+    timer.wrap(ours_pam, "attend", "PAM")
     timer.wrap(model.head.cam, "attend", "CAM")
+    reference_pam = ReferencePAM(ours_pam)
+
+    def run_with(pam, timed: bool):
+        model.head.pam, timer.enabled = pam, timed
+        try:
+            inspect_image(model, image)
+        finally:
+            model.head.pam, timer.enabled = ours_pam, True
+
     try:
         grid = inspect_image(model, image).grid_size                          # warm-up
+        run_with(reference_pam, False)
         timer.reset()
-        seconds = median_seconds(lambda: inspect_image(model, image), repeats, device)
+        seconds = interleaved_medians({"ours": lambda: run_with(ours_pam, True),
+                                       "reference": lambda: run_with(reference_pam, False)}, repeats, device)
         return seconds, {k: v / repeats for k, v in timer.seconds.items()}, grid
     finally:
-        for module in (model.backbone, model.head.pam, model.head.cam,
-                       *(getattr(model.head, n) for n in HEAD_CONVS)):
+        for module in (model.backbone, ours_pam, model.head.cam, *(getattr(model.head, n) for n in HEAD_CONVS)):
             module.__dict__.pop("forward", None)
             module.__dict__.pop("attend", None)
 
@@ -286,14 +301,8 @@ def model_table(plan: Plan, log) -> Table:
             log(f"model {name[:30]} {width}x{height}")
             image = sample_image(height, width)
             with torch.inference_mode():
-                seconds, pieces, grid = time_model_pieces(model, image, plan.repeats, plan.device)
-                ours_pam = model.head.pam
-                model.head.pam = ReferencePAM(ours_pam)
-                try:
-                    inspect_image(model, image)
-                    reference = median_seconds(lambda: inspect_image(model, image), plan.repeats, plan.device)
-                finally:
-                    model.head.pam = ours_pam
+                times, pieces, grid = time_model(model, image, plan.repeats, plan.device)
+            seconds, reference = times["ours"], times["reference"]
             positions = grid[0] * grid[1]
             shares = [100 * pieces.get(p, 0) / seconds for p in ("backbone", "head convs", "PAM", "CAM")]
             table.add(name, f"{width}x{height}", positions, seconds, reference, seconds / reference,
@@ -302,7 +311,9 @@ def model_table(plan: Plan, log) -> Table:
                        "(timed by wrapping `model.backbone`, the head convs, `head.pam.attend`, "
                        "`head.cam.attend`) over the whole forward; PAM includes its q/k/v projections; "
                        "'upsample + rest' is the logits' upsampling to input size, normalisation and copies.")
-    table.notes.append("'reference PAM' is the same model with `head.pam` swapped for the reference computation.")
+    table.notes.append("'reference PAM' is the same model with `head.pam` swapped for the reference computation; "
+                       "the two take turns, run by run. Where both use the explicit product (N <= "
+                       f"{EXPLICIT_MAX_POSITIONS}) their ratio shows this run's noise floor.")
     return table
 
 
@@ -356,8 +367,9 @@ def click_table(plan: Plan, log) -> tuple[Table, Table]:
                                                                     ("fused", "pam", "cam"))), viz.DISAGREEMENT_PALETTE)
             return viz.mark_points(views["fused"], [])
 
-        forward = median_seconds(lambda: inspect_image(model, image), plan.repeats)
-        first = median_seconds(first_display, plan.repeats)
+        both = interleaved_medians({"forward": lambda: inspect_image(model, image), "first": first_display},
+                                   plan.repeats)
+        forward, first = both["forward"], both["first"]
         for count in (1, 6):
             points = random_points(rng, count, height, width)
 
