@@ -23,7 +23,7 @@ from danet.models import DANetConfig, create_model
 from danet.models.attention import EXPLICIT_MAX_POSITIONS, pam_aggregate, pam_attention_explicit
 
 from .measure import PieceTimer, interleaved_medians, median_seconds, run_probe
-from .probe import HEAD_CONVS, probe_head
+from .probe import HEAD_CONVS, probe_head, probe_head_times
 from .reference import LABELS, METHODS, ReferencePAM, chunked_aggregate, make_head
 from .report import Table, fit_exponent, megabytes
 
@@ -75,6 +75,7 @@ def head_memory_need(positions: int, method: str, plan: Plan) -> int:
 
 
 def measure_head(grid, method: str, plan: Plan) -> dict:
+    """Peak memory of one method at one grid, in a fresh process (one run: memory does not vary)."""
     cin, inter, classes = plan.head_channels
     positions = grid[0] * grid[1]
     need, free = head_memory_need(positions, method, plan), available_bytes(plan.device)
@@ -82,20 +83,39 @@ def measure_head(grid, method: str, plan: Plan) -> dict:
         return {"skipped": f"{grid[0]}x{grid[1]} {method}: needs ~{need / 2**30:.1f} GiB, "
                            f"{free / 2**30:.1f} GiB free"}
     spec = {"probe": "head", "grid": list(grid), "method": method, "in_channels": cin,
-            "inter_channels": inter, "num_classes": classes, "repeats": plan.repeats_for(positions),
+            "inter_channels": inter, "num_classes": classes, "repeats": 1,
             "device": plan.device, "threads": plan.threads}
     return probe_head(spec) if plan.in_process else run_probe(spec)
 
 
+def time_heads(grid, methods: list[str], plan: Plan) -> dict:
+    """Times of ``methods`` at one grid, taking turns in one process: {method: result}."""
+    cin, inter, classes = plan.head_channels
+    spec = {"probe": "head_times", "grid": list(grid), "methods": methods, "in_channels": cin,
+            "inter_channels": inter, "num_classes": classes, "repeats": plan.repeats,
+            "device": plan.device, "threads": plan.threads}
+    return probe_head_times(spec) if plan.in_process else run_probe(spec)
+
+
 def head_results(plan: Plan, log) -> dict:
-    """Every head measurement the sections need, once: {(grid, method): result}."""
+    """Every head measurement the sections need, once: {(grid, method): result}.
+
+    Memory: one fresh process per (grid, method). Time: below 10k positions, the methods take
+    turns in one process (``plan.repeats`` runs each); above, each method's single memory run is
+    also its time (a second pass would double the longest part of the benchmark).
+    """
     grids = sorted(set(plan.head_grids) | set(plan.growth_extra), key=lambda g: g[0] * g[1])
     results = {}
     for index, grid in enumerate(grids):
         shift = index % len(METHODS)                     # rotate the order: no method always runs last
         for method in METHODS[shift:] + METHODS[:shift]:
-            log(f"head {grid[0]}x{grid[1]} {method}")
+            log(f"head {grid[0]}x{grid[1]} {method}: peak memory")
             results[grid, method] = measure_head(grid, method, plan)
+        fit = [m for m in METHODS if "skipped" not in results[grid, m]]
+        if grid[0] * grid[1] <= 10_000 and fit:
+            log(f"head {grid[0]}x{grid[1]}: times, methods taking turns")
+            for method, timing in time_heads(grid, fit, plan).items():
+                results[grid, method].update(timing)
     return results
 
 
@@ -142,9 +162,10 @@ def head_table(results: dict, plan: Plan, same_outputs: float) -> Table:
                   megabytes(get(ref, "peak_bytes")) if get(ref, "peak_bytes") else None, memory_ratio,
                   get(cand, "seconds"), megabytes(get(cand, "peak_bytes")) if get(cand, "peak_bytes") else None)
     sample = next((r for r in results.values() if "measure" in r), {})
-    table.notes.append(f"Times are the median of {plan.repeats} runs (1 run above 10k positions), seconds, "
-                       f"of `DAHead.inspect` on a random feature map; memory is the {sample.get('measure', '?')} "
-                       f"of that call, each (size, method) in "
+    table.notes.append(f"Times: seconds of `DAHead.inspect` on a random feature map, median of {plan.repeats} "
+                       f"runs with the three methods taking turns in one process (above 10k positions: one "
+                       f"run each, from the memory measurement). Memory: the {sample.get('measure', '?')} of "
+                       f"one call, each (size, method) in "
                        f"{'this process (quick mode)' if plan.in_process else 'a fresh process'}.")
     table.notes.append("Methods: " + "; ".join(f"**{m}** = {LABELS[m]}" for m in METHODS) + ".")
     table.notes.append(f"Same weights for all three; largest |ours - reference| over the three outputs: "
@@ -256,7 +277,7 @@ def sample_image(height: int, width: int) -> np.ndarray:
 
 def time_model(model, image: np.ndarray, repeats: int, device) -> tuple[dict, dict, tuple[int, int]]:
     """Median ``inspect_image`` seconds with the package PAM and with the reference PAM (taking
-    turns), mean seconds per piece of the package runs (by wrapping the pieces), and the grid."""
+    turns), each piece's share of the package runs' time (by wrapping the pieces), the grid."""
     timer = PieceTimer(device)
     timer.wrap_module(model.backbone, "backbone")
     for name in HEAD_CONVS:
@@ -266,12 +287,17 @@ def time_model(model, image: np.ndarray, repeats: int, device) -> tuple[dict, di
     timer.wrap(model.head.cam, "attend", "CAM")
     reference_pam = ReferencePAM(ours_pam)
 
+    timed_total = [0.0]                      # wall time of the runs whose pieces were timed
+
     def run_with(pam, timed: bool):
         model.head.pam, timer.enabled = pam, timed
+        start = time.perf_counter()
         try:
             inspect_image(model, image)
         finally:
             model.head.pam, timer.enabled = ours_pam, True
+            if timed:
+                timed_total[0] += time.perf_counter() - start
 
     try:
         grid = inspect_image(model, image).grid_size                          # warm-up
@@ -279,7 +305,8 @@ def time_model(model, image: np.ndarray, repeats: int, device) -> tuple[dict, di
         timer.reset()
         seconds = interleaved_medians({"ours": lambda: run_with(ours_pam, True),
                                        "reference": lambda: run_with(reference_pam, False)}, repeats, device)
-        return seconds, {k: v / repeats for k, v in timer.seconds.items()}, grid
+        shares = {piece: total / timed_total[0] for piece, total in timer.seconds.items()}
+        return seconds, shares, grid
     finally:
         for module in (model.backbone, ours_pam, model.head.cam, *(getattr(model.head, n) for n in HEAD_CONVS)):
             module.__dict__.pop("forward", None)
@@ -304,7 +331,7 @@ def model_table(plan: Plan, log) -> Table:
                 times, pieces, grid = time_model(model, image, plan.repeats, plan.device)
             seconds, reference = times["ours"], times["reference"]
             positions = grid[0] * grid[1]
-            shares = [100 * pieces.get(p, 0) / seconds for p in ("backbone", "head convs", "PAM", "CAM")]
+            shares = [100 * pieces.get(p, 0) for p in ("backbone", "head convs", "PAM", "CAM")]
             table.add(name, f"{width}x{height}", positions, seconds, reference, seconds / reference,
                       *(f"{s:.0f}%" for s in shares), f"{max(0.0, 100 - sum(shares)):.0f}%")
     table.notes.append(f"Median of {plan.repeats} forwards, seconds. Shares: wall time inside each piece "
