@@ -176,12 +176,15 @@ class _LiveSetTracer:
         The wrappers only exist on the private meta-device copy built for the estimate.
         """
         if isinstance(module, PositionAttention):
-            original = module.attend
-
             def attend(x):
+                # Only the q/k/v convolutions run (traced like any layer); the aggregation's
+                # working set is added analytically below. Running the real aggregation on meta
+                # would loop over query blocks on the chunked path (millions of steps for a
+                # 16k x 16k image) for shapes we already know.
                 self.stack.append((module, [x]))
-                out = original(x)
+                query, key, _ = module.project(x)
                 self.stack.pop()
+                out = (torch.empty_like(x), query, key)
                 n = x.shape[-2] * x.shape[-1]
                 d, c = module.query.out_channels, module.value.out_channels
                 self.pam_method = pam_method_for(n, module.method)
