@@ -107,7 +107,9 @@ def test_fit_check_says_why_a_forward_will_not_fit(monkeypatch):
     assert check_forward_fits(config, 64, 64) is None
     message = check_forward_fits(config, 2048, 4096)
     assert message is not None
-    assert message.startswith("a 4096x2048 forward needs about ") and "(131072 attention positions, sdpa PAM)" in message
+    path = estimate_forward(config, 2048, 4096).pam_method                # sdpa or chunked: not explicit
+    assert path != "explicit"
+    assert message.startswith("a 4096x2048 forward needs about ") and f"(131072 attention positions, {path} PAM)" in message
     assert message.endswith("but only 1.0 GiB is free on cpu; use a smaller image")
 
 
