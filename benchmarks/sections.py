@@ -18,7 +18,7 @@ from PIL import Image
 from danet import viz
 from danet.data.palettes import generic_dataset
 from danet.inspect import inspect_image
-from danet.memory import available_bytes, pam_working_bytes
+from danet.memory import available_bytes, pam_method_for, pam_working_bytes
 from danet.models import DANetConfig, create_model
 from danet.models.attention import EXPLICIT_MAX_POSITIONS, pam_aggregate, pam_attention_explicit
 
@@ -64,13 +64,11 @@ class Plan:
 def head_memory_need(positions: int, method: str, plan: Plan) -> int:
     """Rough bytes one head probe needs, to skip sizes the machine cannot hold."""
     cin, inter, _ = plan.head_channels
-    path = {"reference": "explicit", "chunked": "chunked"}.get(method)
-    if path is None:
-        path = "explicit" if positions <= EXPLICIT_MAX_POSITIONS else "sdpa"
-    if path == "chunked":
-        pam = 2 * 4 * 1024 * positions
-    else:
+    path = {"reference": "explicit", "chunked": "chunked"}.get(method) or pam_method_for(positions)
+    if path in ("explicit", "sdpa"):
         pam = pam_working_bytes(positions, inter // 8, inter, path, plan.device)
+    else:                                               # a query-chunked path: a few blocks of rows
+        pam = 2 * 4 * 1024 * positions
     return pam + 4 * positions * (2 * cin + 10 * inter)
 
 
@@ -235,9 +233,10 @@ def pam_sweep_table(plan: Plan, log) -> Table:
         if crossover is None and ratio <= 1.0:
             crossover = n
         table.add(n, times["explicit"], times["sdpa"], ratio, times["chunked"],
-                  times["chunked"] / times["explicit"], "explicit" if n <= EXPLICIT_MAX_POSITIONS else "sdpa")
+                  times["chunked"] / times["explicit"], pam_method_for(n))
     table.notes.append(f"Median of {plan.repeats} runs, seconds, in this process, the three methods taking turns. "
-                       f"Random q, k, v; no convolutions. The package switches at "
+                       f"Random q, k, v; no convolutions. 'package picks' is `pam_aggregate`'s own choice on "
+                       f"{plan.device}; it leaves the explicit product above "
                        f"EXPLICIT_MAX_POSITIONS = {EXPLICIT_MAX_POSITIONS}.")
     table.notes.append("Crossover (first N where SDPA is no slower than explicit): "
                        + (f"N = {crossover}." if crossover else "none in the measured range: SDPA was slower "
