@@ -11,9 +11,11 @@ at that moment in an inference-mode forward:
   ``nn.Sequential`` containers keep nothing;
 * inside PAM, the attention working set, which is what decides the peak on large grids:
   ``explicit`` holds the N x N energy and its softmax at once (2 * 4 * N^2 bytes);
-  ``sdpa`` runs PyTorch's fused kernel in O(N) memory: ``pam_aggregate`` makes q/k/v
-  contiguous and, on the CPU, zero-pads q/k to the value's width (the CPU kernel needs one head
-  size; without that PyTorch falls back to a math path that builds the N x N matrix anyway).
+  ``chunked`` (the CPU's large-grid path) holds one block of queries' energies at a time
+  (``CHUNK_ELEMENTS``); ``sdpa`` (the GPU's) runs PyTorch's fused kernel in O(N) memory:
+  ``pam_aggregate`` makes q/k/v contiguous and, on the CPU, zero-pads q/k to the value's
+  width (the CPU kernel needs one head size; without that PyTorch falls back to a math path
+  that builds the N x N matrix anyway).
   ``pam_working_bytes`` mirrors that code; ``tests/test_memory.py`` measures both paths, so a
   change in ``attention.py`` that moves the peak shows up there.
 
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .models import attention
 from .models.attention import EXPLICIT_MAX_POSITIONS, ChannelAttention, PositionAttention
 from .models.danet import DANet, DANetConfig
 
@@ -69,11 +72,9 @@ class ForwardMemory:
         return self.parameters + self.process_peak
 
 
-def pam_method_for(positions: int, method: str = "auto") -> str:
-    """The path ``pam_aggregate`` takes for ``positions`` (mirrors its ``auto`` rule)."""
-    if method == "auto":
-        return "explicit" if positions <= EXPLICIT_MAX_POSITIONS else "sdpa"
-    return method
+def pam_method_for(positions: int, method: str = "auto", device: str = "cpu") -> str:
+    """The path ``pam_aggregate`` takes for ``positions`` (its own ``auto`` rule)."""
+    return attention.pam_method_for(positions, device) if method == "auto" else method
 
 
 def pam_working_bytes(positions: int, key_channels: int, channels: int, method: str,
@@ -83,6 +84,11 @@ def pam_working_bytes(positions: int, key_channels: int, channels: int, method: 
     output = n * channels * element_bytes
     if method == "explicit":
         return 2 * n * n * element_bytes + output             # energy + softmax, then the product
+    if method == "chunked":
+        # One block's energy + softmax (at most CHUNK_ELEMENTS each), the per-block outputs
+        # and their concatenation.
+        block = min(n, max(1, attention.CHUNK_ELEMENTS // n)) * n
+        return 2 * block * element_bytes + 2 * output
     if method == "sdpa":
         # Contiguous copies of q, k (zero-padded to C on the CPU) and v, then the output; the
         # fused kernel's own blocks (a few query x key tiles per thread) are small next to these.
@@ -187,7 +193,7 @@ class _LiveSetTracer:
                 out = (torch.empty_like(x), query, key)
                 n = x.shape[-2] * x.shape[-1]
                 d, c = module.query.out_channels, module.value.out_channels
-                self.pam_method = pam_method_for(n, module.method)
+                self.pam_method = pam_method_for(n, module.method, self.device)
                 self.pam_working = pam_working_bytes(n, d, c, self.pam_method, self.device, self.element_bytes)
                 qkv = x.shape[0] * n * (2 * d + c) * self.element_bytes
                 self.record(self.part() or "head", (x,), (), extra=self.pam_working + qkv)

@@ -58,9 +58,9 @@ def can_reset_peak() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not can_reset_peak(), reason="needs Linux /proc/self/clear_refs to reset the peak RSS")
-@pytest.mark.parametrize("size, method", [((512, 512), "explicit"), ((528, 528), "sdpa")])
+@pytest.mark.parametrize("size, method", [((512, 512), "explicit"), ((528, 528), "chunked")])
 def test_estimate_matches_measured_rss_delta(size, method):
-    """PAM dominates at these sizes (N = 4096 and 4356, either side of the explicit/SDPA switch)."""
+    """PAM dominates at these sizes (N = 4096 and 4356, either side of the explicit/chunked switch)."""
     estimate = estimate_forward(create_model(**TINY).config, *size)
     assert estimate.pam_method == method
     measured = measure_forward(TINY, *size)
@@ -89,6 +89,12 @@ def test_sdpa_working_set_is_linear_in_positions():
     small, large = (pam_working_bytes(n, 64, 512, "sdpa", "cpu") for n in (8192, 32768))
     assert large == 4 * small
     assert large * 30 < 2 * 4 * 32768 * 32768                  # far below the explicit N x N pair
+
+
+def test_chunked_working_set_is_bounded_by_the_block():
+    large = pam_working_bytes(32768, 64, 512, "chunked", "cpu")
+    assert large == 2 * 4 * (1 << 22) + 2 * 4 * 32768 * 512
+    assert large * 30 < 2 * 4 * 32768 * 32768
 
 
 def test_estimate_grows_quadratically_with_the_grid():

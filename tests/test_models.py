@@ -67,7 +67,7 @@ def reference_head(head: DAHead, x):
 def test_pam_aggregate_methods_match_reference(d, c):
     q, k, v = torch.randn(2, 300, d), torch.randn(2, 300, d), torch.randn(2, 300, c)
     expected = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)   # no 1/sqrt(d)
-    for method in ("explicit", "sdpa", "auto"):
+    for method in ("explicit", "chunked", "sdpa", "auto"):
         torch.testing.assert_close(pam_aggregate(q, k, v, method), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="unknown PAM method"):
         pam_aggregate(q, k, v, "fast")
@@ -238,8 +238,25 @@ def test_auto_picks_explicit_for_small_grids(monkeypatch):
     assert calls == []
 
 
-def test_large_grid_runs_through_sdpa_without_an_n_by_n_matrix(monkeypatch):
-    """N = 128 x 256 (a 2048x1024 image at stride 8): the N x N fp32 matrix would be 4 GiB."""
+def test_auto_path_per_device():
+    n = attention.EXPLICIT_MAX_POSITIONS
+    assert attention.pam_method_for(n, "cpu") == attention.pam_method_for(n, "cuda") == "explicit"
+    assert attention.pam_method_for(n + 1, "cpu") == "chunked"
+    assert attention.pam_method_for(n + 1, "cuda") == "sdpa"
+
+
+def test_chunked_path_splits_queries_and_matches_explicit(monkeypatch):
+    monkeypatch.setattr(attention, "CHUNK_ELEMENTS", 50 * 7)   # blocks of 7 queries over N = 50
+    q, k, v = torch.randn(2, 50, 3), torch.randn(2, 50, 3), torch.randn(2, 50, 5)
+    torch.testing.assert_close(pam_aggregate(q, k, v, "chunked"), pam_aggregate(q, k, v, "explicit"))
+
+
+@pytest.mark.parametrize("method, sdpa_calls", [("auto", 0), ("sdpa", 1)])
+def test_large_grid_never_builds_an_n_by_n_matrix(monkeypatch, method, sdpa_calls):
+    """N = 128 x 256 (a 2048x1024 image at stride 8): the N x N fp32 matrix would be 4 GiB.
+
+    On the CPU ``auto`` takes the query-chunked product; ``sdpa`` is the GPU path.
+    """
     h, w, channels = 128, 256, 16
     n = h * w
     assert n > attention.EXPLICIT_MAX_POSITIONS
@@ -251,7 +268,7 @@ def test_large_grid_runs_through_sdpa_without_an_n_by_n_matrix(monkeypatch):
     original = F.scaled_dot_product_attention
     monkeypatch.setattr(attention, "pam_attention_explicit", no_explicit)
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
-    pam = PositionAttention(channels).eval()          # key channels = 2: q/k and v differ in width
+    pam = PositionAttention(channels, method=method).eval()   # key channels = 2: q/k and v differ
     with torch.no_grad():
         pam.alpha.fill_(1.0)
     x = torch.randn(1, channels, h, w)
@@ -273,7 +290,7 @@ def test_large_grid_runs_through_sdpa_without_an_n_by_n_matrix(monkeypatch):
         done.set()
         sampler.join()
     growth = peak[0] - before
-    assert calls == [1]
+    assert len(calls) == sdpa_calls
     assert growth < 4 * n * n / 16, f"PAM grew RSS by {growth / 2**20:.0f} MiB"
     # spot-check three output positions against their explicit rows
     with torch.no_grad():

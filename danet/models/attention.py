@@ -3,9 +3,12 @@
 PAM: energy[p, q] = Q_p . K_q (no 1/sqrt(d) scale), softmax over q, E = alpha * attn V + A.
 CAM: energy = A A^T, attn = softmax(rowmax(energy) - energy), E = beta * attn A + A.
 
-PAM never has to materialise the N x N matrix: large grids go through
-``scaled_dot_product_attention`` with ``scale=1``; small grids use the explicit product,
-which is as fast there and lets a caller keep the matrix if it wants it.
+PAM never has to materialise the N x N matrix. Small grids use the explicit product (the
+reference maths, fastest there). Large grids go through ``scaled_dot_product_attention``
+(``scale=1``) on a GPU, and through the same explicit product taken a block of queries at a
+time on the CPU: there SDPA's fused kernel needs q/k padded to v's width (8x the Q K^T work)
+and measured 12-50% slower than explicit, while the query-chunked product does the
+reference's arithmetic in O(block * N) memory (benchmarks/results.md, section 4b).
 """
 from __future__ import annotations
 
@@ -13,10 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Grids with at most this many positions use the explicit N x N product; above it SDPA.
-# Measured on the 2-core CPU (benchmarks/bench_head.py): the two are within noise up to
-# N ~ 8k, and the explicit path needs 4*N^2 bytes, so we switch well before memory matters.
+# Grids with at most this many positions use the explicit N x N product (64 MiB at 4096);
+# above it, SDPA on CUDA and the query-chunked product on the CPU.
 EXPLICIT_MAX_POSITIONS = 4096
+# The chunked path takes as many queries at a time as keep one energy block at this many
+# elements (16 MiB in fp32), whatever N is.
+CHUNK_ELEMENTS = 1 << 22
+METHODS = ("auto", "explicit", "chunked", "sdpa")
+
+
+def pam_method_for(positions: int, device: torch.device | str) -> str:
+    """The path ``method="auto"`` takes for ``positions`` grid cells on ``device``."""
+    if positions <= EXPLICIT_MAX_POSITIONS:
+        return "explicit"
+    return "sdpa" if torch.device(device).type == "cuda" else "chunked"
 
 
 def pam_attention_explicit(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -29,13 +42,15 @@ def pam_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   method: str = "auto") -> torch.Tensor:
     """sum_q softmax(Q K^T)[p, q] V_q for (B, N, d) query/key and (B, N, C) value.
 
-    ``method`` is ``"explicit"``, ``"sdpa"`` or ``"auto"`` (explicit for small N).
+    ``method`` is one of ``METHODS``; ``"auto"`` picks with ``pam_method_for``.
     """
     n = query.shape[1]
     if method == "auto":
-        method = "explicit" if n <= EXPLICIT_MAX_POSITIONS else "sdpa"
+        method = pam_method_for(n, query.device)
     if method == "explicit":
         return torch.bmm(pam_attention_explicit(query, key), value)
+    if method == "chunked":
+        return _pam_chunked(query, key, value)
     if method == "sdpa":
         # SDPA wants matching dtypes; under autocast q/k/v already share one.
         # The fused kernels need a unit stride on the channel axis (projections arrive
@@ -48,7 +63,32 @@ def pam_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         return F.scaled_dot_product_attention(
             query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), scale=1.0
         ).squeeze(1)
-    raise ValueError(f"unknown PAM method {method!r}; use 'auto', 'explicit' or 'sdpa'")
+    raise ValueError(f"unknown PAM method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def _pam_chunked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The explicit product a block of queries at a time, in O(block * N) memory.
+
+    Inference reuses one energy buffer and writes into a preallocated output: fresh 16 MiB
+    blocks per step made glibc page-fault and fragment its heap (4 GiB RSS at N = 32768).
+    """
+    n = query.shape[1]
+    block = max(1, min(n, CHUNK_ELEMENTS // n))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        return torch.cat([torch.bmm(torch.softmax(torch.bmm(query[:, i:i + block], key.transpose(1, 2)), -1), value)
+                          for i in range(0, n, block)], dim=1)
+    out = value.new_empty(value.shape)
+    energy = query.new_empty(block, n)
+    for b in range(query.shape[0]):
+        key_t, values = key[b].t(), value[b]
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            scores = energy[: stop - start]
+            torch.mm(query[b, start:stop], key_t, out=scores)
+            scores.sub_(scores.amax(dim=1, keepdim=True)).exp_()     # softmax over keys, in place
+            scores.div_(scores.sum(dim=1, keepdim=True))
+            torch.mm(scores, values, out=out[b, start:stop])
+    return out
 
 
 def cam_attention(features: torch.Tensor) -> torch.Tensor:
