@@ -72,7 +72,7 @@ class ChunkedPAM(ReferencePAM):
 METHODS = ("ours", "reference", "chunked")
 LABELS = {"ours": "danet-lens (package PAM, method auto)",
           "reference": "reference (explicit N x N bmm + softmax)",
-          "chunked": "candidate: query-chunked explicit (not in package)"}
+          "chunked": "candidate: query-chunked explicit, 1024 rows (cross-check of the package path)"}
 
 
 def make_head(in_channels: int, inter_channels: int, num_classes: int, method: str, seed: int = 0) -> DAHead:
