@@ -25,6 +25,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from ..data.palettes import DATASETS, DatasetInfo, dataset_for_classes, generic_dataset, get_dataset
 from ..inspect import select_device
 from ..models import IMAGENET_MEAN, IMAGENET_STD, DANet, DANetConfig
+from ..models.backbones import RESNET_LAYERS, STEMS
 from .detect import (CheckpointError, Mapped, infer_architecture, listed, map_to_ours, unwrap,
                      detect_layout)
 from .layouts import DANET_LENS, LAYOUTS_BY_NAME, Layout, dilation_name, parse_dilation, to_foreign
@@ -33,6 +34,7 @@ from .safetensors_io import save_model
 
 # Our timm backbones, tried in turn for a bare danet-lens state dict (e.g. a run's last.pt).
 TIMM_CANDIDATES = ("mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+MAX_CLASSES = 100_000       # far above any label set; bounds what metadata can make us allocate
 
 
 # ---- reading bytes -----------------------------------------------------------------------
@@ -106,7 +108,7 @@ def _torch_load(handle, name: str):
             raise _refused(name, error) from None
         raise CheckpointError(f"{name} is truncated or corrupted and cannot be read as a PyTorch checkpoint "
                               f"({str(error).splitlines()[0][:200]})") from None
-    except (EOFError, RuntimeError, OSError, ValueError, KeyError, struct.error, UnicodeDecodeError) as error:
+    except Exception as error:  # noqa: BLE001 - on damaged bytes the unpickler raises IndexError, TypeError...
         first = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"{name} is truncated or corrupted and cannot be read as a PyTorch checkpoint "
                               f"({first[:200]})") from None
@@ -290,11 +292,84 @@ def _finish(model: DANet, meta: ModelMeta, mapped: Mapped, source: str, device: 
     return LoadedModel(model=model.to(select_device(device)).eval(), meta=meta, source=source, warnings=warnings)
 
 
+def _whole(value, low: int = 1, high: int = 1 << 16) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _config_problem(config: DANetConfig) -> str | None:
+    """What makes a config read from metadata unbuildable, or None.
+
+    Metadata is as untrusted as the weights: a timm name like ``hf-hub:x/y`` or ``local-dir:/p``
+    would make timm fetch or read files, a huge class count would allocate a palette, and wrong
+    types fail deep inside torch (or only later, in the forward).
+    """
+    backbone = config.backbone
+    if not isinstance(backbone, str):
+        return f"backbone {backbone!r}"
+    if config.is_resnet:
+        if int(backbone[6:]) not in RESNET_LAYERS:
+            return f"backbone {backbone!r} (ResNet depths: {sorted(RESNET_LAYERS)})"
+    else:
+        import timm
+
+        if ":" in backbone or "/" in backbone or not timm.is_model(backbone):
+            return f"backbone {backbone!r} (not a timm architecture name)"
+    if not _whole(config.num_classes, high=MAX_CLASSES):
+        return f"num_classes {config.num_classes!r}"
+    for name in ("head_channels", "key_channels"):
+        if getattr(config, name) is not None and not _whole(getattr(config, name)):
+            return f"{name} {getattr(config, name)!r}"
+    if config.output_stride not in (8, 16, 32) or type(config.output_stride) is not int:
+        return f"output_stride {config.output_stride!r}"
+    if config.stem not in STEMS:
+        return f"stem {config.stem!r}"
+    for name in ("multi_grid", "align_corners"):
+        if not isinstance(getattr(config, name), bool):
+            return f"{name} {getattr(config, name)!r}"
+    if type(config.dropout) not in (int, float) or not 0 <= config.dropout <= 1:
+        return f"dropout {config.dropout!r}"
+    return None
+
+
+def _meta_problem(meta: ModelMeta) -> str | None:
+    """Labels and normalisation the app can use: one name and colour per class, 3 mean/std values."""
+    classes, palette = meta.dataset.classes, meta.dataset.palette
+    if len(classes) != meta.config.num_classes or not all(isinstance(c, str) for c in classes):
+        return f"{len(classes)} class names for {meta.config.num_classes} classes"
+    if len(palette) != len(classes) or not all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in palette):
+        return "a palette that is not one RGB colour (0-255) per class"
+    ignore = meta.dataset.ignore_index
+    if ignore is not None and type(ignore) is not int:
+        return f"ignore_index {ignore!r}"
+    for name in ("mean", "std"):
+        values = getattr(meta, name)
+        if len(values) != 3 or not all(type(v) in (int, float) and np.isfinite(v) for v in values):
+            return f"{name} {list(values)!r}"
+    if not all(v > 0 for v in meta.std):
+        return f"std {list(meta.std)!r}"
+    if not isinstance(meta.extra, dict):
+        return "extra is not a mapping"
+    return None
+
+
+def _read_own_meta(raw: RawCheckpoint) -> ModelMeta:
+    def refuse(reason) -> CheckpointError:
+        return CheckpointError(f"{raw.name} has danet-lens metadata that cannot be read ({reason})")
+
+    try:   # the config is checked before from_strings, which builds a palette per class
+        problem = _config_problem(DANetConfig.from_dict(json.loads(raw.header["config"])))
+        if problem is None:
+            meta = ModelMeta.from_strings(raw.header)
+            problem = _meta_problem(meta)
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        raise refuse(error) from None
+    if problem is not None:
+        raise refuse(problem)
+    return meta
+
+
 def _load_own(raw: RawCheckpoint, dilation, dataset, align_corners, device, source: str) -> LoadedModel:
-    try:
-        meta = ModelMeta.from_strings(raw.header)
-    except (KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{raw.name} has danet-lens metadata that cannot be read ({error})") from None
+    meta = _read_own_meta(raw)
     config = meta.config
     if dilation is not None:
         output_stride, multi_grid = _dilation(dilation, "")
@@ -309,7 +384,11 @@ def _load_own(raw: RawCheckpoint, dilation, dataset, align_corners, device, sour
         meta.extra["dilation"] = dilation_name(config.output_stride, config.multi_grid)
     state = {k: v for k, v in raw.obj.items() if not k.endswith("num_batches_tracked")}
     mapped = Mapped(DANET_LENS, "stem.N", state, {k: k for k in state})
-    return _finish(build_empty(config), meta, mapped, source, device)
+    try:
+        model = build_empty(config)
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as error:   # e.g. a timm ViT
+        raise CheckpointError(f"{raw.name}: the network its metadata describes cannot be built ({error})") from None
+    return _finish(model, meta, mapped, source, device)
 
 
 def load_model(source: str | Path | bytes, *, dilation: str | None = None, dataset: str | DatasetInfo | None = None,
