@@ -17,8 +17,8 @@ import app_sidebar
 from app_sidebar import sticky
 from danet import viz
 from danet.exports import compose_panels, encode_png, json_record, metrics_for_json, model_summary, npz_bundle
-from danet.session import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, point_statistics,
-                           remove_point, score_outputs)
+from danet.session import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, drop_point,
+                           point_statistics, score_outputs)
 
 CLICK_KEY = "attention_click"          # fixed: the clickable image is redrawn whenever points change
 OUTPUT_TITLES = {"fused": "Fused (DANet output)", "pam": "PAM branch", "cam": "CAM branch"}
@@ -52,14 +52,12 @@ def attention_rows(points: list[tuple[int, int]]) -> np.ndarray:
     if cache.get("key") != selection.result_key:
         cache.clear()
         cache["key"] = selection.result_key
+    for stale in [p for p in cache if p != "key" and p not in points]:
+        del cache[stale]                     # at most MAX_POINTS rows: old clicks do not pile up
     missing = [p for p in points if p not in cache]
     if missing:
         cache.update(zip(missing, result.rows(missing)))
     return np.stack([cache[p] for p in points])
-
-
-def drop_point(index: int) -> None:
-    st.session_state["points"] = remove_point(st.session_state.get("points", []), index)
 
 
 def clear_points() -> None:
@@ -186,7 +184,8 @@ if points:
                     f"entropy **{s.entropy_bits:.2f} bits** ({s.entropy_fraction:.0%} of uniform)  \n"
                     f"same-class mass **{s.same_class_share:.1%}**  \n"
                     f"most attended: {s.top_class_name} ({s.top_class_share:.0%})")
-                st.button("Remove", key=f"remove_{s.x}_{s.y}", on_click=drop_point, args=(index,))
+                st.button("Remove", key=f"remove_{s.x}_{s.y}", on_click=drop_point,
+                          args=(st.session_state, (s.x, s.y)))
     with st.expander("Point statistics as a table"):
         st.dataframe(pd.DataFrame([s.to_dict() for s in stats]).set_index("index"), width="stretch")
         st.caption("Entropy of the attention row in bits (uniform over the grid = 100%); same-class mass = "

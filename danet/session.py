@@ -20,7 +20,7 @@ from .inspect import InspectionResult
 from .metrics import confusion_matrix, scores
 
 __all__ = ["FORWARDS", "MAX_POINTS", "LabelMap", "LabelMapError", "PointStats", "Selection", "add_point",
-           "apply_click", "attention_entropy", "branch_disagreement", "click_to_pixel", "file_stamp",
+           "apply_click", "attention_entropy", "branch_disagreement", "click_to_pixel", "drop_point", "file_stamp",
            "head_widths", "parameter_count", "point_statistics", "prepare_label_map", "remove_point",
            "result_key", "score_outputs", "sha256_bytes"]
 
@@ -137,6 +137,17 @@ def add_point(points: list[tuple[int, int]], point: tuple[int, int],
 
 def remove_point(points: list[tuple[int, int]], index: int) -> list[tuple[int, int]]:
     return [p for i, p in enumerate(points) if i != index]
+
+
+def drop_point(state: MutableMapping, point: tuple[int, int]) -> None:
+    """A "Remove" button's callback: take ``point`` out of ``state["points"]``.
+
+    Defined here, not in the page script, on purpose: Streamlit keeps every button's metadata
+    (callback included) for the whole session, and a callback defined in the script holds that
+    run's entire namespace (image, overlays, heatmaps). With one button per clicked point, that
+    kept about one run's worth of arrays alive per click.
+    """
+    state["points"] = [p for p in state.get("points", []) if tuple(p) != tuple(point)]
 
 
 def apply_click(state: MutableMapping, value: dict | None, image_size: tuple[int, int] | None,
