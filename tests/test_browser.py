@@ -2,7 +2,9 @@
 
 Clicks two points on a sample, checks two different attention maps and per-point statistics
 appear while the network ran once, then checks a second browser session only sees its own
-point. Screenshots and timings go to ``test-artifacts/``.
+point. Before every screenshot each heatmap <img> must have loaded (the second click runs with
+extra HTTP latency to force the image fetch to finish after the text). Screenshots and timings
+go to ``test-artifacts/``.
 """
 from __future__ import annotations
 
@@ -141,6 +143,37 @@ def forward_passes(page) -> int:
     return int(re.search(r"forward passes:\s*(\d+)", text.inner_text()).group(1))
 
 
+# The heatmaps are <img>s whose JPEGs the browser fetches from /media/ after the text of the
+# rerun has arrived. Waiting on text alone once gave a screenshot with point 1's map still painted
+# in the re-used "latest click" <img> (captioned "point 2") and an empty point-2 column.
+POINT_IMAGES_JS = """n => {
+  const figures = [...document.querySelectorAll("[data-testid='stImage']")];
+  const state = f => { const i = f && f.querySelector('img');
+    return i ? {src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0} : null; };
+  const points = [];
+  for (let k = 1; k <= n; k++) points.push(state(figures.find(f => f.innerText.trim() === `point ${k}`)));
+  const latest = state(figures.find(f => f.innerText.includes(`Attention of point ${n} (latest click)`)));
+  return {points, latest};
+}"""
+
+
+def loaded_point_images(page, count: int) -> list[str]:
+    """Wait until the latest-click panel and every side-by-side point show a loaded heatmap
+    (naturalWidth > 0), the latest panel being the newest point's; returns the points' srcs."""
+    ready = ("n => { const s = (" + POINT_IMAGES_JS + ")(n); return s.latest && s.latest.loaded && "
+             "s.points.every(p => p && p.loaded) && s.latest.src === s.points[n - 1].src; }")
+    try:
+        page.wait_for_function(ready, arg=count, timeout=CLICK_TIMEOUT_MS)
+    except sync_api.TimeoutError:
+        pass                                                          # the assertions below say what is wrong
+    state = page.evaluate(POINT_IMAGES_JS, count)
+    assert all(p is not None for p in state["points"]), f"a side-by-side point has no <img>: {state}"
+    assert all(p["loaded"] for p in state["points"]), f"a side-by-side heatmap did not load: {state}"
+    assert state["latest"] and state["latest"]["loaded"], f"the latest-click heatmap did not load: {state}"
+    assert state["latest"]["src"] == state["points"][-1]["src"], f"latest panel is not point {count}: {state}"
+    return [p["src"] for p in state["points"]]
+
+
 def point_image_sources(page) -> list[str]:
     sources = []
     for index in (1, 2):
@@ -171,14 +204,30 @@ def check_downloads(page) -> None:
     assert figure.format == "PNG" and figure.width > 1000
 
 
+def http_latency(page, seconds: float) -> None:
+    """Delay every HTTP response (not the websocket) in this tab, as a slow or busy server does."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": seconds * 1000,
+                                                  "downloadThroughput": -1, "uploadThroughput": -1})
+
+
 def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
     timings = {}
     first_context, first, first_image = open_inspector(browser, server)
     timings["click_1_to_card_s"] = click_at(first, first_image, 0.30, 0.25, 1)
+    loaded_point_images(first, 1)
+    # the second click with 1.5 s of HTTP latency: its cards (websocket) arrive before its heatmap
+    # (HTTP), the race the screenshot once lost; the images must still all be there before it
+    http_latency(first, 1.5)
     timings["click_2_to_card_s"] = click_at(first, first_image, 0.65, 0.80, 2)
+    started = time.perf_counter()
+    sources = loaded_point_images(first, 2)
+    timings["click_2_card_to_heatmaps_loaded_s"] = time.perf_counter() - started
+    http_latency(first, 0)
     first_cards = cards(first, 2)
     assert first_cards[0] != first_cards[1], first_cards
-    sources = point_image_sources(first)
+    assert point_image_sources(first) == sources
     assert all(sources) and sources[0] != sources[1]              # two different heatmap images
     assert forward_passes(first) == 1
     first.screenshot(path=str(ARTIFACTS / "browser_session_1_two_points.png"))
@@ -191,6 +240,7 @@ def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
     x, y = map(int, re.search(r"\((\d+), (\d+)\)", only).groups())
     assert abs(x - 0.80 * 480) <= 3 and abs(y - 0.40 * 360) <= 3      # displayed -> image pixels
     assert forward_passes(second) == 1                                # same image + model: cached
+    loaded_point_images(second, 1)
     second.screenshot(path=str(ARTIFACTS / "browser_session_2_one_point.png"))
 
     # the first session reruns (a slider moves: new heatmaps) and still has exactly its own two points
@@ -204,6 +254,8 @@ def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
         time.sleep(0.2)
     assert cards(first, 2) == first_cards
     assert first.get_by_text(re.compile(r"^2 points selected")).is_visible()
+    redrawn = loaded_point_images(first, 2)                           # the new heatmaps are shown
+    assert all(a != b for a, b in zip(redrawn, sources))
 
     # the other pages reuse the cached forward
     first.locator("[data-testid='stSidebar']").get_by_text("Channel attention").click()
