@@ -216,7 +216,7 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
         names = [p.name for p in samples]
         name = sticky(st.sidebar.selectbox, "Sample (CamVid val)", names, key="sample", default=names[0])
         data = (SAMPLES / name).read_bytes()
-        label_path = SAMPLES / "labels" / name
+        label_path = SAMPLES / "labels" / f"{Path(name).stem}_labels.png"
         if label_path.exists() and sticky(st.sidebar.checkbox, "Score against its ground truth",
                                           key="use_sample_labels", default=True):
             label_bytes = label_path.read_bytes()
