@@ -38,7 +38,10 @@ class ReferencePAM(nn.Module):
         return self.alpha * out + x, proj_query, proj_key.transpose(1, 2)
 
 
-def chunked_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: int = 1024) -> torch.Tensor:
+CHUNK_ROWS = 1024          # queries per block in the benchmark's own chunked candidate
+
+
+def chunked_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: int = CHUNK_ROWS) -> torch.Tensor:
     """softmax(Q K^T) V for (B, N, d) query/key and (B, N, C) value, ``rows`` queries at a time.
 
     Same products and softmax as the reference, in O(rows x N) memory instead of O(N^2).
@@ -55,7 +58,7 @@ def chunked_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 class ChunkedPAM(ReferencePAM):
     """Candidate: the reference maths on ``rows`` queries at a time, O(rows x N) memory."""
 
-    def __init__(self, pam: PositionAttention, rows: int = 1024):
+    def __init__(self, pam: PositionAttention, rows: int = CHUNK_ROWS):
         super().__init__(pam)
         self.rows = rows
 

@@ -24,7 +24,7 @@ from danet.models.attention import EXPLICIT_MAX_POSITIONS, pam_aggregate, pam_at
 
 from .measure import PieceTimer, interleaved_medians, median_seconds, run_probe
 from .probe import HEAD_CONVS, probe_head, probe_head_times
-from .reference import LABELS, METHODS, ReferencePAM, chunked_aggregate, make_head
+from .reference import CHUNK_ROWS, LABELS, METHODS, ReferencePAM, chunked_aggregate, make_head
 from .report import Table, fit_exponent, megabytes
 
 
@@ -68,7 +68,7 @@ def head_memory_need(positions: int, method: str, plan: Plan) -> int:
     if path in ("explicit", "sdpa"):
         pam = pam_working_bytes(positions, inter // 8, inter, path, plan.device)
     else:                                               # a query-chunked path: a few blocks of rows
-        pam = 2 * 4 * 1024 * positions
+        pam = 2 * 4 * CHUNK_ROWS * positions
     return pam + 4 * positions * (2 * cin + 10 * inter)
 
 
@@ -205,7 +205,7 @@ def growth_table(results: dict, plan: Plan) -> Table:
 
 
 def chunked_method(query, key, value):
-    return chunked_aggregate(query, key, value, 1024)
+    return chunked_aggregate(query, key, value, CHUNK_ROWS)
 
 
 def pam_sweep_table(plan: Plan, log) -> Table:

@@ -85,8 +85,10 @@ def pam_working_bytes(positions: int, key_channels: int, channels: int, method: 
     if method == "explicit":
         return 2 * n * n * element_bytes + output             # energy + softmax, then the product
     if method == "chunked":
-        # One block's energy + softmax (at most CHUNK_ELEMENTS each), the per-block outputs
-        # and their concatenation.
+        # Two blocks of at most CHUNK_ELEMENTS and two outputs: the autograd path's energy +
+        # softmax per block, then its per-block outputs and their concatenation. Inference
+        # (``_pam_chunked`` without grad) needs one block, in place, and one preallocated
+        # output, so this is an upper bound there.
         block = min(n, max(1, attention.CHUNK_ELEMENTS // n)) * n
         return 2 * block * element_bytes + 2 * output
     if method == "sdpa":
