@@ -14,10 +14,11 @@ import numpy as np
 import streamlit as st
 
 from danet.checkpoints import DILATIONS
-from danet.checkpoints.metadata import LoadedModel
+from danet.checkpoints.meta import LoadedModel
 from danet.data.images import ImageLoadError, LoadedImage, load_image
 from danet.data.palettes import DATASETS
-from danet.inspect import InspectionResult, inspect_image, select_device
+from danet.device import select_device
+from danet.inspection import InspectionResult, inspect_image
 from danet.loading import load_any
 from danet.session import (FORWARDS, LabelMapError, Selection, file_stamp, prepare_label_map,
                            result_key, sha256_bytes)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from danet import viz
 from danet.data.palettes import generic_dataset
-from danet.inspect import inspect_image
+from danet.inspection import inspect_image
 from danet.memory import available_bytes, pam_method_for, pam_working_bytes
 from danet.models import DANetConfig, create_model
 from danet.models.attention import EXPLICIT_MAX_POSITIONS, pam_aggregate, pam_attention_explicit
@@ -248,9 +248,9 @@ def pam_sweep_table(plan: Plan, log) -> Table:
 def default_model():
     """The shipped model (weights if present; the config alone is enough for timing)."""
     try:
-        from danet.weights import load_default_model
+        import danet
 
-        loaded = load_default_model()
+        loaded = danet.load(device="cpu")
         return loaded.model.eval(), "shipped default (MobileNetV2 CamVid weights)"
     except Exception:  # noqa: BLE001 - weights absent or being rewritten by training
         from danet.models import danet_mobilenetv2

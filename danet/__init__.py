@@ -2,13 +2,20 @@
 
 Typical use::
 
-    from danet import load_default_model, inspect_image
-    loaded = load_default_model()
-    result = inspect_image(loaded.model, image_rgb_uint8, loaded.meta.mean, loaded.meta.std)
+    import danet
+    loaded = danet.load()                       # the embedded CamVid model; or danet.load("any.pth")
+    result = danet.inspect_image(loaded.model, image_rgb_uint8, loaded.meta.mean, loaded.meta.std)
     maps = result.rows([(120, 80), (300, 200)])   # PAM rows for two pixels, (2, h, w)
-"""
-from .inspect import InspectionResult, inspect_image, select_device
-from .models import DANet, DANetConfig, create_model
 
-__all__ = ["DANet", "DANetConfig", "create_model", "InspectionResult", "inspect_image", "select_device"]
-__version__ = "0.1.0"
+This package never imports streamlit or plotly; the app lives in ``danet_app``.
+"""
+from .device import select_device
+from .errors import CheckpointError, DanetError, ImageLoadError, InputError, LabelMapError, UnknownNameError
+from .inspection import InspectionResult, inspect_image
+from .loader import load
+from .models import DANet, DANetConfig, create_model, get_model, list_models
+
+__all__ = ["load", "inspect_image", "InspectionResult", "select_device", "list_models", "get_model", "create_model",
+           "DANet", "DANetConfig", "DanetError", "CheckpointError", "ImageLoadError", "InputError", "LabelMapError",
+           "UnknownNameError", "__version__"]
+__version__ = "0.2.0"

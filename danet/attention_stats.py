@@ -215,7 +215,7 @@ def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_
     ``model`` must be in eval mode; it is never modified (ablations run on copies).
     """
     from .data.camvid import normalise, read_pair
-    from .inspect import inspect_image
+    from .inspection import inspect_image
 
     num_classes = meta.config.num_classes
     if ignore_index is None:

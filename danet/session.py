@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .attention_stats import grid_labels
-from .checkpoints.metadata import LoadedModel
+from .checkpoints.meta import LoadedModel
 from .data.labels import LabelMapError, load_label_map
-from .inspect import InspectionResult
+from .inspection import InspectionResult
 from .metrics import confusion_matrix, scores
 
 __all__ = ["FORWARDS", "MAX_POINTS", "LabelMap", "LabelMapError", "PointStats", "Selection", "add_point",

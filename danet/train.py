@@ -17,14 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints.metadata import ModelMeta
-from .checkpoints.safetensors_io import save_model
+from .checkpoints.meta import ModelMeta
+from .checkpoints.load import OWN_META_KEY
+from .checkpoints.save import save_model
 from .data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
 from .data.palettes import CAMVID
 from .evaluate import evaluate_model
-from .inspect import select_device
+from .device import select_device
 from .models import DANet, DANetConfig
-from .pretrained import normalisation
+from .models.registry import normalisation
 
 
 @dataclass
@@ -88,7 +89,7 @@ def poly_lr(step: int, total: int, warmup: int) -> float:
 def build(cfg: TrainConfig) -> DANet:
     config = DANetConfig(num_classes=CAMVID.num_classes, backbone=cfg.backbone,
                          head_channels=cfg.head_channels, output_stride=cfg.output_stride,
-                         align_corners=False, stem="7x7")
+                         align_corners=False, stem="7x7" if cfg.backbone.startswith("resnet") else None)
     model = DANet(config)
     if cfg.imagenet and not config.is_resnet:
         from .pretrained import load_imagenet_backbone
@@ -175,17 +176,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(json.dumps(record))
         with history.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        # the metadata makes last.pt load through danet.load with the config it was trained with
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "epoch": epoch, "best": json.dumps(best), "torch_rng": torch.get_rng_state()},
+                    "epoch": epoch, "best": json.dumps(best), "torch_rng": torch.get_rng_state(),
+                    OWN_META_KEY: run_meta(model, cfg).to_strings()},
                    out / "last.tmp")
         (out / "last.tmp").replace(last)
     return best
 
 
+def run_meta(model: DANet, cfg: TrainConfig, **extra) -> ModelMeta:
+    """What a run's checkpoints say about themselves: config, labels, normalisation."""
+    mean, std = normalisation(cfg.backbone)
+    return ModelMeta(config=model.config, dataset=CAMVID, mean=mean, std=std, layout="danet-lens", extra=extra)
+
+
 def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path) -> Path:
     """Write the best model as fp16 ``.safetensors`` with its measured accuracy."""
-    mean, std = normalisation(cfg.backbone)
-    meta = ModelMeta(config=model.config, dataset=CAMVID, mean=mean, std=std, layout="danet-lens", extra={
+    meta = run_meta(model, cfg, **{
         "val_miou": round(best["miou"] * 100, 2),
         "val_pixel_accuracy": round(best["pixel_accuracy"] * 100, 2),
         "val_iou": dict(zip(CAMVID.classes, [None if v is None else round(v * 100, 2) for v in best["iou"]])),

@@ -65,7 +65,7 @@ CONFIG_FOR_LAYOUT = {
     "mmseg": dict(output_stride=8, multi_grid=False, align_corners=False),
     "tramac": dict(output_stride=8, multi_grid=False, align_corners=True),
     "blog": dict(output_stride=32, multi_grid=False, align_corners=True),
-    "danet-lens": dict(output_stride=8, multi_grid=False, align_corners=True),
+    "danet-lens": dict(output_stride=8, multi_grid=False, align_corners=False),
 }
 
 

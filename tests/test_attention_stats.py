@@ -13,9 +13,9 @@ from PIL import Image
 from danet.attention_stats import (VOID, cell_centres, compute_attention_stats, grid_labels, pixel_cells,
                                    query_statistics, rows_to_csv, sample_queries, select_evenly, summarise,
                                    switched_off)
-from danet.checkpoints.metadata import ModelMeta
+from danet.checkpoints.meta import ModelMeta
 from danet.data.palettes import generic_dataset
-from danet.inspect import inspect_image
+from danet.inspection import inspect_image
 from danet.metrics import confusion_matrix, scores
 from danet.models import create_model
 

@@ -115,7 +115,7 @@ def test_our_timm_layout_finds_the_backbone(tmp_path):
     from helpers_checkpoints import randomize
     from danet.models import create_model
 
-    model = randomize(create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16))
+    model = randomize(create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16, align_corners=False))
     loaded = load_model(save({"model": model.state_dict()}, tmp_path / "last.pt"))
     assert loaded.meta.config.backbone == "mobilenetv2_100"
     assert loaded.meta.dataset.name == "camvid"

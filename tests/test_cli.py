@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from danet.checkpoints import save_model
-from danet.checkpoints.metadata import ModelMeta
+from danet.checkpoints.meta import ModelMeta
 from danet.cli import app
 from danet.data.camvid import find_camvid, list_pairs
 from danet.data.palettes import CAMVID, generic_dataset

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save as save_safetensors_bytes
 
 from danet.checkpoints import CheckpointError, load_model, save_model
-from danet.checkpoints.metadata import LoadedModel, ModelMeta
+from danet.checkpoints.meta import LoadedModel, ModelMeta
 from danet.data.palettes import generic_dataset
 from danet.models import create_model
 

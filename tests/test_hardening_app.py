@@ -32,7 +32,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from danet.checkpoints import save_model
-from danet.checkpoints.metadata import ModelMeta
+from danet.checkpoints.meta import ModelMeta
 from danet.data.palettes import CAMVID
 from danet.models import create_model
 from danet.session import FORWARDS, MAX_POINTS, apply_click

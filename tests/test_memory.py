@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from danet.inspect import inspect_image
+from danet.inspection import inspect_image
 from danet.memory import (ALLOCATOR_SLACK, check_forward_fits, estimate_forward, estimate_forward_bytes,
                           pam_working_bytes)
 from danet.models import create_model
@@ -22,7 +22,7 @@ TINY = dict(backbone="resnet18", num_classes=5, head_channels=32)
 MEASURE = textwrap.dedent("""
     import json, sys, numpy as np, torch
     from danet.models import create_model
-    from danet.inspect import inspect_image
+    from danet.inspection import inspect_image
     torch.set_num_threads(1)
     config, height, width = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     model = create_model(**config).eval()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import danet.models.attention as attention
-from danet.inspect import inspect_image, to_tensor
+from danet.inspection import inspect_image, to_tensor
 from danet.models import ChannelAttention, DAHead, PositionAttention, create_model, pam_aggregate
 from danet.models.backbones import DilatedResNet
 from helpers_checkpoints import randomize

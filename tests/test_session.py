@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from danet.checkpoints.metadata import ModelMeta
+from danet.checkpoints.meta import ModelMeta
 from danet.data.palettes import CAMVID
 from danet.exports import compose_panels, encode_png, json_record, metrics_for_json, model_summary, npz_bundle
-from danet.inspect import InspectionResult
+from danet.inspection import InspectionResult
 from danet.models import DANetConfig
 from danet.session import (ForwardCounter, LabelMapError, add_point, apply_click, attention_entropy,
                            click_to_pixel, point_statistics, prepare_label_map, remove_point, result_key,

@@ -5,19 +5,20 @@ import pytest
 
 from danet.data.camvid import find_camvid
 from danet.evaluate import evaluate_model
-from danet.weights import DEFAULT_WEIGHTS, load_default_model
+import danet
+from danet.weights import default_weights_path
 
 CAMVID = find_camvid()
 
 
 @pytest.fixture(scope="module")
 def default():
-    return load_default_model("cpu")
+    return danet.load(device="cpu")
 
 
 def test_default_weights_are_small_safetensors_with_a_card(default):
-    assert DEFAULT_WEIGHTS.suffix == ".safetensors"
-    assert DEFAULT_WEIGHTS.stat().st_size < 50 * 2**20
+    assert default_weights_path().suffix == ".safetensors"
+    assert default_weights_path().stat().st_size < 50 * 2**20
     meta = default.meta
     assert meta.config.num_classes == len(meta.classes) == 11
     assert meta.palette.shape == (11, 3)

@@ -1,13 +1,20 @@
-"""Loading checkpoints of every public DANet layout, safely (safetensors or weights_only).
+"""Checkpoints of every public DANet layout, read safely and loaded strictly.
 
-``load_model(path)`` reads our ``.safetensors`` and the official, mmseg, Tramac and blog
-layouts (see ``docs/checkpoints.md``); ``convert`` writes any of them in our format.
+Stages, one module each, in the order a file passes through them: ``read`` (bytes -> tensors
+and metadata, safely), ``mapping`` (unwrap, detect the layout, rename keys, infer the
+architecture from shapes), ``layouts`` (the key maps as data, with per-layout hooks),
+``resolve`` (what shapes cannot say; metadata checks), ``strict`` (build empty, load every key),
+``load`` (the pipeline). ``save``/``convert`` write our ``.safetensors``; ``describe`` says what
+a loaded model is. The format specification these follow is ``docs/checkpoint-formats.md``.
 """
-from .detect import CheckpointError
-from .io import convert, describe, layer4_dilations, load_model, read_checkpoint
+from ..errors import CheckpointError
+from .convert import convert
+from .describe import describe, layer4_dilations
 from .layouts import DILATIONS, LAYOUTS, LAYOUTS_BY_NAME, Layout, parse_dilation
-from .metadata import LoadedModel, ModelMeta
-from .safetensors_io import save_model
+from .load import load_model
+from .meta import LoadedModel, ModelMeta
+from .read import read_checkpoint
+from .save import save_model
 
 __all__ = ["CheckpointError", "DILATIONS", "LAYOUTS", "LAYOUTS_BY_NAME", "Layout", "LoadedModel", "ModelMeta",
            "convert", "describe", "layer4_dilations", "load_model", "parse_dilation", "read_checkpoint",

@@ -1,13 +1,21 @@
 """The public DANet checkpoint layouts, as data: key prefixes, name maps and defaults.
 
 Every layout is a backbone prefix, a head prefix and a table that renames the head's modules
-to ours (``docs/checkpoints.md`` and ``checkpoint-formats.md`` §4). Backbone keys keep their
-torchvision names (``layerX.Y.convZ``...) everywhere; only the stem is spelled three ways,
-which ``STEM_STYLES`` maps to our ``stem.N`` Sequential. Nothing here touches tensors.
+to ours (``docs/checkpoint-formats.md`` §4 gives each table with its sources). Backbone keys
+keep their torchvision names (``layerX.Y.convZ``...) everywhere; only the stem is spelled three
+ways, which ``STEM_STYLES`` maps to our ``stem.N`` Sequential. What differs beyond names (mmseg's
+``meta`` with classes, palette and config text) is a per-layout hook, ``read_meta``, in the
+manner of timm's per-model checkpoint filters. Nothing here touches tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..data.palettes import DATASETS, DatasetInfo, generic_dataset
 
 # Our head, module by module (relative to ``head.``). Each public layout renames these.
 OUR_HEAD_MODULES = (
@@ -43,9 +51,62 @@ class Layout:
     align_corners: bool
     ignored_prefixes: tuple[str, ...] = ()      # whole keys dropped on purpose (fc, aux head)
     optional_head: tuple[str, ...] = ()         # our head modules the layout may omit
+    read_meta: Callable[[dict, int], "MetaHints"] | None = None   # what the file's non-tensor entries say
 
     def is_ignored(self, key: str) -> bool:
         return key.endswith("num_batches_tracked") or key.startswith(self.ignored_prefixes)
+
+
+@dataclass(frozen=True)
+class MetaHints:
+    """What a layout's non-tensor ``meta`` says about labels and upsampling (None: nothing)."""
+
+    dataset: DatasetInfo | None = None
+    align_corners: bool | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _palette(value, count: int):
+    try:
+        array = np.asarray(value, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if array.shape != (count, 3) or array.min() < 0 or array.max() > 255:
+        return None
+    return tuple(tuple(int(v) for v in row) for row in array)
+
+
+def _mmseg_dataset(meta: dict, num_classes: int) -> DatasetInfo | None:
+    """mmseg writes CLASSES/PALETTE (0.x) or dataset_meta.classes/palette (1.x) into ``meta``."""
+    inner = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    classes = meta.get("CLASSES") or inner.get("classes")
+    if not isinstance(classes, (list, tuple)) or len(classes) != num_classes:
+        return None
+    if not all(isinstance(c, str) and len(c) <= 200 for c in classes):
+        return None
+    names = tuple(c.strip() for c in classes)
+    for known in DATASETS.values():
+        if known.classes == names:
+            return known
+    palette = _palette(meta.get("PALETTE") or inner.get("palette"), num_classes)
+    return DatasetInfo("checkpoint", names, palette or generic_dataset(num_classes).palette, 255)
+
+
+def _mmseg_align_corners(meta: dict) -> bool | None:
+    """mmseg stores its config as text; the 769x769 Cityscapes configs say align_corners=True."""
+    for key in ("config", "cfg"):
+        text = meta.get(key)
+        if isinstance(text, str):
+            values = set(re.findall(r"align_corners\s*=\s*(True|False)", text[:1_000_000]))
+            if len(values) == 1:
+                return values.pop() == "True"
+    return None
+
+
+def read_mmseg_meta(meta: dict, num_classes: int) -> MetaHints:
+    version = meta.get("mmseg_version")
+    extra = {"mmseg_version": version[:40]} if isinstance(version, str) and version else {}
+    return MetaHints(_mmseg_dataset(meta, num_classes), _mmseg_align_corners(meta), extra)
 
 
 OFFICIAL = Layout(
@@ -69,6 +130,7 @@ MMSEG = Layout(
                        "cam_out_conv.bn", "pam_conv_seg", "cam_conv_seg", "conv_seg"),
     dilation="2-4-4", align_corners=False,
     ignored_prefixes=("auxiliary_head.", "data_preprocessor."),
+    read_meta=read_mmseg_meta,
 )
 
 _TRAMAC_HEAD = _head_map("conv_p1.0", "conv_p1.1", "conv_c1.0", "conv_c1.1",
@@ -97,7 +159,8 @@ DANET_LENS = Layout(
     name="danet-lens",
     title="danet-lens, this project's own DANet (.safetensors exports, training last.pt)",
     backbone_prefix="backbone.", head_prefix="head.", marker="pam_in_conv",
-    head_map={m: m for m in OUR_HEAD_MODULES}, dilation="2-4-4", align_corners=True,
+    # ``danet train`` trains with align_corners=False; a bare state dict of ours means that
+    head_map={m: m for m in OUR_HEAD_MODULES}, dilation="2-4-4", align_corners=False,
 )
 
 LAYOUTS: tuple[Layout, ...] = (OFFICIAL, MMSEG, TRAMAC, BLOG, DANET_LENS)

@@ -28,7 +28,7 @@ def _inspect(image_path: Path, point_texts: list[str], checkpoint, device, dilat
     """
     from ..batch import BatchInputError, check_points, describe_model, load_model, one_line, parse_point
     from ..data.images import ImageLoadError, load_image
-    from ..inspect import inspect_image
+    from ..inspection import inspect_image
 
     try:
         given = [parse_point(text) for text in point_texts]

@@ -102,7 +102,7 @@ def predict(
     from ..batch import (BatchInputError, collect_images, describe_model, file_sha256, load_model,
                          one_line, output_names, prepare_output_dir, save_json, save_png)
     from ..data.images import ImageLoadError, load_image
-    from ..inspect import to_tensor
+    from ..inspection import to_tensor
     from ..viz import legend
 
     def fail(message: str):

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageLoadError
+
 DEFAULT_MAX_PIXELS = 2048 * 2048
 MAX_DECODE_PIXELS = 64 * 1024 * 1024      # 8192 x 8192: above this a file is treated as a bomb
 MIN_SIDE = 32                              # short side after loading (output stride 32 -> 1 cell)
@@ -49,8 +51,6 @@ _IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"),
 _DECODE_LOCK = threading.Lock()
 
 
-class ImageLoadError(ValueError):
-    """The bytes are not an image we can use; the message is meant for the user."""
 
 
 @dataclass

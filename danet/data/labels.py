@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import LabelMapError
 from .images import MAX_DECODE_PIXELS, decode_first_frame, read_source
 
 
-class LabelMapError(ValueError):
-    """The file cannot serve as a label map for this image; the message is meant for the user."""
 
 
 def _plural(count: int, word: str) -> str:

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnknownNameError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -153,7 +155,7 @@ def get_dataset(name: str) -> DatasetInfo:
     try:
         return DATASETS[ALIASES.get(key, key)]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
 
 
 def generic_dataset(num_classes: int) -> DatasetInfo:

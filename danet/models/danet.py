@@ -10,9 +10,7 @@ from torch import nn
 
 from .backbones import DilatedResNet, TimmBackbone
 from .head import DAHead
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .registry import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, register_model  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -20,7 +18,8 @@ class DANetConfig:
     """Everything needed to rebuild the network; stored in our ``.safetensors`` metadata.
 
     ``backbone`` is ``"resnet{18,34,50,101,152}"`` or a timm model name
-    (e.g. ``"tf_efficientnet_lite0"``, ``"mobilenetv2_100"``).
+    (e.g. ``"tf_efficientnet_lite0"``, ``"mobilenetv2_100"``). ``stem`` only means something
+    for ResNets; a timm backbone has its own, so it is stored as None there.
     """
 
     num_classes: int = 19
@@ -32,6 +31,10 @@ class DANetConfig:
     key_channels: int | None = None       # None: head_channels // 8
     align_corners: bool = True
     dropout: float = 0.1
+
+    def __post_init__(self):
+        if isinstance(self.backbone, str) and not self.is_resnet and self.stem is not None:
+            object.__setattr__(self, "stem", None)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,23 +79,26 @@ def create_model(config: DANetConfig | None = None, **overrides) -> DANet:
     return DANet(config)
 
 
-def danet_resnet50(num_classes: int = 19, **kwargs) -> DANet:
-    return create_model(num_classes=num_classes, backbone="resnet50", **kwargs)
+def _builder(backbone: str, default_classes: int):
+    spec = BACKBONES[backbone]
+
+    def build(*, num_classes: int = default_classes, **config) -> DANet:
+        if spec.head_channels is not None:
+            config.setdefault("head_channels", spec.head_channels)
+        return create_model(num_classes=num_classes, backbone=backbone, **config)
+
+    build.__name__ = build.__qualname__ = "danet_" + backbone.replace("_100", "").replace("tf_", "")
+    build.__doc__ = (f"DANet on {backbone} ({spec.family}, {spec.channels}-channel features), random weights; "
+                     f"keyword arguments override ``DANetConfig`` fields.")
+    return register_model()(build)
 
 
-def danet_resnet101(num_classes: int = 19, **kwargs) -> DANet:
-    return create_model(num_classes=num_classes, backbone="resnet101", **kwargs)
-
-
-def danet_resnet18(num_classes: int = 19, **kwargs) -> DANet:
-    return create_model(num_classes=num_classes, backbone="resnet18", **kwargs)
-
-
-def danet_efficientnet_lite0(num_classes: int = 11, **kwargs) -> DANet:
-    kwargs.setdefault("head_channels", 128)
-    return create_model(num_classes=num_classes, backbone="tf_efficientnet_lite0", **kwargs)
-
-
-def danet_mobilenetv2(num_classes: int = 11, **kwargs) -> DANet:
-    kwargs.setdefault("head_channels", 128)
-    return create_model(num_classes=num_classes, backbone="mobilenetv2_100", **kwargs)
+danet_resnet18 = _builder("resnet18", 19)
+danet_resnet34 = _builder("resnet34", 19)
+danet_resnet50 = _builder("resnet50", 19)
+danet_resnet101 = _builder("resnet101", 19)
+danet_resnet152 = _builder("resnet152", 19)
+danet_mobilenetv2 = _builder("mobilenetv2_100", 11)
+danet_efficientnet_lite0 = _builder("tf_efficientnet_lite0", 11)
+danet_efficientnet_lite1 = _builder("tf_efficientnet_lite1", 11)
+danet_efficientnet_lite2 = _builder("tf_efficientnet_lite2", 11)

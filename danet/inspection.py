@@ -112,15 +112,6 @@ class InspectionResult:
         return [(int(i), float(v)) for i, v in zip(indices, values)]
 
 
-def select_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; anything else is passed through."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but no GPU is available")
-    return torch.device(device)
-
-
 @torch.inference_mode()
 def inspect_image(model: DANet, image: np.ndarray | torch.Tensor, mean=IMAGENET_MEAN,
                   std=IMAGENET_STD) -> InspectionResult:

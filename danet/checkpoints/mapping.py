@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.backbones import RESNET_LAYERS
+from ..errors import CheckpointError
 from .layouts import LAYOUTS, Layout, stem_style, to_foreign, to_ours
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")   # where training code nests weights
 MAX_LISTED = 5
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says why, in the user's terms."""
 
 
 def listed(items, limit: int = MAX_LISTED) -> str:

@@ -1,0 +1,99 @@
+"""``load_model``: one file through one pipeline, each stage visited once.
+
+read (bytes -> tensors + metadata) -> our metadata? -> unwrap -> detect the layout -> map keys
+-> infer the architecture from shapes -> resolve what shapes cannot say (dilation, dataset,
+align_corners; the layout's ``read_meta`` hook) -> build empty -> load strictly.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..data.palettes import DatasetInfo
+from ..device import select_device
+from ..errors import CheckpointError
+from ..models import DANet, DANetConfig
+from ..models.registry import TIMM_BACKBONES, normalisation
+from .layouts import DANET_LENS, MetaHints, dilation_name
+from .mapping import Mapped, detect_layout, infer_architecture, map_to_ours, unwrap
+from .meta import METADATA_FORMAT, LoadedModel, ModelMeta
+from .read import RawCheckpoint, read_checkpoint
+from .resolve import apply_overrides, read_own_meta, resolve_dataset, resolve_dilation
+from .strict import build_empty, load_strict
+
+OWN_META_KEY = "danet_lens"     # a training run's last.pt carries its ModelMeta strings here
+
+
+def _own_header(raw: RawCheckpoint) -> dict[str, str] | None:
+    """Our metadata strings, from a safetensors header or a training checkpoint's dict."""
+    if raw.header and raw.header.get("format") == METADATA_FORMAT:
+        return raw.header
+    if isinstance(raw.obj, Mapping):
+        header = raw.obj.get(OWN_META_KEY)
+        if isinstance(header, Mapping) and header.get("format") == METADATA_FORMAT \
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in header.items()):
+            return dict(header)
+    return None
+
+
+def _load_own(raw: RawCheckpoint, header: dict[str, str], dilation, dataset, align_corners) -> tuple[DANet, ModelMeta, Mapped]:
+    meta = apply_overrides(read_own_meta(header, raw.name), dilation, dataset, align_corners)
+    meta.extra = {**meta.extra, "container": "danet-lens safetensors" if raw.header else raw.container}
+    if dilation is not None and meta.config.is_resnet:
+        meta.extra["dilation"] = dilation_name(meta.config.output_stride, meta.config.multi_grid)
+    state = unwrap(raw.obj).state if raw.header is None else raw.obj
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    mapped = Mapped(DANET_LENS, "stem.N", state, {k: k for k in state})
+    try:
+        model = build_empty(meta.config)
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as error:   # e.g. a timm ViT
+        raise CheckpointError(f"{raw.name}: the network its metadata describes cannot be built ({error})") from None
+    return model, meta, mapped
+
+
+def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple[DANet, ModelMeta, Mapped]:
+    unwrapped = unwrap(raw.obj)
+    layout = detect_layout(unwrapped.state)
+    mapped = map_to_ours(unwrapped.state, layout)
+    arch = infer_architecture(mapped, TIMM_BACKBONES)
+    is_resnet = arch.stem is not None
+    hints = layout.read_meta(unwrapped.meta, arch.num_classes) if layout.read_meta and unwrapped.meta else MetaHints()
+    output_stride, multi_grid = resolve_dilation(dilation, layout.dilation)
+    if align_corners is not None:
+        align, align_from = bool(align_corners), "requested"
+    elif hints.align_corners is not None:
+        align, align_from = hints.align_corners, "checkpoint meta config"
+    else:
+        align, align_from = layout.align_corners, f"{layout.name} default"
+    config = DANetConfig(num_classes=arch.num_classes, backbone=arch.backbone, stem=arch.stem,
+                         output_stride=output_stride, multi_grid=multi_grid and is_resnet,
+                         head_channels=arch.head_channels, key_channels=arch.key_channels, align_corners=align)
+    info, dataset_from = resolve_dataset(dataset, arch.num_classes, hints.dataset)
+    mean, std = normalisation(arch.backbone)     # mmseg's 0-255 values are ImageNet's, times 255
+    extra = {"source_file": raw.name, "container": raw.container, "wrapper": unwrapped.wrapper,
+             "stem_keys": mapped.stem_style, "dilation": dilation_name(output_stride, multi_grid and is_resnet),
+             "align_corners_from": align_from, "dataset_from": dataset_from,
+             "ignored_keys": len(mapped.ignored), **hints.extra}
+    meta = ModelMeta(config=config, dataset=info, mean=tuple(mean), std=tuple(std), layout=layout.name, extra=extra)
+    return build_empty(config), meta, mapped
+
+
+def load_model(source: str | Path | bytes, *, dilation: str | None = None, dataset: str | DatasetInfo | None = None,
+               align_corners: bool | None = None, device: str = "auto", name: str | None = None) -> LoadedModel:
+    """Load a DANet checkpoint of any supported layout, in eval mode on ``device``.
+
+    Prefer ``danet.load``, which also knows the embedded default. ``source`` is a path or the
+    file's bytes (``name`` then labels it in messages). Shapes give the architecture;
+    ``dilation``, ``align_corners`` and ``dataset`` override the layout's defaults. Raises
+    ``CheckpointError`` for anything that is not a loadable DANet checkpoint.
+    """
+    device = select_device(device)
+    raw = read_checkpoint(source, name)
+    label = name or (raw.name if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
+    header = _own_header(raw)
+    if header is not None:
+        model, meta, mapped = _load_own(raw, header, dilation, dataset, align_corners)
+    else:
+        model, meta, mapped = _load_foreign(raw, dilation, dataset, align_corners)
+    warnings = load_strict(model, mapped)
+    return LoadedModel(model=model.to(device).eval(), meta=meta, source=label, warnings=warnings)
