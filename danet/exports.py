@@ -67,9 +67,9 @@ def npz_bundle(result: InspectionResult, points: list[tuple[int, int]], rows: np
     gh, gw = result.grid_size
     arrays["pam_attention"] = (np.zeros((0, gh, gw), np.float32) if rows is None
                                else np.asarray(rows, dtype=np.float32))
-    arrays["cam_attention"] = result.cam_attention.numpy().astype(np.float32)
-    arrays["cam_input"] = result.cam_input.numpy().astype(np.float32)
-    arrays["cam_output"] = result.cam_output.numpy().astype(np.float32)
+    arrays["cam_attention"] = np.asarray(result.cam_attention, np.float32)
+    arrays["cam_input"] = np.asarray(result.cam_input, np.float32)
+    arrays["cam_output"] = np.asarray(result.cam_output, np.float32)
     arrays["alpha"] = np.float32(result.alpha)
     arrays["beta"] = np.float32(result.beta)
     arrays["classes"] = np.asarray(classes)

@@ -20,7 +20,7 @@ def to_tensor(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.
     """HxWx3 uint8 RGB -> normalised (1, 3, H, W) float tensor."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
     mean = torch.tensor(mean).view(3, 1, 1)
     std = torch.tensor(std).view(3, 1, 1)
     return ((x - mean) / std).unsqueeze(0)
@@ -41,9 +41,9 @@ class InspectionResult:
     cam_logits: torch.Tensor
     pam_query: torch.Tensor
     pam_key: torch.Tensor
-    cam_attention: torch.Tensor          # (C, C), rows sum to 1
-    cam_input: torch.Tensor              # (C, h, w) channel maps before CAM
-    cam_output: torch.Tensor             # (C, h, w) channel maps after CAM (beta * attn A + A)
+    cam_attention: np.ndarray            # (C, C) float32, rows sum to 1
+    cam_input: np.ndarray                # (C, h, w) float32 channel maps before CAM
+    cam_output: np.ndarray               # (C, h, w) float32 channel maps after CAM (beta * attn A + A)
     alpha: float
     beta: float
     align_corners: bool
@@ -107,9 +107,9 @@ class InspectionResult:
 
     def channel_mix(self, channel: int, top_k: int = 5) -> list[tuple[int, float]]:
         """The ``top_k`` channels that CAM mixes most strongly into ``channel``."""
-        weights = self.cam_attention[channel]
-        values, indices = torch.topk(weights, min(top_k, weights.numel()))
-        return [(int(i), float(v)) for i, v in zip(indices, values)]
+        weights = np.asarray(self.cam_attention[channel])
+        order = np.argsort(-weights, kind="stable")[:top_k]
+        return [(int(i), float(weights[i])) for i in order]
 
 
 @torch.inference_mode()
@@ -137,8 +137,8 @@ def inspect_image(model: DANet, image: np.ndarray | torch.Tensor, mean=IMAGENET_
         image_size=size, grid_size=tuple(features.shape[-2:]),
         fused_logits=fused, pam_logits=pam, cam_logits=cam,
         pam_query=head.pam_query[0].float().cpu(), pam_key=head.pam_key[0].float().cpu(),
-        cam_attention=head.cam_attention[0].float().cpu(),
-        cam_input=head.cam_input[0].float().cpu(), cam_output=head.cam_output[0].float().cpu(),
+        cam_attention=head.cam_attention[0].float().cpu().numpy(),
+        cam_input=head.cam_input[0].float().cpu().numpy(), cam_output=head.cam_output[0].float().cpu().numpy(),
         alpha=float(model.head.pam.alpha), beta=float(model.head.cam.beta),
         align_corners=model.config.align_corners, seconds=seconds, device=str(device),
     )

@@ -26,7 +26,7 @@ if selection is None:
     st.stop()
 
 result = selection.result
-matrix = result.cam_attention.numpy()
+matrix = result.cam_attention
 channels = matrix.shape[0]
 uniform = 1.0 / channels
 
@@ -71,8 +71,8 @@ strongest = int(np.argmax(off_diagonal.reshape(channels, channels - 1).max(1))) 
 pick[2].caption(f"Tip: channel {strongest} has the most concentrated off-diagonal weight. Hover the "
                 "matrix to find others.")
 
-before = result.cam_input[channel].numpy()
-after = result.cam_output[channel].numpy()
+before = result.cam_input[channel]
+after = result.cam_output[channel]
 change = float(np.abs(after - before).mean() / (np.abs(before).mean() + 1e-12))
 st.plotly_chart(channel_maps_figure(before, after, channel), key="cam_channel_maps",
                 config={"displaylogo": False})
@@ -88,7 +88,7 @@ per_row = 6
 for start in range(0, len(mix), per_row):
     columns = st.columns(per_row)
     for column, (source, weight) in zip(columns, mix[start:start + per_row]):
-        grid_map = result.cam_input[source].numpy()[None]
+        grid_map = result.cam_input[source][None]
         full = result.upsample_maps(grid_map, "bilinear")[0]
         column.image(viz.heatmap_overlay(selection.image, full, overlay_opacity, "viridis"),
                      caption=f"ch {source}: w = {weight:.4f}", width="stretch")

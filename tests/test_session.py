@@ -32,8 +32,8 @@ def make_result(class_map: np.ndarray, query: torch.Tensor, key: torch.Tensor, g
     maps = torch.rand(channels, *grid, generator=torch.Generator().manual_seed(1))
     return InspectionResult(
         image_size=(height, width), grid_size=grid, fused_logits=logits, pam_logits=logits.clone(),
-        cam_logits=logits.roll(1, 0), pam_query=query, pam_key=key, cam_attention=cam,
-        cam_input=maps, cam_output=maps * 1.1, alpha=0.5, beta=0.25, align_corners=False)
+        cam_logits=logits.roll(1, 0), pam_query=query, pam_key=key, cam_attention=cam.numpy(),
+        cam_input=maps.numpy(), cam_output=(maps * 1.1).numpy(), alpha=0.5, beta=0.25, align_corners=False)
 
 
 # 4 x 6 image on a 2 x 3 grid: each cell covers 2 x 2 pixels. Cell classes (row-major):

@@ -111,7 +111,7 @@ def attention(
                 "files": [f"{stem}.npy", f"{stem}.png"]})
             bar.update(1)
 
-        matrix = result.cam_attention.numpy()
+        matrix = result.cam_attention
         save_npy(keep("cam_matrix.npy"), matrix.astype(np.float32))
         with_rows = "\n".join(",".join(f"{v:.8g}" for v in line) for line in matrix) + "\n"
         save_text(keep("cam_matrix.csv"), with_rows)
@@ -120,7 +120,7 @@ def attention(
 
         channel_entries = []
         for c in channel:
-            before, after = result.cam_input[c].numpy(), result.cam_output[c].numpy()
+            before, after = result.cam_input[c], result.cam_output[c]
             low, high = float(min(before.min(), after.min())), float(max(before.max(), after.max()))
             both = result.upsample_maps(np.stack([before, after]))
             for name, grid_map, full_map in (("before", before, both[0]), ("after", after, both[1])):

@@ -1,0 +1,68 @@
+"""Shared test fixtures: one tiny DANet and its checkpoint file, made once per session.
+
+Markers (``pyproject.toml``): slow, app, browser, fuzz, camvid. The fast lane is
+``pytest -m "not slow"``; CI runs everything.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/helpers_*.py
+
+from danet.checkpoints import ModelMeta, save_model        # noqa: E402
+from danet.data.palettes import CAMVID, DatasetInfo, generic_dataset  # noqa: E402
+from danet.models import DANet, create_model               # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_tiny_model(num_classes: int = 5, *, backbone: str = "mobilenetv2_100", head_channels: int = 16,
+                    alpha: float = 0.5, beta: float = 0.5, seed: int = 0, **config) -> DANet:
+    """A small random DANet in eval mode with both attention modules switched on."""
+    torch.manual_seed(seed)
+    model = create_model(backbone=backbone, num_classes=num_classes, head_channels=head_channels, **config).eval()
+    with torch.no_grad():
+        model.head.pam.alpha.fill_(alpha)
+        model.head.cam.beta.fill_(beta)
+    return model
+
+
+def save_tiny(model: DANet, path: Path, dataset: DatasetInfo | None = None, dtype=None, **extra) -> Path:
+    """``model`` as our .safetensors (with metadata) at ``path``."""
+    dataset = dataset or (CAMVID if model.config.num_classes == 11 else generic_dataset(model.config.num_classes))
+    save_model(model, ModelMeta(config=model.config, dataset=dataset, extra=extra), path, dtype=dtype)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_camvid_model() -> DANet:
+    """11 CamVid classes, MobileNetV2 + 16-channel head, alpha = beta = 0.5."""
+    return make_tiny_model(11)
+
+
+@pytest.fixture(scope="session")
+def tiny_camvid_checkpoint(tiny_camvid_model, tmp_path_factory) -> Path:
+    """``tiny_camvid_model`` as fp16 .safetensors (with a made-up val_miou in its card)."""
+    return save_tiny(tiny_camvid_model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors",
+                     dtype=torch.float16, val_miou=12.5)
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path | None:
+    """The CamVid folder, or None (tests that need it skip with the reason)."""
+    for candidate in (os.environ.get("DANET_CAMVID"), REPO.parent / "shared" / "data" / "camvid"):
+        if candidate and (Path(candidate) / "val").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def camvid(camvid_root) -> Path:
+    if camvid_root is None:
+        pytest.skip("CamVid not found at ../shared/data/camvid or $DANET_CAMVID")
+    return camvid_root
