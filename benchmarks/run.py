@@ -22,7 +22,7 @@ from .measure import can_reset_peak, threads
 from .report import Table
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.md"
-SECTIONS = ("head", "growth", "sweep", "model", "clicks", "cache")
+SECTIONS = ("head", "growth", "sweep", "model", "clicks", "cache", "measures")
 
 
 def cpu_name() -> str:
@@ -64,6 +64,10 @@ def run(plan: sections.Plan, wanted: tuple[str, ...], log) -> list[Table]:
     if "clicks" in wanted or "cache" in wanted:
         clicks, cache = sections.click_table(plan, log)
         tables += [t for t in (clicks, cache) if t.key in wanted]
+    if "measures" in wanted:
+        from .measures import measures_table
+
+        tables.append(measures_table(plan, log))
     return tables
 
 

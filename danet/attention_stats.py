@@ -18,8 +18,19 @@ Definitions (all on the head's feature grid of h x w = N cells, row-major):
 * **Entropy.** -sum a log a in nats, and divided by log N (1 = uniform, 0 = one cell).
 * **Attended distance.** sum_j a_j |c_j - c_q| between cell centres, in grid cells and in input
   pixels (cells need not be square); ``uniform_distance_*`` is the same for uniform attention.
-* **Module ablation.** alpha = 0 turns PAM into the identity, beta = 0 does the same for CAM. Each
-  is set on a deep copy of the model; mIoU of all three outputs over the same images.
+* **Lift.** ``lift_gt`` = same-class mass / chance_gt: how many times more mass the query's class gets
+  than its area share of the (non-void) grid. Per class, ``lift_gt`` is the ratio of the means and
+  ``lift_gt_median`` the median of the per-query lifts.
+* **Specificity and contribution** (``danet.analysis``, docs/measures.md). ``js_from_mean``: JS divergence
+  in bits of the query's row from the image's mean row (over all cells, or a seeded sample on large
+  grids); ``mean_row_share``: sum_j min(a_j, m_j), the share of the row the mean row explains;
+  ``pam_contribution``: |alpha| ||sum_j a_j V_j|| / ||A_q|| at the query cell. ``per_image`` adds each
+  image's means (PAM and CAM contribution, specificity, CAM effective channels, pixels each ablation
+  changes) and ``overall`` their means over the images.
+* **Module ablation.** alpha = 0 turns PAM into the identity, beta = 0 does the same for CAM. The head
+  is recomputed from the branch inputs kept by ``inspect_image`` (``danet.analysis.ablation``), never
+  the backbone again; mIoU of all three outputs over the same images, and the share of pixels whose
+  fused class changes.
 """
 from __future__ import annotations
 
@@ -34,14 +45,19 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from .errors import LabelMapError
 from .metrics import confusion_matrix, scores
 
 VOID = -1
 
 QUERY_COLUMNS = ("image", "row", "col", "x", "y", "gt_class", "pred_class", "same_class_mass_gt",
                  "chance_gt", "same_class_mass_pred", "chance_pred", "entropy", "entropy_normalised",
-                 "distance_cells", "distance_pixels", "uniform_distance_cells", "uniform_distance_pixels")
+                 "distance_cells", "distance_pixels", "uniform_distance_cells", "uniform_distance_pixels",
+                 "lift_gt", "js_from_mean", "mean_row_share", "pam_contribution")
 STAT_COLUMNS = QUERY_COLUMNS[7:]
+IMAGE_COLUMNS = ("image", "js_mean", "mean_row_share", "sink_peak", "pam_contribution_mean",
+                 "cam_contribution_mean", "cam_entropy_bits_mean", "cam_effective_channels_mean",
+                 "cam_one_hot_rows", "changed_pam_off", "changed_cam_off", "changed_both_off")
 
 
 # ---- pure functions ------------------------------------------------------------------------------
@@ -88,11 +104,14 @@ def cell_centres(grid_size: tuple[int, int], image_size: tuple[int, int]) -> tup
 
 
 def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray, grid_pred: np.ndarray,
-                     image_size: tuple[int, int]) -> dict[str, np.ndarray]:
+                     image_size: tuple[int, int], *, mean_row: np.ndarray | None = None,
+                     pam_contribution: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-query statistics for attention ``rows`` (P, N) of the cells ``queries`` (P,).
 
     ``grid_gt`` and ``grid_pred`` are (h, w) class maps (``VOID`` allowed in the ground truth).
-    Returns one (P,) array per name in ``STAT_COLUMNS``.
+    ``mean_row`` (N,) is the image's mean row and ``pam_contribution`` the (h, w) contribution map
+    (``danet.analysis``); without them their columns are NaN. Returns one (P,) array per name in
+    ``STAT_COLUMNS``.
     """
     grid_size = np.asarray(grid_gt).shape
     gt, pred = np.asarray(grid_gt).ravel(), np.asarray(grid_pred).ravel()
@@ -110,6 +129,15 @@ def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray,
         chance_gt = same_gt.sum(1) / max(valid.sum(), 1)
         logs = np.where(rows > 0, np.log(np.where(rows > 0, rows, 1.0)), 0.0)
     entropy = -(rows * logs).sum(1)
+    if mean_row is not None:
+        from .analysis.specificity import js_and_share
+
+        mean = torch.as_tensor(np.asarray(mean_row, dtype=np.float64).ravel())
+        js, share = (t.numpy() for t in js_and_share(torch.from_numpy(rows), mean / mean.sum()))
+    else:
+        js = share = np.full(len(queries), np.nan)
+    contribution = (np.asarray(pam_contribution, dtype=np.float64).ravel()[queries] if pam_contribution is not None
+                    else np.full(len(queries), np.nan))
     in_cells, in_pixels = cell_centres(grid_size, image_size)
     d_cells = np.linalg.norm(in_cells[None, :, :] - in_cells[queries][:, None, :], axis=2)
     d_pixels = np.linalg.norm(in_pixels[None, :, :] - in_pixels[queries][:, None, :], axis=2)
@@ -124,12 +152,17 @@ def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray,
         "distance_pixels": (rows * d_pixels).sum(1),
         "uniform_distance_cells": d_cells.mean(1),
         "uniform_distance_pixels": d_pixels.mean(1),
+        "lift_gt": mass_gt / chance_gt,
+        "js_from_mean": js,
+        "mean_row_share": share,
+        "pam_contribution": contribution,
     }
 
 
 def summarise(queries: dict[str, np.ndarray], classes: tuple[str, ...]) -> list[dict]:
     """One row per ground-truth class of the query (means, plus medians of the same-class mass),
-    then ``all`` over every query; classes without queries are left out."""
+    then ``all`` over every query; classes without queries are left out. Columns missing from
+    ``queries`` (tables made before a column existed) are left out too."""
     gt = np.asarray(queries["gt_class"])
     groups = [(name, gt == index) for index, name in enumerate(classes)] + [("all", np.ones_like(gt, bool))]
     table = []
@@ -138,14 +171,22 @@ def summarise(queries: dict[str, np.ndarray], classes: tuple[str, ...]) -> list[
             continue
         row = {"class": name, "queries": int(chosen.sum())}
         for column in STAT_COLUMNS:
-            row[column] = float(np.nanmean(np.asarray(queries[column], dtype=np.float64)[chosen]))
+            if column in queries and column != "lift_gt":
+                row[column] = _nanmean(np.asarray(queries[column], dtype=np.float64)[chosen])
         mass = np.asarray(queries["same_class_mass_gt"], dtype=np.float64)[chosen]
         row["same_class_mass_gt_median"] = float(np.nanmedian(mass))
         row["same_class_mass_gt_q25"] = float(np.nanquantile(mass, 0.25))
         row["same_class_mass_gt_q75"] = float(np.nanquantile(mass, 0.75))
         row["lift_gt"] = row["same_class_mass_gt"] / row["chance_gt"] if row["chance_gt"] > 0 else float("nan")
+        if "lift_gt" in queries:
+            lifts = np.asarray(queries["lift_gt"], dtype=np.float64)[chosen]
+            row["lift_gt_median"] = float(np.nanmedian(lifts)) if np.any(~np.isnan(lifts)) else float("nan")
         table.append(row)
     return table
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
 
 
 def rows_to_csv(rows: list[dict], columns: Iterable[str] | None = None) -> str:
@@ -186,18 +227,21 @@ def switched_off(model, pam: bool = False, cam: bool = False):
 
 ABLATIONS = (("full model", False, False), ("alpha=0 (PAM off)", True, False),
              ("beta=0 (CAM off)", False, True), ("alpha=beta=0 (both off)", True, True))
+_CHANGED = {(True, False): "changed_pam_off", (False, True): "changed_cam_off", (True, True): "changed_both_off"}
 
 
 # ---- driver --------------------------------------------------------------------------------------
 @dataclass
 class AttentionStats:
-    """Everything ``danet attention-stats`` writes: per query, per class, per ablation."""
+    """Everything ``danet attention-stats`` writes: per query, per class, per ablation, per image."""
 
     queries: dict[str, np.ndarray]
     summary: list[dict]
     ablation: list[dict]
     images: list[str]
     settings: dict = field(default_factory=dict)
+    per_image: list[dict] = field(default_factory=list)    # IMAGE_COLUMNS, one row per image
+    overall: dict = field(default_factory=dict)            # means of per_image's numbers over the images
 
     def query_rows(self) -> list[dict]:
         return [{c: _plain(self.queries[c][i]) for c in QUERY_COLUMNS} for i in range(len(self.queries["row"]))]
@@ -209,28 +253,40 @@ def _plain(value):
 
 def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_per_image: int = 20,
                             seed: int = 0, ablation: bool = True, ignore_index: int | None = None,
-                            progress: Callable[[Iterable], Iterable] | None = None) -> AttentionStats:
+                            progress: Callable[[Iterable], Iterable] | None = None,
+                            measures: bool = True) -> AttentionStats:
     """Sample queries on every (image, label) pair, gather their statistics, and score the ablations.
 
-    ``model`` must be in eval mode; it is never modified (ablations run on copies).
+    ``model`` must be in eval mode; it is never modified. One backbone forward per image: the
+    ablations recompute the head only. ``measures=False`` skips the per-image specificity and
+    contribution passes (their columns are then NaN).
     """
-    from .data.camvid import normalise, read_pair
+    from .analysis import head_logits, measure_image
+    from .data.camvid import read_pair
     from .inspection import inspect_image
 
     num_classes = meta.config.num_classes
     if ignore_index is None:
         ignore_index = meta.dataset.ignore_index
-    variants = [(name, switched_off(model, pam, cam) if (pam or cam) else model)
-                for name, pam, cam in (ABLATIONS if ablation else ABLATIONS[:1])]
+    variants = ABLATIONS if ablation else ABLATIONS[:1]
     confusions = {name: {o: np.zeros((num_classes, num_classes), np.int64) for o in ("fused", "pam", "cam")}
-                  for name, _ in variants}
+                  for name, _, _ in variants}
+    changed = {name: 0 for name, _, _ in variants}
+    pixels = 0
     columns: dict[str, list] = {c: [] for c in QUERY_COLUMNS}
-    device = next(model.parameters()).device
+    per_image: list[dict] = []
     for index, (image_path, label_path) in enumerate(progress(pairs) if progress else pairs):
         image, label = read_pair(image_path, label_path)
         if label.shape != image.shape[:2]:
-            raise ValueError(f"{label_path.name}: label {label.shape} does not match image {image.shape[:2]}")
+            raise LabelMapError(f"{label_path.name}: label {label.shape} does not match image {image.shape[:2]}")
         result = inspect_image(model, image, meta.mean, meta.std)
+        image_row = {c: float("nan") for c in IMAGE_COLUMNS}
+        image_row["image"] = image_path.name
+        mean_row = contribution_map = None
+        if measures:
+            measured = measure_image(result, seed=seed)
+            mean_row, contribution_map = measured.specificity.sinks, measured.contribution.pam
+            image_row.update({k: v for k, v in measured.summary().items() if k in image_row})
         grid_gt = grid_labels(label, result.grid_size, num_classes, ignore_index)
         grid_pred = grid_labels(result.prediction("fused"), result.grid_size, num_classes)
         queries = sample_queries(grid_gt, points_per_image, np.random.default_rng([seed, index]))
@@ -238,7 +294,8 @@ def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_
             _, in_pixels = cell_centres(result.grid_size, result.image_size)
             points = [tuple(p) for p in in_pixels[queries]]
             stats = query_statistics(result.rows(points).reshape(len(points), -1), queries, grid_gt,
-                                     grid_pred, result.image_size)
+                                     grid_pred, result.image_size, mean_row=mean_row,
+                                     pam_contribution=contribution_map)
             gw = result.grid_size[1]
             columns["image"] += [image_path.name] * len(queries)
             columns["row"] += list(queries // gw)
@@ -249,30 +306,40 @@ def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_
             columns["pred_class"] += list(grid_pred.ravel()[queries])
             for name, values in stats.items():
                 columns[name] += list(values)
-        for name, variant in variants:
-            if variant is model:
+        full = result.prediction("fused")
+        pixels += full.size
+        for name, pam_off, cam_off in variants:
+            if not (pam_off or cam_off):
                 outputs = {o: result.prediction(o) for o in ("fused", "pam", "cam")}
             else:
-                with torch.inference_mode():
-                    x = normalise(image, meta.mean, meta.std).unsqueeze(0).to(device)
-                    logits = variant(x)
-                outputs = {o: t[0].argmax(0).cpu().numpy() for o, t in zip(("fused", "pam", "cam"), logits)}
+                grid = head_logits(model, result, pam=not pam_off, cam=not cam_off)
+                outputs = {o: model.upsample(t[None], result.image_size)[0].argmax(0).numpy()
+                           for o, t in grid.items()}
+                count = int((outputs["fused"] != full).sum())
+                changed[name] += count
+                image_row[_CHANGED[pam_off, cam_off]] = count / full.size
             for output, prediction in outputs.items():
                 confusions[name][output] += confusion_matrix(prediction, label, num_classes, ignore_index)
+        per_image.append(image_row)
     queries_table = {c: np.asarray(v) for c, v in columns.items()}
-    full = scores(confusions[variants[0][0]]["fused"])["miou"]
+    full_miou = scores(confusions[variants[0][0]]["fused"])["miou"]
+    alpha, beta = model.head.pam.alpha.item(), model.head.cam.beta.item()
     ablation_rows = []
-    for (name, variant), (_, pam_off, cam_off) in zip(variants, ABLATIONS):
+    for name, pam_off, cam_off in variants:
         result_scores = {o: scores(c) for o, c in confusions[name].items()}
         ablation_rows.append({
-            "variant": name, "alpha": variant.head.pam.alpha.item(), "beta": variant.head.cam.beta.item(),
+            "variant": name, "alpha": 0.0 if pam_off else alpha, "beta": 0.0 if cam_off else beta,
             "miou_fused": result_scores["fused"]["miou"], "miou_pam_output": result_scores["pam"]["miou"],
             "miou_cam_output": result_scores["cam"]["miou"],
-            "delta_miou_fused": result_scores["fused"]["miou"] - full,
-            "pixel_accuracy_fused": result_scores["fused"]["pixel_accuracy"]})
+            "delta_miou_fused": result_scores["fused"]["miou"] - full_miou,
+            "pixel_accuracy_fused": result_scores["fused"]["pixel_accuracy"],
+            "changed_fraction_fused": changed[name] / pixels if pixels else float("nan")})
     summary = summarise(queries_table, tuple(meta.classes)) if queries_table["row"].size else []
+    overall = {column: _nanmean(np.array([row[column] for row in per_image], dtype=np.float64))
+               for column in IMAGE_COLUMNS[1:]} if per_image else {}
     return AttentionStats(queries=queries_table, summary=summary, ablation=ablation_rows,
                           images=[str(p) for p, _ in pairs],
                           settings={"points_per_image": points_per_image, "seed": seed,
                                     "ignore_index": ignore_index, "num_classes": num_classes,
-                                    "classes": list(meta.classes)})
+                                    "classes": list(meta.classes), "measures": measures},
+                          per_image=per_image, overall=overall)

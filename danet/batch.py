@@ -1,8 +1,9 @@
-"""Plumbing shared by the batch subcommands: which images to process, how to name their outputs,
-how to write files so that nothing half-written ever looks complete, and how to load the model.
+"""Plumbing shared by the batch jobs (``danet.predict``, ``danet.attention_export``, ...): which
+images to process, how to name their outputs, and how to write files so that nothing half-written
+ever looks complete.
 
-Nothing here knows about the command-line library; the subcommands in ``danet/commands`` turn the
-exceptions raised here into one-line ``error: ...`` messages.
+Nothing here knows about the command line; ``danet.cli.errors`` turns the ``DanetError``s raised
+here into one-line ``error: ...`` messages. Models are loaded with ``danet.load``.
 """
 from __future__ import annotations
 
@@ -104,15 +105,23 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(source: str) -> str:
+def model_fingerprint(source: str | Path) -> str:
     """sha256 of the checkpoint file a model came from (``""`` when it has no file)."""
     return file_sha256(source) if source and Path(source).is_file() else ""
 
 
 def describe_model(loaded) -> dict:
-    """What a manifest says about a ``LoadedModel``: enough to tell two models apart."""
+    """What a manifest says about a ``LoadedModel``: enough to tell two models apart.
+
+    The embedded default is fingerprinted by its packaged file, so a new release's weights do
+    not count as the outputs of the old ones.
+    """
+    from .loader import DEFAULT_SOURCE
+    from .weights import default_weights_path
+
     meta = loaded.meta
-    return {"source": loaded.source, "sha256": model_fingerprint(loaded.source), "layout": meta.layout,
+    source_file = default_weights_path() if loaded.source == DEFAULT_SOURCE else loaded.source
+    return {"source": loaded.source, "sha256": model_fingerprint(source_file), "layout": meta.layout,
             "dataset": meta.dataset.name, "classes": list(meta.classes), "config": meta.config.to_dict()}
 
 
@@ -188,38 +197,7 @@ def read_json(path: str | Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-# ---- model ---------------------------------------------------------------------------------------
-def load_model(checkpoint: str | Path | None, device: str = "auto", dilation: str | None = None,
-               dataset: str | None = None, warn=None):
-    """``danet.load`` with only the options the user gave; the model is put in eval mode.
-
-    The loader's warnings (e.g. an assumed dilation) go to ``warn`` one by one.
-    """
-    from .loader import load
-
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise BatchInputError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise BatchInputError(f"checkpoint {checkpoint} does not exist")
-    options = {}
-    if checkpoint is not None:
-        if dilation is not None:
-            options["dilation"] = dilation
-        if dataset is not None:
-            options["dataset"] = dataset
-    try:
-        loaded = load(checkpoint, device=device, **options)
-    except FileNotFoundError as error:
-        raise BatchInputError(one_line(error)) from error
-    except Exception as error:  # untrusted files fail in many library-specific ways
-        what = f"checkpoint {checkpoint}" if checkpoint is not None else "the default model"
-        raise BatchInputError(f"could not load {what}: {one_line(error)}") from error
-    loaded.model.eval()
-    for message in loaded.warnings if warn else ():
-        warn(message)
-    return loaded
-
-
+# ---- outputs -------------------------------------------------------------------------------------
 def prepare_output_dir(path: str | Path) -> Path:
     """Create the output folder (and parents); a file in its place is a ``BatchInputError``."""
     path = Path(path)

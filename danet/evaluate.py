@@ -1,13 +1,16 @@
 """mIoU, per-class IoU, pixel accuracy and confusion matrix over a CamVid-layout folder."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoints.meta import LoadedModel
 from .data.camvid import IGNORE_INDEX, list_pairs, normalise, read_pair
+from .errors import LabelMapError
 from .metrics import confusion_matrix, scores
 from .models import IMAGENET_MEAN, IMAGENET_STD, DANet
 
@@ -43,8 +46,25 @@ def evaluate_model(model: DANet, data: str | Path, split: str = "val", device=No
         x = normalise(image, mean, std).unsqueeze(0).to(device)
         prediction = predict_logits(model, x, flip, tuple(scales)).argmax(1)[0].cpu().numpy()
         if label.shape != prediction.shape:
-            raise ValueError(f"{label_path.name}: label {label.shape} does not match image {prediction.shape}")
+            raise LabelMapError(f"{label_path.name}: label {label.shape} does not match image {prediction.shape}")
         confusion += confusion_matrix(prediction, label, num_classes, ignore_index)
     result = scores(confusion)
     result.update(confusion=confusion, images=len(pairs), split=split)
     return result
+
+
+def evaluate_loaded(loaded: LoadedModel, data: str | Path, split: str = "val", *, flip: bool = False,
+                    scales=(1.0,), progress=None) -> dict:
+    """``evaluate_model`` with the classes, void label and normalisation of a loaded checkpoint."""
+    meta = loaded.meta
+    ignore = meta.dataset.ignore_index if meta.dataset.ignore_index is not None else IGNORE_INDEX
+    return evaluate_model(loaded.model, data, split, num_classes=meta.config.num_classes, ignore_index=ignore,
+                          flip=flip, scales=tuple(scales), mean=meta.mean, std=meta.std, progress=progress)
+
+
+def scores_record(result: dict, classes: tuple[str, ...] | list[str]) -> dict:
+    """``evaluate_model``'s result as plain JSON values, per-class IoU keyed by class name."""
+    return {"split": result["split"], "images": result["images"], "miou": result["miou"],
+            "pixel_accuracy": result["pixel_accuracy"], "mean_accuracy": result["mean_accuracy"],
+            "iou": dict(zip(classes, [None if math.isnan(v) else float(v) for v in result["iou"]])),
+            "confusion": result["confusion"].tolist()}

@@ -32,6 +32,8 @@ class InspectionResult:
 
     Logits are (K, H, W) at input size in the order fused, PAM, CAM. ``pam_query`` and
     ``pam_key`` are (N, d) with N = grid_h * grid_w, row-major over the feature grid.
+    ``pam_input``/``pam_value`` with ``cam_input``/``cam_output`` are what the measures of
+    ``danet.analysis`` need: O(N C) each, like the CAM maps, never O(N^2).
     """
 
     image_size: tuple[int, int]          # (H, W) of the input
@@ -49,6 +51,11 @@ class InspectionResult:
     align_corners: bool
     seconds: float = 0.0                 # wall time of the forward
     device: str = "cpu"
+    # What ``danet.analysis`` recomputes the head from (None in results built by hand). These are
+    # the head's state right after its only layers that read the backbone features, so ablation
+    # and knockout never need the features themselves, nor a second backbone forward.
+    pam_input: np.ndarray | None = None      # (C, h, w) float32 PAM input A
+    pam_value: torch.Tensor | None = None    # (N, C) PAM value projection V, row-major cells
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- predictions -------------------------------------------------------------------
@@ -130,6 +137,9 @@ def inspect_image(model: DANet, image: np.ndarray | torch.Tensor, mean=IMAGENET_
     head = model.head.inspect(features)
     size = tuple(x.shape[-2:])
     fused, pam, cam = (model.upsample(t, size)[0].float().cpu() for t in (head.fused, head.pam, head.cam))
+    # V is the PAM's own 1x1 projection of its input (PAM.attend does not hand it out): one
+    # C x C x N product, small next to the head's 3x3 convolutions.
+    value = model.head.pam.value(head.pam_input).flatten(2).transpose(1, 2)[0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -141,4 +151,5 @@ def inspect_image(model: DANet, image: np.ndarray | torch.Tensor, mean=IMAGENET_
         cam_input=head.cam_input[0].float().cpu().numpy(), cam_output=head.cam_output[0].float().cpu().numpy(),
         alpha=float(model.head.pam.alpha), beta=float(model.head.cam.beta),
         align_corners=model.config.align_corners, seconds=seconds, device=str(device),
+        pam_input=head.pam_input[0].float().cpu().numpy(), pam_value=value.float().cpu().contiguous(),
     )

@@ -22,8 +22,9 @@ from .checkpoints.load import OWN_META_KEY
 from .checkpoints.save import save_model
 from .data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
 from .data.palettes import CAMVID
-from .evaluate import evaluate_model
 from .device import select_device
+from .errors import InputError
+from .evaluate import evaluate_model
 from .models import DANet, DANetConfig
 from .models.registry import normalisation
 
@@ -70,7 +71,7 @@ def class_weights(dataset: SegmentationDataset, num_classes: int, mode: str) -> 
     if mode == "sqrt-median":
         weights = np.sqrt(weights)
     elif mode != "median":
-        raise ValueError(f"class_weights must be none, median or sqrt-median, got {mode!r}")
+        raise InputError(f"class weights must be none, median or sqrt-median, not {mode!r}")
     return torch.tensor(weights, dtype=torch.float32)
 
 

@@ -1,4 +1,5 @@
-"""Shared test fixtures: one tiny DANet and its checkpoint file, made once per session.
+"""Shared test fixtures: one tiny DANet and its checkpoint file, made once per session, and
+the helpers that make more (``make_tiny_model``, ``save_tiny``, ``make_camvid_like``).
 
 Markers (``pyproject.toml``): slow, app, browser, fuzz, camvid. The fast lane is
 ``pytest -m "not slow"``; CI runs everything.
@@ -9,8 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/helpers_*.py
 
@@ -19,6 +22,11 @@ from danet.data.palettes import CAMVID, DatasetInfo, generic_dataset  # noqa: E4
 from danet.models import DANet, create_model               # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The test models are tiny: one intra-op thread runs them as fast as several and, on a shared
+# two-core CI machine, avoids spin-waiting threads that made single forwards 10-30x slower.
+# DANET_TEST_THREADS overrides (e.g. to test with the machine's default).
+torch.set_num_threads(int(os.environ.get("DANET_TEST_THREADS", "1")))
 
 
 def make_tiny_model(num_classes: int = 5, *, backbone: str = "mobilenetv2_100", head_channels: int = 16,
@@ -37,6 +45,26 @@ def save_tiny(model: DANet, path: Path, dataset: DatasetInfo | None = None, dtyp
     dataset = dataset or (CAMVID if model.config.num_classes == 11 else generic_dataset(model.config.num_classes))
     save_model(model, ModelMeta(config=model.config, dataset=dataset, extra=extra), path, dtype=dtype)
     return path
+
+
+def make_camvid_like(root: Path, n_train: int = 4, n_val: int = 2, size=(48, 64)) -> Path:
+    """A tiny dataset in CamVid's folder layout: class 0 (sky-grey) on top, class 3 (road-purple)
+    below, a void (11) border on the left; enough for training and evaluation to run."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            cut = int(h * rng.uniform(0.3, 0.7))
+            label = np.full((h, w), 3, np.uint8)
+            label[:cut] = 0
+            label[:, :2] = 11
+            image = np.where(label[..., None] == 0, [200, 200, 210], [120, 60, 130]).astype(np.uint8)
+            image = np.clip(image + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / split / f"f{i}.png")
+            Image.fromarray(label).save(root / f"{split}annot" / f"f{i}.png")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Synthetic checkpoints in every public DANet layout, written from the documented key tables.
 
-These tables are typed from ``checkpoint-formats.md`` (§1.2, §2.3-2.4, §3, §4, §8) on purpose,
+These tables are typed from ``docs/checkpoint-formats.md`` (§1.2, §2.3-2.4, §3, §4, §8) on purpose,
 independently of ``danet/checkpoints/layouts.py``: a test that reused the loader's own tables
 could not catch a wrong entry in them.
 """

@@ -1,11 +1,14 @@
-"""The Streamlit app through ``streamlit.testing.v1.AppTest``: selection, points, caching, bad input.
+"""The Streamlit app through ``streamlit.testing.v1.AppTest``: selection, points, caching, pages,
+bad input.
 
-Clicks are simulated by writing ``session_state["points"]`` (what the click callback does; the
-callback's logic itself is ``danet.session.apply_click``, tested in test_session.py) — the
-real click path is covered by test_browser.py. Works with whatever default weights exist.
+``app.py`` is an ``st.navigation`` entrypoint: ``at.switch_page("app_pages/<page>.py")`` picks a
+page as the navigation menu would. Clicks are simulated by writing ``session_state["points"]``
+(what the click callback does; its logic, ``danet_app.state.apply_click``, is tested in
+test_app_state.py); the real click path is covered by test_browser.py.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -16,15 +19,15 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from danet.checkpoints import save_model
-from danet.checkpoints.meta import ModelMeta
-from danet.data.palettes import CAMVID
-from danet.models import create_model
-from danet.session import FORWARDS
-from danet.weights import DEFAULT_WEIGHTS
+from conftest import make_tiny_model, save_tiny
+from danet.weights import default_card, default_weights_path
+from danet_app.state import FORWARDS
+
+pytestmark = [pytest.mark.app, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
+INSPECTOR, CHANNELS, MODEL = "app_pages/inspector.py", "app_pages/channels.py", "app_pages/model.py"
 SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
 TIMEOUT = 180          # a forward on a busy 2-core CPU
 
@@ -37,17 +40,9 @@ def fresh_caches():
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> bytes:
-    """A small random CamVid DANet (MobileNetV2, 16 head channels) as our .safetensors bytes."""
-    torch.manual_seed(0)
-    model = create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16).eval()
-    with torch.no_grad():
-        model.head.pam.alpha.fill_(0.5)
-        model.head.cam.beta.fill_(0.5)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_model(model, ModelMeta(config=model.config, dataset=CAMVID, extra={"val_miou": 12.5}), path,
-               dtype=torch.float16)
-    return path.read_bytes()
+def tiny_checkpoint(tiny_camvid_checkpoint) -> bytes:
+    """The shared tiny CamVid DANet (conftest) as upload bytes."""
+    return tiny_camvid_checkpoint.read_bytes()
 
 
 def png(array: np.ndarray) -> bytes:
@@ -80,12 +75,9 @@ def with_tiny_model(at: AppTest, checkpoint: bytes, image: np.ndarray | None = N
     return at
 
 
-def test_default_model_on_a_sample_or_a_clear_message(fresh_caches):
+def test_default_model_on_a_sample(fresh_caches):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
-    if not DEFAULT_WEIGHTS.exists():
-        assert any("default weights are not there" in e for e in errors(at))
-        return
     assert errors(at) == []
     assert at.title[0].value == "DANet inspector"
     caption = at.caption[0].value
@@ -95,12 +87,45 @@ def test_default_model_on_a_sample_or_a_clear_message(fresh_caches):
     assert any("mobilenetv2_100" in c.value for c in at.sidebar.caption)
     at.run()
     assert "(cached)" in at.caption[0].value
+    # the model's identity is the sha256 of the shipped file's bytes (was a size+mtime stamp)
+    digest = hashlib.sha256(default_weights_path().read_bytes()).hexdigest()
+    selection = at.session_state["selection"]
+    assert selection.is_default and selection.model_sha256 == digest
+    assert selection.model_id == f"sha256:{digest}" and selection.result_key.startswith(selection.model_id)
+
+
+def test_model_page_reads_the_shipped_card_and_describe():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page(MODEL).run()
+    assert not at.exception and errors(at) == []
+    assert at.title[0].value == "Model details"
+    card = default_card()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["val mIoU"] == f"{card.metrics['val_miou']:.2f} %"
+    assert metrics["val pixel accuracy"] == f"{card.metrics['val_pixel_accuracy']:.2f} %"
+    facts = at.dataframe[0].value["value"]
+    assert facts["source"].startswith("embedded default") and facts["backbone"] == card.backbone
+    assert facts["head channels (C)"] == str(card.head_channels)
+    assert facts["weights sha256"] == hashlib.sha256(default_weights_path().read_bytes()).hexdigest()
+    assert "stem" not in facts.index                       # MobileNetV2 has no ResNet stem
+    assert any(card.licence in m.value for m in at.markdown)
+
+
+def test_sidebar_names_no_stem_for_a_timm_backbone(tiny_checkpoint):
+    # bug: the sidebar said "stem 7x7" for MobileNetV2
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
+    summary = " ".join(c.value for c in at.sidebar.caption)
+    assert "mobilenetv2_100" in summary and "output stride 8" in summary
+    assert "stem" not in summary and "7x7" not in summary
 
 
 def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
     at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
     start = FORWARDS.total
     assert errors(at) == [] and not at.exception
+    digest = hashlib.sha256(tiny_checkpoint).hexdigest()             # the upload's identity: its bytes
+    assert at.session_state["selection"].model_sha256 == digest
+    assert not at.session_state["selection"].is_default
     at.session_state["points"] = [(10, 10), (120, 90)]
     at.run()
     cards = point_cards(at)
@@ -114,16 +139,21 @@ def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
     at.session_state["points"] = at.session_state["points"] + [(60, 40)]
     at.run()
     assert len(point_cards(at)) == 3
-    at.switch_page("pages/1_Channel_attention.py").run()
+    at.switch_page(CHANNELS).run()
     assert not at.exception and errors(at) == []
+    assert at.title[0].value == "Channel attention (CAM)" and point_cards(at) == []
     at.toggle(key="cam_cluster").set_value(True).run()
     at.number_input(key="cam_channel").set_value(7).run()
     assert not at.exception
-    at.switch_page("pages/2_Model_details.py").run()
+    at.switch_page(MODEL).run()
     assert not at.exception and any(m.value == "12.50 %" for m in at.metric)
-    at.switch_page("app.py").run()
+    assert at.sidebar.file_uploader(key="checkpoint_upload").value is not None   # the sidebar is kept
+    at.switch_page(INSPECTOR).run()
     assert len(point_cards(at)) == 3                                   # points survive page changes
     assert at.slider(key="mask_opacity").value == 0.9                  # and so do the controls
+    assert at.radio(key="attention_mode").value == "nearest"
+    at.switch_page(CHANNELS).run()
+    assert at.toggle(key="cam_cluster").value is True and at.number_input(key="cam_channel").value == 7
     assert FORWARDS.total - start == 0                                 # the one forward was before `start`
     assert "forward passes" in " ".join(m.value for m in at.sidebar.markdown)
 
@@ -131,8 +161,8 @@ def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
 def test_one_forward_per_image_and_model(tiny_checkpoint, fresh_caches):
     before = FORWARDS.total
     at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
-    # (default, sample) if the default exists, then (tiny, sample), then (tiny, crop)
-    expected = (1 if DEFAULT_WEIGHTS.exists() else 0) + 2
+    # (default, sample), then (tiny, sample), then (tiny, crop)
+    expected = 3
     assert FORWARDS.total - before == expected
     for _ in range(3):
         at.run()
@@ -174,7 +204,7 @@ def test_remove_and_clear_points(tiny_checkpoint):
     ("notes.png", b"this is a text file, not a picture"),
     ("truncated.png", png(np.zeros((64, 64, 3), np.uint8))[:60]),
     ("empty.jpg", b""),
-])
+], ids=["text", "truncated", "empty"])
 def test_bad_image_uploads_show_an_error(tiny_checkpoint, name, data):
     at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
     at.sidebar.radio(key="image_source").set_value("Upload an image").run()
@@ -188,7 +218,7 @@ def test_bad_image_uploads_show_an_error(tiny_checkpoint, name, data):
 @pytest.mark.parametrize("name, data, expected", [
     ("random.pth", bytes(range(256)) * 40, "Could not load `random.pth`"),
     ("empty.safetensors", b"", "Could not load `empty.safetensors`"),
-])
+], ids=["random-bytes", "empty"])
 def test_bad_checkpoint_uploads_show_an_error(name, data, expected):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
@@ -260,17 +290,16 @@ def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
     assert not at.exception and errors(at) == []
     summary = " ".join(c.value for c in at.sidebar.caption)
     assert "multi-grid" not in summary and "dataset **camvid**" in summary
-    at.switch_page("pages/2_Model_details.py").run()
+    assert "stem deep" in summary or "stem 7x7" in summary                # a ResNet does have a stem
+    at.switch_page(MODEL).run()
     assert not at.exception
-    assert "DANet18.pth.tar" in at.dataframe[0].value.loc["source", "value"]
+    facts = at.dataframe[0].value["value"]
+    assert "DANet18.pth.tar" in facts["source"] and facts["dilation"] == "2-4-4"
+    assert facts["stem"] in ("7x7", "deep32", "deep64")
 
 
 def test_sample_ground_truth_only_scores_models_of_its_dataset(tmp_path):
-    from danet.data.palettes import generic_dataset
-
-    model = create_model(backbone="mobilenetv2_100", num_classes=5, head_channels=16).eval()
-    path = tmp_path / "five.safetensors"
-    save_model(model, ModelMeta(config=model.config, dataset=generic_dataset(5)), path, dtype=torch.float16)
+    path = save_tiny(make_tiny_model(5), tmp_path / "five.safetensors", dtype=torch.float16)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from danet.checkpoints import CheckpointError, convert, describe, load_model
 from danet.data.palettes import CITYSCAPES, DatasetInfo
-from helpers_checkpoints import foreign_state, make_model, outputs, wrap
+from conftest import make_tiny_model
+from helpers_checkpoints import foreign_state, make_model, outputs, randomize, wrap
 
 FOREIGN = ("official", "mmseg", "tramac", "blog")
 
@@ -112,10 +113,7 @@ def test_our_own_layout_in_a_training_checkpoint(models, tmp_path):
 
 @pytest.mark.slow
 def test_our_timm_layout_finds_the_backbone(tmp_path):
-    from helpers_checkpoints import randomize
-    from danet.models import create_model
-
-    model = randomize(create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16, align_corners=False))
+    model = randomize(make_tiny_model(11, align_corners=False))     # a training run's bare last.pt
     loaded = load_model(save({"model": model.state_dict()}, tmp_path / "last.pt"))
     assert loaded.meta.config.backbone == "mobilenetv2_100"
     assert loaded.meta.dataset.name == "camvid"
@@ -318,7 +316,7 @@ def test_cli_convert_and_info(cli, models, tmp_path):
     assert "mmseg layout" in result.output and dst.exists()
     result = runner.invoke(cli, ["info", str(dst), "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["layout"] == "mmseg" and summary["stem"] == "deep32"
     assert summary["align_corners"] is True and summary["layer4_dilations"] == [2, 4]
     assert summary["parameters"] == sum(p.numel() for p in models["mmseg"].parameters())
@@ -341,11 +339,12 @@ def test_cli_bad_input_is_one_error_line(cli, tmp_path):
 
 
 def test_cli_info_without_argument_shows_the_default_model(cli, models, tmp_path, monkeypatch):
-    import danet.weights
+    import danet.loader
 
     default = tmp_path / "default.safetensors"
     convert(save(foreign_state(models["tramac"], "tramac"), tmp_path / "t.pth"), default)
-    monkeypatch.setattr(danet.weights, "DEFAULT_WEIGHTS", default)
+    monkeypatch.setattr(danet.loader, "default_weights_path", lambda: default)
     result = CliRunner().invoke(cli, ["info", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["layout"] == "tramac"
+    summary = json.loads(result.stdout)
+    assert summary["layout"] == "tramac" and summary["source"] == "embedded default"

@@ -10,12 +10,15 @@ import io
 import os
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from danet.data.images import MIN_SIDE, ImageLoadError, load_image
 from danet.data.labels import LabelMapError, load_label_map
+
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]
 
 BUDGET = 64 * 64 * 4
 K, IGNORE = 11, 11

@@ -29,10 +29,11 @@ from hypothesis import HealthCheck, currently_in_test_context, event, example, g
 from hypothesis import strategies as st
 from safetensors.torch import save as save_safetensors_bytes
 
-from danet.checkpoints import CheckpointError, load_model, save_model
-from danet.checkpoints.meta import LoadedModel, ModelMeta
-from danet.data.palettes import generic_dataset
-from danet.models import create_model
+from conftest import make_tiny_model, save_tiny
+from danet.checkpoints import CheckpointError, load_model
+from danet.checkpoints.meta import LoadedModel
+
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -50,13 +51,10 @@ def _torch_bytes(obj, legacy: bool = False) -> bytes:
 @functools.cache
 def seeds() -> dict[str, bytes]:
     """name -> file bytes; names ending in ``.safetensors`` are loaded under that suffix."""
-    torch.manual_seed(0)
-    model = create_model(backbone="mobilenetv2_100", num_classes=3, head_channels=16).eval()
-    meta = ModelMeta(config=model.config, dataset=generic_dataset(3), extra={"val_miou": 1.0})
+    model = make_tiny_model(3)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "tiny.safetensors"
-        save_model(model, meta, path, dtype=torch.float16)
-        ours = path.read_bytes()
+        ours = save_tiny(model, Path(folder) / "tiny.safetensors", dtype=torch.float16, val_miou=1.0).read_bytes()
+    metadata = split_safetensors(ours)[0]["__metadata__"]         # the strings save_model wrote
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     small = {"epoch": 3, "best_pred": np.float64(0.5), "meta": {"CLASSES": ["a", "b", "c"], "config": "x=1"},
              "state_dict": {"module.head.conv5a.0.weight": torch.ones(4, 2, 3, 3),
@@ -64,7 +62,7 @@ def seeds() -> dict[str, bytes]:
                             "steps": torch.tensor(7)},
              "optimizer": {"param_groups": [{"lr": 0.01, "params": [0, 1]}], "state": {}}}
     small_st = save_safetensors_bytes({"head.pam.alpha": torch.zeros(1), "backbone.body.conv_stem.weight":
-                                       torch.ones(2, 3, 3, 3)}, metadata=meta.to_strings())
+                                       torch.ones(2, 3, 3, 3)}, metadata=metadata)
     return {
         "model.safetensors": ours,
         "model_zip.pth": _torch_bytes(state),

@@ -13,14 +13,15 @@ import torch.nn.functional as F
 
 import danet.models.attention as attention
 from danet.inspection import inspect_image, to_tensor
-from danet.models import ChannelAttention, DAHead, PositionAttention, create_model, pam_aggregate
+from danet.models import ChannelAttention, DAHead, PositionAttention, pam_aggregate
 from danet.models.backbones import DilatedResNet
+from conftest import make_tiny_model
 from helpers_checkpoints import randomize
 
 torch.manual_seed(0)
 
 
-# ---- references, written the way the official code does it (checkpoint-formats §1.3) -------
+# ---- references, written the way the official code does it (docs/checkpoint-formats.md §1.3) -
 def reference_pam(x, query_conv, key_conv, value_conv, gamma):
     b, c, h, w = x.shape
     n = h * w
@@ -123,7 +124,7 @@ def test_da_head_matches_hand_written_forward():
 # ---- inspection ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_model():
-    return randomize(create_model(backbone="resnet18", num_classes=5, head_channels=32), seed=4)
+    return randomize(make_tiny_model(5, backbone="resnet18", head_channels=32), seed=4)
 
 
 def image(seed: int, size=(72, 96)) -> np.ndarray:
@@ -251,6 +252,7 @@ def test_chunked_path_splits_queries_and_matches_explicit(monkeypatch):
     torch.testing.assert_close(pam_aggregate(q, k, v, "chunked"), pam_aggregate(q, k, v, "explicit"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, sdpa_calls", [("auto", 0), ("sdpa", 1)])
 def test_large_grid_never_builds_an_n_by_n_matrix(monkeypatch, method, sdpa_calls):
     """N = 128 x 256 (a 2048x1024 image at stride 8): the N x N fp32 matrix would be 4 GiB.

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from danet.data.camvid import find_camvid
-from danet.evaluate import evaluate_model
 import danet
+from danet.evaluate import evaluate_model
 from danet.weights import default_weights_path
-
-CAMVID = find_camvid()
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +28,8 @@ def test_default_weights_are_small_safetensors_with_a_card(default):
 
 
 @pytest.mark.camvid
-@pytest.mark.skipif(CAMVID is None, reason="CamVid not found at ../shared/data/camvid or $DANET_CAMVID")
-def test_default_model_reaches_the_val_miou_on_its_card(default):
-    result = evaluate_model(default.model, CAMVID, "val", mean=default.meta.mean, std=default.meta.std)
+@pytest.mark.slow
+def test_default_model_reaches_the_val_miou_on_its_card(default, camvid):
+    result = evaluate_model(default.model, camvid, "val", mean=default.meta.mean, std=default.meta.std)
     assert result["images"] == 101
     assert result["miou"] * 100 >= default.meta.extra["val_miou"] - 0.5

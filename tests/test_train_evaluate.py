@@ -6,31 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import make_camvid_like
 from danet.data.camvid import SegmentationDataset
 from danet.evaluate import evaluate_model
 from danet.metrics import confusion_matrix, scores
 from danet.train import TrainConfig, build, class_weights, seg_loss, train
-
-
-def make_camvid_like(root, n_train=4, n_val=2, size=(48, 64)):
-    """Tiny dataset: class 0 (sky-grey) on top, class 3 (road-purple) below, void border."""
-    rng = np.random.default_rng(0)
-    h, w = size
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(n):
-            cut = int(h * rng.uniform(0.3, 0.7))
-            label = np.full((h, w), 3, np.uint8)
-            label[:cut] = 0
-            label[:, :2] = 11
-            image = np.where(label[..., None] == 0, [200, 200, 210], [120, 60, 130]).astype(np.uint8)
-            image = np.clip(image + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(root / split / f"f{i}.png")
-            Image.fromarray(label).save(root / f"{split}annot" / f"f{i}.png")
-    return root
 
 
 def tiny_config(data, out, **kw):
@@ -50,6 +31,7 @@ def fixed_batch_loss(model, data):
         return float(seg_loss(model(x), y, None, 0.5))
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(tmp_path):
     data = make_camvid_like(tmp_path / "data")
     cfg = tiny_config(data, tmp_path / "run", epochs=12)

@@ -17,12 +17,27 @@ from ..models import DANetConfig
 from ..models.backbones import RESNET_LAYERS, STEMS
 from .layouts import parse_dilation
 from .meta import ModelMeta
+from .read import MAX_DIM, MAX_JSON_DEPTH, bounded_json, json_depth
 
-MAX_CLASSES = 100_000       # far above any label set; bounds what metadata can make us allocate
+MAX_CLASSES = 10_000
+"""Above any real label set (ADE20K-full has 3,688) and checked before a model is built: each
+class costs 12 bytes per pixel of logits in a forward (3 maps, fp32), and a palette entry and a
+legend row in the app."""
+MAX_CLASS_NAME = 200        # characters; a class name is a legend label
+MAX_META_VALUE_BYTES = 4 << 20     # one metadata string (10,000 class names fit in ~2 MB)
+JSON_KEYS = ("config", "classes", "palette", "ignore_index", "mean", "std", "extra")   # parsed as JSON
+
+
+def check_class_count(num_classes: int, name: str = "the checkpoint") -> None:
+    """Refuse a classifier wider than ``MAX_CLASSES`` before anything is built for it."""
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise CheckpointError(f"{name} declares {num_classes:,} classes; danet-lens accepts 1 to {MAX_CLASSES:,} "
+                              "(each class costs 12 bytes of logits per pixel in a forward)")
 
 
 def resolve_dataset(requested, num_classes: int, from_meta: DatasetInfo | None = None) -> tuple[DatasetInfo, str]:
     """The label set to show, and where it came from; a requested one must fit the classifier."""
+    check_class_count(num_classes)
     if requested is not None:
         if isinstance(requested, DatasetInfo):
             dataset = requested
@@ -47,7 +62,7 @@ def resolve_dilation(value: str | None, default: str) -> tuple[int, bool]:
         raise CheckpointError(str(error)) from None
 
 
-def _whole(value, low: int = 1, high: int = 1 << 16) -> bool:
+def _whole(value, low: int = 1, high: int = MAX_DIM) -> bool:
     return type(value) is int and low <= value <= high
 
 
@@ -91,6 +106,8 @@ def _meta_problem(meta: ModelMeta) -> str | None:
     classes, palette = meta.dataset.classes, meta.dataset.palette
     if len(classes) != meta.config.num_classes or not all(isinstance(c, str) for c in classes):
         return f"{len(classes)} class names for {meta.config.num_classes} classes"
+    if any(len(c) > MAX_CLASS_NAME for c in classes):
+        return f"a class name longer than {MAX_CLASS_NAME} characters"
     if len(palette) != len(classes) or not all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in palette):
         return "a palette that is not one RGB colour (0-255) per class"
     ignore = meta.dataset.ignore_index
@@ -107,17 +124,29 @@ def _meta_problem(meta: ModelMeta) -> str | None:
     return None
 
 
+def _check_strings(header: dict[str, str]) -> None:
+    """Every value ``from_strings`` parses as JSON: bounded size and nesting (``ValueError`` if not)."""
+    for key in JSON_KEYS:
+        value = header.get(key)
+        if isinstance(value, str):
+            if len(value) > MAX_META_VALUE_BYTES:
+                raise ValueError(f"{key} is {len(value):,} characters, more than the {MAX_META_VALUE_BYTES:,} allowed")
+            if json_depth(value) > MAX_JSON_DEPTH:
+                raise ValueError(f"{key} nests more than {MAX_JSON_DEPTH} levels deep")
+
+
 def read_own_meta(header: dict[str, str], name: str) -> ModelMeta:
     def refuse(reason) -> CheckpointError:
         return CheckpointError(f"{name} has danet-lens metadata that cannot be read ({reason})")
 
     try:   # the config is checked before from_strings, which builds a palette per class
-        problem = _config_problem(DANetConfig.from_dict(json.loads(header["config"])))
+        _check_strings(header)
+        problem = _config_problem(DANetConfig.from_dict(bounded_json(header["config"], "config")))
         if problem is None:
             meta = ModelMeta.from_strings(header)
             problem = _meta_problem(meta)
-    except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise refuse(error) from None
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError, RecursionError) as error:
+        raise refuse(str(error).splitlines()[0][:200] if str(error) else type(error).__name__) from None
     if problem is not None:
         raise refuse(problem)
     return meta

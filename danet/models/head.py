@@ -34,6 +34,7 @@ class HeadOutput(NamedTuple):
     cam_attention: torch.Tensor    # (B, C, C)
     cam_input: torch.Tensor        # (B, C, h, w): channel maps before CAM
     cam_output: torch.Tensor       # (B, C, h, w): channel maps after CAM
+    pam_input: torch.Tensor | None = None   # (B, C, h, w): PAM's input A (the analysis recomputes from it)
 
 
 class DAHead(nn.Module):
@@ -58,7 +59,8 @@ class DAHead(nn.Module):
         return out.fused, out.pam, out.cam
 
     def inspect(self, x: torch.Tensor) -> HeadOutput:
-        pam_feat, query, key = self.pam.attend(self.pam_in_conv(x))
+        pam_in = self.pam_in_conv(x)
+        pam_feat, query, key = self.pam.attend(pam_in)
         pam_feat = self.pam_out_conv(pam_feat)
         cam_in = self.cam_in_conv(x)
         cam_out, cam_attn = self.cam.attend(cam_in)
@@ -68,5 +70,5 @@ class DAHead(nn.Module):
             pam=self.pam_classifier(pam_feat),
             cam=self.cam_classifier(cam_feat),
             pam_query=query, pam_key=key, cam_attention=cam_attn,
-            cam_input=cam_in, cam_output=cam_out,
+            cam_input=cam_in, cam_output=cam_out, pam_input=pam_in,
         )

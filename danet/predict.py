@@ -1,22 +1,56 @@
-"""``danet predict``: colour masks and overlays of the fused, PAM and CAM outputs for many images.
+"""Batch prediction: colour masks and overlays of the fused, PAM and CAM outputs for many images.
 
-Resumable: each image's outputs go to ``OUT/<name>/`` and its ``prediction.json`` is written last,
-recording the image and model hashes; a rerun skips every image whose record matches and whose
-files are all present. Consecutive images of one size are batched through ``model`` itself
-(``--batch-size``); on the CPU batch 1 is the default, as batching measured no faster there (the
-convolutions already use every core) while memory grows with the batch.
+``predict_images`` is what ``danet predict`` runs. It is resumable: each image's folder gets a
+``prediction.json`` written last, naming the image's and the model's sha256, and an image whose
+record and files are all present is skipped. Consecutive images of one size are batched through
+the model (``batch_size``); on the CPU batch 1 is the default, as batching measured no faster
+there (the convolutions already use every core) while memory grows with the batch.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, Iterator
 
 import numpy as np
-import typer
+import torch
+from tqdm import tqdm
+
+from .batch import (collect_images, describe_model, file_sha256, one_line, output_names, prepare_output_dir,
+                    read_json, save_json, save_npz, save_png)
+from .checkpoints.meta import LoadedModel
+from .data.images import ImageLoadError, load_image
+from .errors import InputError
+from .inspection import to_tensor
+from .viz import colorize, legend, mask_overlay
 
 OUTPUTS = ("fused", "pam", "cam")
 RECORD = "prediction.json"
+LOGITS_DTYPES = ("float16", "float32")
+
+
+@dataclass
+class PredictReport:
+    """What one run did: output names processed now, already complete, and files that failed."""
+
+    out: Path
+    images: list[Path]
+    device: str
+    processed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{len(self.processed)} predicted, {len(self.skipped)} already done, {len(self.failed)} failed -> {self.out}"
+
+    def failure(self) -> str | None:
+        """One line naming the unreadable images (the first three), or None when there were none."""
+        if not self.failed:
+            return None
+        listing = "; ".join(m if p.name in m else f"{p.name}: {m}" for p, m in self.failed[:3])
+        listing += " ..." if len(self.failed) > 3 else ""
+        return f"{len(self.failed)} of {len(self.images)} images could not be read ({listing})"
 
 
 def expected_files(save_logits: bool) -> list[str]:
@@ -27,8 +61,6 @@ def expected_files(save_logits: bool) -> list[str]:
 def is_complete(folder: Path, image_sha: str, model_sha: str, logits_dtype: str | None) -> bool:
     """True when an earlier run left every output of this image, for this image and model
     (and logits of the requested dtype, when ``logits_dtype`` is set)."""
-    from ..batch import read_json
-
     record = read_json(folder / RECORD)
     if not record or record.get("image_sha256") != image_sha or record.get("model_sha256") != model_sha:
         return False
@@ -45,11 +77,6 @@ def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: 
     ``logits`` is (3, K, H, W) in the order fused, PAM, CAM; with ``logits_dtype`` ("float16" or
     "float32") they are saved, with their softmax probabilities, in ``logits.npz``.
     """
-    import torch
-
-    from ..batch import save_json, save_npz, save_png
-    from ..viz import colorize, mask_overlay
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RECORD).unlink(missing_ok=True)          # the old record must not vouch for new files
     predictions = logits.argmax(1)
@@ -66,7 +93,7 @@ def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: 
     save_json(folder / RECORD, record)
 
 
-def batches(items: list, size: int):
+def batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
     """Consecutive runs of ``items`` with the same image shape, at most ``size`` long."""
     run: list = []
     for item in items:
@@ -78,83 +105,58 @@ def batches(items: list, size: int):
         yield run
 
 
-def predict(
-    inputs: List[Path] = typer.Argument(..., metavar="IMAGES_OR_DIRS...", help="image files and/or folders"),
-    out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per image)"),
-    checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file; default: the embedded model"),
-    dilation: Optional[str] = typer.Option(
-        None, help="layer4 dilation (2-4-4, multi-grid, os16, ...) for checkpoints that do not record it"),
-    dataset: Optional[str] = typer.Option(None, help="label set (e.g. camvid), for checkpoints without one"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    batch_size: Optional[int] = typer.Option(
-        None, min=1, help="images of one size per forward pass; default 1 on the CPU (no gain measured), "
-                          "8 on a GPU"),
-    save_logits: bool = typer.Option(False, help="also write logits.npz (logits and probabilities)"),
-    logits_dtype: str = typer.Option("float16", help="float16 (23 MB per 480x360 CamVid frame) or float32"),
-    opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="mask opacity in the overlays"),
-    recursive: bool = typer.Option(False, help="also look in sub-folders"),
-    force: bool = typer.Option(False, help="redo images that already have all their outputs"),
-):
-    """Colour masks and overlays of the fused, PAM and CAM predictions; resumable."""
-    import torch
-    from tqdm import tqdm
+def predict_images(loaded: LoadedModel, images: list[str | Path], out: str | Path, *, recursive: bool = False,
+                   batch_size: int | None = None, save_logits: bool = False, logits_dtype: str = "float16",
+                   opacity: float = 0.5, force: bool = False, progress: bool = False) -> PredictReport:
+    """Predict every image in ``images`` (files and/or folders) into ``out/<name>/``.
 
-    from ..batch import (BatchInputError, collect_images, describe_model, file_sha256, load_model,
-                         one_line, output_names, prepare_output_dir, save_json, save_png)
-    from ..data.images import ImageLoadError, load_image
-    from ..inspection import to_tensor
-    from ..viz import legend
-
-    def fail(message: str):
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(1)
-
-    if logits_dtype not in ("float16", "float32"):
-        fail(f"--logits-dtype must be float16 or float32, not {logits_dtype!r}")
+    Unreadable images are listed in the report (and ``out/manifest.json``) while the rest are
+    processed; bad arguments (no images, ``out`` a file, an unknown ``logits_dtype``) raise
+    ``InputError`` before any work.
+    """
+    if logits_dtype not in LOGITS_DTYPES:
+        raise InputError(f"logits dtype must be float16 or float32, not {logits_dtype!r}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
     wanted_dtype = logits_dtype if save_logits else None
-    try:
-        images = collect_images(inputs, recursive)
-        loaded = load_model(checkpoint, device, dilation, dataset, warn=_warn)
-        prepare_output_dir(out)
-    except BatchInputError as error:
-        fail(one_line(error))
+    files = collect_images(images, recursive)
+    out = prepare_output_dir(out)
     meta, model = loaded.meta, loaded.model
     model_info = describe_model(loaded)
     palette = meta.palette
     save_png(out / "legend.png", legend(meta.classes, palette))
 
-    names = output_names(images)
-    pending, skipped, failed = [], [], []
-    for path, name in zip(images, names):
+    device = next(model.parameters()).device
+    report = PredictReport(out=out, images=files, device=str(device))
+    names = output_names(files)
+    pending = []
+    for path, name in zip(files, names):
         try:
             sha = file_sha256(path)
         except OSError as error:
-            failed.append((path, one_line(error)))
+            report.failed.append((path, one_line(error)))
             continue
         if not force and is_complete(out / name, sha, model_info["sha256"], wanted_dtype):
-            skipped.append(name)
+            report.skipped.append(name)
         else:
             pending.append({"path": path, "name": name, "sha": sha})
 
-    device_obj = next(model.parameters()).device
-    if batch_size is None:
-        batch_size = 8 if device_obj.type == "cuda" else 1
-    done = []
-    with tqdm(total=len(pending), desc="predict", unit="image") as bar:
+    batch_size = batch_size or (8 if device.type == "cuda" else 1)
+    with tqdm(total=len(pending), desc="predict", unit="image", disable=not progress) as bar:
         # Decode lazily, one batch at a time, so memory stays bounded for long lists.
         def decoded():
             for item in pending:
                 try:
                     picture = load_image(item["path"])
                 except (ImageLoadError, OSError) as error:
-                    failed.append((item["path"], one_line(error)))
+                    report.failed.append((item["path"], one_line(error)))
                     bar.update(1)
                     continue
                 yield {**item, "image": picture.array, "notices": picture.notices,
                        "original_size": picture.original_size}
 
         for group in batches(decoded(), batch_size):
-            x = torch.cat([to_tensor(item["image"], meta.mean, meta.std) for item in group]).to(device_obj)
+            x = torch.cat([to_tensor(item["image"], meta.mean, meta.std) for item in group]).to(device)
             start = time.perf_counter()
             with torch.inference_mode():
                 fused, pam, cam = model(x)
@@ -169,23 +171,12 @@ def predict(
                           "forward_seconds": round(seconds, 4), "batch": len(group)}
                 write_outputs(out / item["name"], item["image"], image_logits, palette, opacity,
                               wanted_dtype, record)
-                done.append(item["name"])
+                report.processed.append(item["name"])
                 bar.update(1)
 
     save_json(out / "manifest.json", {
-        "model": model_info, "device": str(device_obj), "save_logits": save_logits, "opacity": opacity,
-        "images": {name: str(path) for path, name in zip(images, names)},
-        "processed": done, "skipped": skipped, "failed": {str(p): m for p, m in failed}})
-    typer.echo(f"{len(done)} predicted, {len(skipped)} already done, {len(failed)} failed -> {out}")
-    if failed:
-        listing = "; ".join(m if p.name in m else f"{p.name}: {m}" for p, m in failed[:3])
-        listing += " ..." if len(failed) > 3 else ""
-        fail(f"{len(failed)} of {len(images)} images could not be read ({listing})")
-
-
-def _warn(message: str) -> None:
-    typer.echo(f"warning: {message}", err=True)
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(predict)
+        "model": model_info, "device": report.device, "save_logits": save_logits, "opacity": opacity,
+        "images": {name: str(path) for path, name in zip(files, names)},
+        "processed": report.processed, "skipped": report.skipped,
+        "failed": {str(p): m for p, m in report.failed}})
+    return report

@@ -9,20 +9,22 @@ import hashlib
 import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .attention_stats import grid_labels
-from .checkpoints.meta import LoadedModel
-from .data.labels import LabelMapError, load_label_map
-from .inspection import InspectionResult
-from .metrics import confusion_matrix, scores
+from danet.attention_stats import grid_labels
+from danet.checkpoints.meta import LoadedModel
+from danet.data.labels import load_label_map
+from danet.errors import LabelMapError
+from danet.inspection import InspectionResult
+from danet.metrics import confusion_matrix, scores
 
-__all__ = ["FORWARDS", "MAX_POINTS", "LabelMap", "LabelMapError", "PointStats", "Selection", "add_point",
-           "apply_click", "attention_entropy", "branch_disagreement", "click_to_pixel", "drop_point", "file_stamp",
-           "head_widths", "parameter_count", "point_statistics", "prepare_label_map", "remove_point",
-           "result_key", "score_outputs", "sha256_bytes"]
+__all__ = ["FORWARDS", "MAX_POINTS", "LabelMap", "LabelMapError", "PointStats", "RecordedScores", "Selection",
+           "add_point", "apply_click", "attention_entropy", "branch_disagreement", "click_to_pixel", "drop_point",
+           "file_sha256", "model_facts", "model_id", "point_statistics", "prepare_label_map", "recorded_scores",
+           "remove_point", "result_key", "score_outputs", "sha256_bytes"]
 
 MAX_POINTS = 8                     # clicked points kept per image (the paper figure shows 2-6)
 OUTPUTS = ("fused", "pam", "cam")  # the three DANet outputs, in the order the model returns them
@@ -60,10 +62,32 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_stamp(path: str | Path) -> str:
-    """A cheap identity of a file's current content (size + mtime), for cache keys."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes: what identifies weights in cache keys and records.
+
+    Hashed again only when ``stat`` says the file was touched (size, mtime, ctime, inode: ctime
+    moves on every write and cannot be set back), so a rerun costs a ``stat``; the identity is
+    always the content, never the stamp.
+    """
     stat = Path(path).stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
+    return _hash_file(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+@lru_cache(maxsize=16)
+def _hash_file(path: str, *stamp: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_id(weights_sha256: str, dilation: str | None = None, dataset: str | None = None) -> str:
+    """The identity of a loaded model: its weights' sha256 plus what the user chose on top
+    (the same file at another dilation or with other classes is another model)."""
+    options = "".join(f"|{name}={value}" for name, value in (("dilation", dilation), ("dataset", dataset))
+                      if value is not None)
+    return f"sha256:{weights_sha256}{options}"
 
 
 def result_key(model_id: str, image_sha256: str, device: str) -> str:
@@ -76,7 +100,9 @@ class Selection:
     """What every page of the app works on: one model, one image, its cached forward result."""
 
     loaded: LoadedModel
-    model_id: str
+    model_id: str                          # ``model_id(...)``: weights sha256 + load options
+    model_sha256: str                      # of the weights file's bytes
+    is_default: bool                       # the weights shipped with the package
     image: np.ndarray                      # (H, W, 3) uint8, after any downscale
     image_name: str
     image_sha256: str                      # of the uploaded/sample file bytes
@@ -94,16 +120,6 @@ class Selection:
     @property
     def palette(self) -> np.ndarray:
         return self.loaded.meta.palette
-
-
-def parameter_count(loaded: LoadedModel) -> int:
-    return sum(p.numel() for p in loaded.model.parameters())
-
-
-def head_widths(loaded: LoadedModel) -> tuple[int, int]:
-    """(head channels C, PAM key channels d) as built (the config may leave them to defaults)."""
-    pam = loaded.model.head.pam
-    return int(pam.value.out_channels), int(pam.query.out_channels)
 
 
 # ---- clicked points ---------------------------------------------------------------------------
@@ -269,3 +285,72 @@ def branch_disagreement(result: InspectionResult) -> dict[str, float]:
     fused = result.prediction("fused")
     return {"pam": float((result.prediction("pam") != fused).mean()),
             "cam": float((result.prediction("cam") != fused).mean())}
+
+
+# ---- the model page ---------------------------------------------------------------------------
+def model_facts(described: dict, weights_sha256: str = "", device: str = "") -> dict[str, str]:
+    """The model page's table from ``danet.checkpoints.describe``; rows that do not apply to the
+    backbone (a ResNet's stem and dilation; timm backbones have neither) are left out, not "None"."""
+    d = described
+    rows: dict[str, object] = {
+        "source": d["source"],
+        "weights sha256": weights_sha256 or None,
+        "checkpoint layout": d["layout"] + (f" ({d['layout_title']})" if d.get("layout_title") else ""),
+        "container": d.get("container"),
+        "backbone": d["backbone"],
+        "stem": d.get("stem"),
+        "output stride": d["output_stride"],
+        "dilation": d.get("dilation"),
+        "layer4 dilations": ", ".join(map(str, d["layer4_dilations"])) if d.get("layer4_dilations") else None,
+        "head channels (C)": d["head_channels"],
+        "PAM query/key channels (d)": d["key_channels"],
+        "align_corners": d["align_corners"],
+        "classes": d["num_classes"],
+        "dataset": d["dataset"],
+        "mean / std": f"{tuple(round(v, 3) for v in d['mean'])} / {tuple(round(v, 3) for v in d['std'])}",
+        "parameters": f"{d['parameters'] / 1e6:.2f} M",
+        "PAM alpha (learned)": f"{d['alpha']:.4f}",
+        "CAM beta (learned)": f"{d['beta']:.4f}",
+        "device": device or None,
+    }
+    return {name: str(value) for name, value in rows.items() if value is not None}
+
+
+@dataclass
+class RecordedScores:
+    """What a set of weights says about its own validation: from the shipped model's card, or
+    from the free-form metadata (``extra``) of any other checkpoint. Scores are percentages."""
+
+    miou: float | None = None
+    pixel_accuracy: float | None = None
+    epoch: int | None = None
+    per_class_iou: dict[str, float | None] = field(default_factory=dict)
+    training_data: str = ""
+    training_command: str = ""
+    evaluated_with: str = ""
+    history: str = ""
+    licence: str = ""
+
+    @property
+    def any(self) -> bool:
+        return self.miou is not None or self.pixel_accuracy is not None or bool(self.per_class_iou)
+
+
+def recorded_scores(extra: dict, card=None) -> RecordedScores:
+    """``card`` (a ``danet.weights.ModelCard``) wins for the shipped weights; else ``extra``."""
+    if card is not None:
+        return RecordedScores(card.metrics.get("val_miou"), card.metrics.get("val_pixel_accuracy"),
+                              extra.get("epoch"), dict(card.per_class_iou), card.training_data,
+                              card.training_command, card.evaluated_with, card.history, card.licence)
+
+    def number(value):
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    per_class = extra.get("val_iou") if isinstance(extra.get("val_iou"), dict) else {}
+    epoch = extra.get("epoch")
+    return RecordedScores(number(extra.get("val_miou")), number(extra.get("val_pixel_accuracy")),
+                          epoch if isinstance(epoch, int) else None,
+                          {str(k): number(v) for k, v in per_class.items()},
+                          str(extra.get("training_data") or ""), str(extra.get("training_command") or ""),
+                          str(extra.get("evaluated_with") or ""), str(extra.get("training_history") or ""),
+                          str(extra.get("license") or ""))

@@ -1,4 +1,7 @@
-"""Channel attention page: the C x C CAM matrix, and what CAM does to one channel."""
+"""Channel attention page: the C x C CAM matrix, and what CAM does to one channel.
+
+Runs inside ``app.py`` after the sidebar made the selection (the forward is cached there).
+"""
 from __future__ import annotations
 
 import io
@@ -6,10 +9,9 @@ import io
 import numpy as np
 import streamlit as st
 
-import app_sidebar
-from app_sidebar import sticky
 from danet import viz
-from danet.viz_plotly import cam_matrix_figure, channel_maps_figure, channel_mix_figure, cluster_order
+from danet_app import sidebar
+from danet_app.viz_plotly import cam_matrix_figure, channel_maps_figure, channel_mix_figure, cluster_order
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -18,12 +20,8 @@ def clustered_order(result_key: str, _matrix: np.ndarray) -> np.ndarray:
     return cluster_order(_matrix)
 
 
-selection = app_sidebar.render()
+selection = sidebar.current()
 st.title("Channel attention (CAM)")
-if selection is None:
-    st.info("Choose a model and an image in the sidebar first.")
-    app_sidebar.show_diagnostics()
-    st.stop()
 
 result = selection.result
 matrix = result.cam_attention
@@ -49,11 +47,12 @@ stats[3].metric("mean row entropy", f"{float(row_entropy.mean()):.2f} bits",
                 help=f"log2(C) = {np.log2(channels):.2f} bits would be uniform")
 
 controls = st.columns(3)
-reorder = sticky(controls[0].toggle, "Reorder by hierarchical clustering", key="cam_cluster", default=False,
-                 help="scipy average linkage on the rows; ticks keep the original channel ids")
-log_scale = sticky(controls[1].toggle, "Log colour scale", key="cam_log", default=False)
-colour_scale = sticky(controls[2].selectbox, "Colour scale", ["Viridis", "Cividis", "Inferno", "Blues"],
-                      key="cam_colours", default="Viridis")
+# persist_state="session": a control keeps its value while another page is shown
+reorder = controls[0].toggle("Reorder by hierarchical clustering", key="cam_cluster", persist_state="session",
+                             help="scipy average linkage on the rows; ticks keep the original channel ids")
+log_scale = controls[1].toggle("Log colour scale", key="cam_log", persist_state="session")
+colour_scale = controls[2].selectbox("Colour scale", ["Viridis", "Cividis", "Inferno", "Blues"], key="cam_colours",
+                                     persist_state="session")
 order = clustered_order(selection.result_key, matrix) if reorder else None
 st.plotly_chart(cam_matrix_figure(matrix, order, colour_scale, log_scale), key="cam_matrix",
                 config={"displaylogo": False})
@@ -61,12 +60,13 @@ st.plotly_chart(cam_matrix_figure(matrix, order, colour_scale, log_scale), key="
 # ---- one channel ---------------------------------------------------------------------------------
 st.subheader("One channel before and after CAM")
 pick = st.columns([1, 1, 2])
-if st.session_state.get("kept_widgets", {}).get("cam_channel", 0) >= channels:   # another model
-    st.session_state["kept_widgets"].pop("cam_channel")
-    st.session_state.pop("cam_channel", None)
-channel = int(sticky(pick[0].number_input, "Channel", 0, channels - 1, key="cam_channel", default=0, step=1))
-top_k = int(sticky(pick[1].slider, "Top-k mixed-in channels", 1, min(24, channels), key="cam_top_k",
-                   default=min(6, channels)))
+max_top_k = min(24, channels)
+if st.session_state.get("cam_channel", 0) >= channels:            # kept from a model with more channels
+    st.session_state["cam_channel"] = 0
+if not 1 <= st.session_state.get("cam_top_k", 0) <= max_top_k:     # first visit, or such a model
+    st.session_state["cam_top_k"] = min(6, channels)
+channel = int(pick[0].number_input("Channel", 0, channels - 1, step=1, key="cam_channel", persist_state="session"))
+top_k = int(pick[1].slider("Top-k mixed-in channels", 1, max_top_k, key="cam_top_k", persist_state="session"))
 strongest = int(np.argmax(off_diagonal.reshape(channels, channels - 1).max(1))) if channels > 1 else 0
 pick[2].caption(f"Tip: channel {strongest} has the most concentrated off-diagonal weight. Hover the "
                 "matrix to find others.")
@@ -82,8 +82,8 @@ st.caption(f"Mean absolute change from CAM: {change:.1%} of the channel's mean m
 mix = result.channel_mix(channel, top_k)
 st.plotly_chart(channel_mix_figure(mix, channel, uniform), key="cam_mix", config={"displaylogo": False})
 st.markdown("##### The mixed-in channels' maps (before CAM), over the image")
-overlay_opacity = sticky(st.slider, "Overlay opacity", 0.0, 1.0, key="cam_overlay_opacity", default=0.6,
-                         step=0.05)
+overlay_opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, step=0.05, key="cam_overlay_opacity",
+                            persist_state="session")
 per_row = 6
 for start in range(0, len(mix), per_row):
     columns = st.columns(per_row)
@@ -97,5 +97,3 @@ buffer = io.StringIO()
 np.savetxt(buffer, matrix, delimiter=",", fmt="%.6g")
 st.download_button("CAM matrix (CSV)", buffer.getvalue(), "cam_attention.csv", "text/csv",
                    on_click="ignore", key="download_cam_csv")
-
-app_sidebar.show_diagnostics()

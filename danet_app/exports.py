@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoints.meta import ModelMeta
-from .inspection import InspectionResult
+from danet.checkpoints.meta import LoadedModel
+from danet.inspection import InspectionResult
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -80,12 +80,24 @@ def npz_bundle(result: InspectionResult, points: list[tuple[int, int]], rows: np
     return buffer.getvalue()
 
 
-def model_summary(meta: ModelMeta, source: str, warnings: list[str] | None = None) -> dict:
-    """The JSON-friendly description of a model that the record and the details page show."""
-    return {"source": source, "layout": meta.layout, "config": meta.config.to_dict(),
-            "dataset": meta.dataset.name, "classes": list(meta.classes),
+def size_record(height: int, width: int) -> dict[str, int]:
+    """A size as the JSON record writes every size: named, so nobody guesses [W, H] or [H, W]."""
+    return {"height": int(height), "width": int(width)}
+
+
+def model_summary(loaded: LoadedModel, weights_sha256: str, model_id: str) -> dict:
+    """The JSON-friendly description of a model: identity (content hash), layout, config, labels."""
+    meta = loaded.meta
+    return {"id": model_id, "sha256": weights_sha256, "source": loaded.source, "layout": meta.layout,
+            "config": meta.config.to_dict(), "dataset": meta.dataset.name, "classes": list(meta.classes),
             "ignore_index": meta.dataset.ignore_index, "mean": list(meta.mean), "std": list(meta.std),
-            "warnings": list(warnings or [])}
+            "warnings": list(loaded.warnings)}
+
+
+def image_summary(name: str, sha256: str, size: tuple[int, int], original_size: tuple[int, int]) -> dict:
+    """``size`` is what the network saw, ``original_size`` the file's; both (height, width)."""
+    return {"name": name, "sha256": sha256, "size": size_record(*size),
+            "original_size": size_record(*original_size)}
 
 
 def json_record(model: dict, image: dict, result: InspectionResult, points: list[dict],
@@ -97,7 +109,8 @@ def json_record(model: dict, image: dict, result: InspectionResult, points: list
         "model": model,
         "image": image,
         "inference": {"device": result.device, "forward_seconds": round(result.seconds, 4),
-                      "image_size": list(result.image_size), "grid_size": list(result.grid_size),
+                      "image_size": size_record(*result.image_size),
+                      "grid_size": size_record(*result.grid_size),
                       "alpha": result.alpha, "beta": result.beta},
         "points": points,
         "settings": settings or {},
@@ -116,7 +129,7 @@ def _json_default(value):
 
 
 def metrics_for_json(scored: dict[str, dict], classes: tuple[str, ...]) -> dict:
-    """``session.score_outputs`` output -> plain numbers (NaN -> None) per output."""
+    """``state.score_outputs`` output -> plain numbers (NaN -> None) per output."""
     def number(value):
         value = float(value)
         return None if np.isnan(value) else round(value, 5)

@@ -1,24 +1,30 @@
-"""The app's pure helpers: clicks -> points, per-point attention statistics, label maps, exports,
-Plotly figures. No Streamlit, no network: small hand-built inputs with known answers."""
+"""The app's pure helpers (``danet_app.state``, ``exports``, ``viz_plotly``): clicks -> points,
+per-point attention statistics, label maps, content hashes, exports, Plotly figures, the model
+page's facts. No Streamlit run, no network: small hand-built inputs with known answers."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from danet.checkpoints.meta import ModelMeta
+from conftest import make_tiny_model
+from danet.checkpoints.describe import describe
+from danet.checkpoints.meta import LoadedModel, ModelMeta
 from danet.data.palettes import CAMVID
-from danet.exports import compose_panels, encode_png, json_record, metrics_for_json, model_summary, npz_bundle
 from danet.inspection import InspectionResult
-from danet.models import DANetConfig
-from danet.session import (ForwardCounter, LabelMapError, add_point, apply_click, attention_entropy,
-                           click_to_pixel, point_statistics, prepare_label_map, remove_point, result_key,
-                           score_outputs)
-from danet.viz_plotly import cam_matrix_figure, channel_maps_figure, channel_mix_figure, cluster_order
+from danet.weights import default_card
+from danet_app.exports import (compose_panels, encode_png, image_summary, json_record, metrics_for_json,
+                               model_summary, npz_bundle)
+from danet_app.state import (ForwardCounter, LabelMapError, add_point, apply_click, attention_entropy,
+                             click_to_pixel, file_sha256, model_facts, model_id, point_statistics,
+                             prepare_label_map, recorded_scores, remove_point, result_key, score_outputs)
+from danet_app.viz_plotly import cam_matrix_figure, channel_maps_figure, channel_mix_figure, cluster_order
 
 CLASSES = ("a", "b", "c")
 
@@ -152,6 +158,11 @@ def test_scores_of_each_output_against_a_label_map():
     assert as_json["fused"]["iou"] == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
+def loaded_tiny(**config) -> LoadedModel:
+    model = make_tiny_model(11, **config)
+    return LoadedModel(model=model, meta=ModelMeta(config=model.config, dataset=CAMVID), source="x.safetensors")
+
+
 def test_npz_and_json_exports_round_trip():
     result = make_result(CLASS_MAP, torch.randn(6, 3), torch.randn(6, 3))
     points = [(0, 0), (5, 3)]
@@ -163,15 +174,67 @@ def test_npz_and_json_exports_round_trip():
     np.testing.assert_array_equal(data["fused_prediction"], CLASS_MAP)
     assert data["cam_attention"].shape == (4, 4) and list(data["classes"]) == list(CLASSES)
 
-    meta = ModelMeta(config=DANetConfig(num_classes=11, backbone="mobilenetv2_100"), dataset=CAMVID)
     stats = point_statistics(result, points, rows, CLASSES)
-    text = json_record(model_summary(meta, "x.safetensors"), {"name": "i.png", "sha256": "ab" * 32}, result,
+    model = model_summary(loaded_tiny(), "cd" * 32, model_id("cd" * 32))
+    text = json_record(model, image_summary("i.png", "ab" * 32, (4, 6), (40, 60)), result,
                        [s.to_dict() for s in stats], {"upsampling": "nearest"})
     record = json.loads(text)
     assert record["image"]["sha256"] == "ab" * 32
     assert record["model"]["config"]["backbone"] == "mobilenetv2_100"
+    assert record["model"]["sha256"] == "cd" * 32 and record["model"]["id"] == "sha256:" + "cd" * 32
     assert [p["x"] for p in record["points"]] == [0, 5]
-    assert record["inference"]["grid_size"] == [2, 3]
+    assert record["inference"]["grid_size"] == {"height": 2, "width": 3}
+
+
+def test_json_record_names_height_and_width_the_same_way_everywhere():
+    # bug: image.size was [W, H] and inference.image_size [H, W]; a 4 x 6 (H x W) image tells them apart
+    result = make_result(CLASS_MAP, torch.zeros(6, 6), torch.zeros(6, 6))
+    record = json.loads(json_record({}, image_summary("i.png", "ab" * 32, result.image_size, (8, 12)), result, []))
+    assert record["image"]["size"] == record["inference"]["image_size"] == {"height": 4, "width": 6}
+    assert record["image"]["original_size"] == {"height": 8, "width": 12}
+
+
+def test_json_record_and_model_facts_give_timm_backbones_no_stem():
+    # bug: the sidebar and the record called MobileNetV2's stem "7x7"
+    mobilenet = loaded_tiny()
+    record = json.loads(json_record(model_summary(mobilenet, "ab" * 32, "id"), {},
+                                    make_result(CLASS_MAP, torch.zeros(6, 6), torch.zeros(6, 6)), []))
+    assert record["model"]["config"]["stem"] is None
+    assert "stem" not in model_facts(describe(mobilenet)) and "dilation" not in model_facts(describe(mobilenet))
+    resnet = loaded_tiny(backbone="resnet18", stem="deep64")
+    facts = model_facts(describe(resnet), "ab" * 32, "cpu")
+    assert facts["stem"] == "deep64" and facts["layer4 dilations"] == "2, 4"
+    assert facts["weights sha256"] == "ab" * 32 and facts["device"] == "cpu"
+    assert "None" not in facts.values()
+
+
+def test_model_id_is_the_content_hash_not_a_size_and_mtime_stamp(tmp_path):
+    # bug: the id was f"{size}-{mtime}"; two files with the same size and mtime but other bytes
+    # must get different ids, and the same bytes anywhere the same id
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(b"a" * 1000)
+    first = file_sha256(path)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    stat = path.stat()
+    path.write_bytes(b"b" * 1000)                                   # same size ...
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))         # ... and the same mtime
+    assert file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest() != first
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(b"b" * 1000)
+    assert file_sha256(copy) == file_sha256(path)
+    assert model_id(first) == f"sha256:{first}"
+    assert model_id(first, "2-4-4", "camvid") != model_id(first) != model_id(first, dataset="voc")
+
+
+def test_recorded_scores_from_the_card_for_the_default_and_from_metadata_otherwise():
+    card = default_card()
+    shipped = recorded_scores({"epoch": 27}, card)
+    assert shipped.miou == card.metrics["val_miou"] and shipped.epoch == 27
+    assert shipped.per_class_iou == card.per_class_iou and shipped.licence == card.licence and shipped.any
+    other = recorded_scores({"val_miou": 12.5, "val_iou": {"a": 3, "b": None}, "epoch": "x", "license": "MIT"})
+    assert other.miou == 12.5 and other.pixel_accuracy is None and other.epoch is None
+    assert other.per_class_iou == {"a": 3.0, "b": None} and other.licence == "MIT"
+    assert not recorded_scores({"val_miou": "high"}).any               # free-form junk is not a score
 
 
 def test_compose_panels_lays_out_a_grid():

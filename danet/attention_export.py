@@ -1,0 +1,162 @@
+"""Attention for query points on one image, written to files: PAM maps, the CAM matrix and channel
+maps with a JSON manifest (``export_attention``, behind ``danet attention``), or the paper-style
+figure (``export_figure``, behind ``danet figure``).
+
+Points are ``(x, y)`` in the pixels of the file as given; if the image had to be downscaled on
+loading they are scaled with it (the manifest records both). ``read_query`` does every check that
+needs no model, so a caller can refuse bad input before paying for loading one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .batch import (check_points, describe_model, file_sha256, parse_point, prepare_output_dir, save_json, save_npy,
+                    save_png, save_text)
+from .checkpoints.meta import LoadedModel
+from .data.images import ImageLoadError, LoadedImage, load_image
+from .errors import InputError
+from .figures import FIGURE_FORMATS, attention_figure, cam_matrix_figure, save as save_figure
+from .inspection import InspectionResult, inspect_image
+from .viz import heatmap, heatmap_overlay, mark_points
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Query:
+    """An image and its query points, checked: ``given`` in the file's pixels, ``used`` in the
+    pixels of ``picture`` (the decoded image, downscaled when the file was too large)."""
+
+    path: Path
+    picture: LoadedImage
+    given: list[tuple[float, float]]
+    used: list[tuple[float, float]]
+
+
+def read_query(image: str | Path, points: list[str | tuple[float, float]]) -> Query:
+    """Decode ``image`` and check ``points`` (``"X,Y"`` strings or pairs) against it."""
+    given = [parse_point(p) if isinstance(p, str) else (float(p[0]), float(p[1])) for p in points]
+    path = Path(image)
+    if not path.is_file():
+        raise InputError(f"{path} is not a file")
+    try:
+        picture = load_image(path)
+    except ImageLoadError as error:
+        message = str(error)
+        raise ImageLoadError(message if path.name in message else f"{path.name}: {message}") from None
+    check_points(given, picture.original_size)
+    scale_x = picture.size[0] / picture.original_size[0]
+    scale_y = picture.size[1] / picture.original_size[1]
+    used = [(min(x * scale_x, picture.size[0] - 1), min(y * scale_y, picture.size[1] - 1)) for x, y in given]
+    return Query(path, picture, given, used)
+
+
+def check_figure_path(path: str | Path) -> str:
+    """The figure format ``path``'s suffix asks for; anything but png/pdf/svg is an ``InputError``."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in FIGURE_FORMATS:
+        raise InputError(f"unsupported figure format {suffix or '(none)'!r}; use .png, .pdf or .svg")
+    return suffix
+
+
+def _inspect(loaded: LoadedModel, query: Query) -> InspectionResult:
+    return inspect_image(loaded.model, query.picture.array, loaded.meta.mean, loaded.meta.std)
+
+
+def export_attention(loaded: LoadedModel, query: Query, out: str | Path, *, channels: list[int] = (),
+                     opacity: float = 0.5, top_k: int = 5, progress: bool = False) -> dict:
+    """Write the PAM maps of ``query``'s points, the CAM matrix and the before/after maps of
+    ``channels`` into the folder ``out``; returns the manifest (also written, last, as
+    ``manifest.json``)."""
+    model_info = describe_model(loaded)          # hash now: the file may be replaced later
+    result = _inspect(loaded, query)
+    channels = list(channels)
+    channels_total = result.cam_attention.shape[0]
+    bad = [c for c in channels if not 0 <= c < channels_total]
+    if bad:
+        raise InputError(f"channel {bad[0]} does not exist; the CAM has channels 0..{channels_total - 1}")
+    out = prepare_output_dir(out)
+    (out / MANIFEST).unlink(missing_ok=True)       # the old manifest must not vouch for new files
+    array, points, picture = query.picture.array, query.used, query.picture
+    rows = result.rows(points)                      # (P, h, w), each sums to 1
+    upsampled = result.upsample_maps(rows)
+    files = []
+
+    def keep(name):
+        files.append(name)
+        return out / name
+
+    with tqdm(total=len(points) + 2 + len(channels), desc="attention", unit="file-set",
+              disable=not progress) as bar:
+        save_png(keep("image_points.png"), mark_points(array, points))
+        save_npy(keep("pam_maps.npy"), rows.astype(np.float32))
+        bar.update(1)
+        point_entries = []
+        for index, ((x, y), (gx, gy), grid_map, full_map) in enumerate(zip(points, query.given, rows, upsampled)):
+            row, col = result.pixel_to_cell(x, y)
+            stem = f"pam_point{index + 1}"
+            save_npy(keep(f"{stem}.npy"), grid_map.astype(np.float32))
+            overlay = heatmap_overlay(array, full_map, opacity, vmin=0.0)
+            save_png(keep(f"{stem}.png"), mark_points(overlay, [(x, y)], first_index=index))
+            point_entries.append({
+                "index": index + 1, "x": gx, "y": gy, "x_used": x, "y_used": y, "cell": [row, col],
+                "cell_box": [round(v, 3) for v in result.cell_to_pixel_box(row, col)],
+                "self_weight": float(grid_map[row, col]), "max_weight": float(grid_map.max()),
+                "files": [f"{stem}.npy", f"{stem}.png"]})
+            bar.update(1)
+
+        matrix = result.cam_attention
+        save_npy(keep("cam_matrix.npy"), matrix.astype(np.float32))
+        with_rows = "\n".join(",".join(f"{v:.8g}" for v in line) for line in matrix) + "\n"
+        save_text(keep("cam_matrix.csv"), with_rows)
+        save_figure(cam_matrix_figure(matrix), keep("cam_matrix.png"), dpi=150)
+        bar.update(1)
+
+        channel_entries = []
+        for c in channels:
+            before, after = result.cam_input[c], result.cam_output[c]
+            low, high = float(min(before.min(), after.min())), float(max(before.max(), after.max()))
+            both = result.upsample_maps(np.stack([before, after]))
+            for name, grid_map, full_map in (("before", before, both[0]), ("after", after, both[1])):
+                save_npy(keep(f"channel{c}_{name}.npy"), grid_map.astype(np.float32))
+                save_png(keep(f"channel{c}_{name}.png"), heatmap(full_map, "viridis", low, high))
+            channel_entries.append({"channel": c, "range": [low, high],
+                                    "top_sources": [[j, w] for j, w in result.channel_mix(c, top_k)],
+                                    "files": [f"channel{c}_{n}.{e}" for n in ("before", "after")
+                                              for e in ("npy", "png")]})
+            bar.update(1)
+
+    manifest = {
+        "model": model_info,
+        "image": {"path": str(query.path), "sha256": file_sha256(query.path), "size": list(picture.size),
+                  "original_size": list(picture.original_size), "notices": picture.notices},
+        "grid_size": list(result.grid_size), "alpha": result.alpha, "beta": result.beta,
+        "device": result.device, "forward_seconds": round(result.seconds, 4),
+        "points": point_entries,
+        "pam_maps": {"file": "pam_maps.npy", "shape": list(rows.shape),
+                     "meaning": "softmax row of each query cell over the h x w grid (sums to 1)"},
+        "cam": {"channels": channels_total, "files": ["cam_matrix.npy", "cam_matrix.csv", "cam_matrix.png"],
+                "meaning": "row i: weights with which channel i gathers every channel j (rows sum to 1)"},
+        "channels": channel_entries,
+        "files": files,
+    }
+    save_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def export_figure(loaded: LoadedModel, query: Query, out: str | Path, *, dpi: int = 300, title: str | None = None,
+                  all_classes: bool = False, columns: int = 4) -> Path:
+    """The paper-style figure (image with points, one attention map per point, fused/PAM/CAM
+    predictions, legend) as ``out``: .png, .pdf or .svg."""
+    check_figure_path(out)
+    result = _inspect(loaded, query)
+    maps = result.rows_upsampled(query.used)
+    predictions = {which: result.prediction(which) for which in ("fused", "pam", "cam")}
+    figure = attention_figure(query.picture.array, query.used, maps, predictions, loaded.meta.classes,
+                              loaded.meta.palette, all_classes=all_classes, title=title, columns=columns)
+    save_figure(figure, out, dpi=dpi)
+    return Path(out)

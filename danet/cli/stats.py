@@ -1,0 +1,61 @@
+"""``danet attention-stats``: same-class attention mass, entropy and distance per class, plus a
+module ablation (``danet.stats_report.write_attention_stats``), shown as two tables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..stats_report import write_attention_stats
+from .errors import reports_errors
+from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+
+
+@reports_errors
+def attention_stats(
+    data: Path = typer.Option(..., help="labelled folder in the CamVid layout (<split>/, <split>annot/)"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    split: str = typer.Option("val", help="which <split> folder to use"),
+    points_per_image: int = typer.Option(20, min=1, help="query cells sampled per image (non-void)"),
+    max_images: Optional[int] = typer.Option(None, min=1, help="use at most this many images, spread evenly"),
+    seed: int = typer.Option(0, help="seed of the query sampling"),
+    ablation: bool = typer.Option(True, help="also score the model with alpha=0 / beta=0 (on copies)"),
+    ignore_index: Optional[int] = typer.Option(None, help="void label id; default: the model's dataset's"),
+    checkpoint: Checkpoint = None,
+    dilation: Dilation = None,
+    dataset: Dataset = None,
+    align_corners: AlignCorners = None,
+    device: Device = "auto",
+):
+    """Same-class attention mass, entropy and attended distance per class, plus a module ablation."""
+    loaded = load_chosen(checkpoint, device=device, dilation=dilation, dataset=dataset, align_corners=align_corners)
+    report = write_attention_stats(loaded, data, out, split=split, points_per_image=points_per_image,
+                                   max_images=max_images, seed=seed, ablation=ablation, ignore_index=ignore_index,
+                                   progress=True)
+    print_tables(report.stats, report.summary["images"], split)
+    Console().print(f"-> {out}")
+
+
+def print_tables(stats, images: int, split: str) -> None:
+    console = Console(width=120)
+    table = Table(title=f"PAM attention over {images} {split} images, {stats.summary[-1]['queries']} queries")
+    for name in ("class", "n", "same-class GT", "chance", "same-class pred", "entropy/logN", "dist px", "uniform px"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for row in stats.summary:
+        table.add_row(row["class"], str(row["queries"]), f"{row['same_class_mass_gt']:.3f}",
+                      f"{row['chance_gt']:.3f}", f"{row['same_class_mass_pred']:.3f}",
+                      f"{row['entropy_normalised']:.3f}", f"{row['distance_pixels']:.1f}",
+                      f"{row['uniform_distance_pixels']:.1f}")
+    console.print(table)
+    if not stats.ablation:
+        return
+    ablation = Table(title="mIoU with modules switched off (model copies)")
+    for name in ("variant", "fused %", "delta", "PAM output %", "CAM output %"):
+        ablation.add_column(name, justify="left" if name == "variant" else "right")
+    for row in stats.ablation:
+        ablation.add_row(row["variant"], f"{row['miou_fused'] * 100:.2f}", f"{row['delta_miou_fused'] * 100:+.2f}",
+                         f"{row['miou_pam_output'] * 100:.2f}", f"{row['miou_cam_output'] * 100:.2f}")
+    console.print(ablation)

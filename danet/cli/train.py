@@ -1,0 +1,51 @@
+"""``danet train``: DANet on a CamVid-layout folder (``danet.train.train``), resumable."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+from ..train import TrainConfig, train as run_training
+from .errors import reports_errors
+from .options import Device
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--crop {text!r} is not H,W in whole pixels") from None
+    if height < 32 or width < 32:
+        raise InputError(f"--crop {text!r}: each side must be at least 32 pixels")
+    return height, width
+
+
+@reports_errors
+def train(
+    data: Path = typer.Option(..., help="CamVid-layout folder (train/, trainannot/, val/, valannot/)"),
+    out: Path = typer.Option(Path("runs/camvid"), help="run folder: last.pt (resume), log.jsonl, best.safetensors"),
+    backbone: str = typer.Option("mobilenetv2_100", help="timm backbone name or resnet18/34/50/101/152"),
+    head_channels: int = typer.Option(128, help="DA head width"),
+    output_stride: int = typer.Option(8, help="8, 16 or 32"),
+    imagenet: bool = typer.Option(True, help="initialise the backbone from the offline ImageNet weights"),
+    epochs: int = typer.Option(30, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    lr: float = typer.Option(1e-3, help="head learning rate (the backbone's is half)"),
+    crop: str = typer.Option("288,384", help="training crop H,W"),
+    class_weights: str = typer.Option("sqrt-median", help="none | median | sqrt-median"),
+    seed: int = typer.Option(0),
+    device: Device = "auto",
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="stop after this many steps"),
+    export: Optional[Path] = typer.Option(None, help="also write the best model here (.safetensors)"),
+):
+    """Train DANet on CamVid (CUDA uses mixed precision); resumes from OUT/last.pt when it exists."""
+    config = TrainConfig(data=str(data), out=str(out), backbone=backbone, head_channels=head_channels,
+                         output_stride=output_stride, imagenet=imagenet, epochs=epochs, batch_size=batch_size,
+                         lr=lr, crop=parse_crop(crop), class_weights=class_weights, seed=seed, device=device,
+                         threads=threads, max_steps=max_steps, export=str(export) if export else None)
+    best = run_training(config, log=typer.echo)
+    typer.echo(json.dumps({"best_val_miou": best.get("miou"), "epoch": best.get("epoch")}))

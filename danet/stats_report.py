@@ -1,0 +1,67 @@
+"""An attention-statistics run written to a folder (what ``danet attention-stats`` does): how much
+PAM attends to same-class pixels, how spread and how far its attention is, per class, and what
+switching PAM or CAM off costs in mIoU.
+
+The measures are defined in ``danet.attention_stats``. Files are written under temporary names
+and renamed; ``summary.json`` comes last and marks a complete run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .attention_stats import QUERY_COLUMNS, AttentionStats, compute_attention_stats, rows_to_csv, select_evenly
+from .batch import describe_model, prepare_output_dir, save_json, save_text
+from .checkpoints.meta import LoadedModel
+from .data.camvid import list_pairs
+from .errors import InputError
+from .figures import attention_stats_figure, save as save_figure
+
+SUMMARY = "summary.json"
+SUMMARY_COLUMNS = ("class", "queries", "same_class_mass_gt", "same_class_mass_gt_median", "same_class_mass_gt_q25",
+                   "same_class_mass_gt_q75", "chance_gt", "lift_gt", "same_class_mass_pred", "chance_pred",
+                   "entropy", "entropy_normalised", "distance_cells", "distance_pixels",
+                   "uniform_distance_cells", "uniform_distance_pixels")
+FILES = ("attention_stats.csv", "queries.csv", "ablation.csv", "attention_stats.png")
+
+
+@dataclass
+class AttentionStatsReport:
+    stats: AttentionStats
+    summary: dict           # what summary.json holds
+    out: Path
+
+
+def write_attention_stats(loaded: LoadedModel, data: str | Path, out: str | Path, *, split: str = "val",
+                          points_per_image: int = 20, max_images: int | None = None, seed: int = 0,
+                          ablation: bool = True, ignore_index: int | None = None,
+                          progress: bool = False) -> AttentionStatsReport:
+    """Statistics of ``loaded`` on the labelled folder ``data`` (CamVid layout), into ``out``.
+
+    ``max_images`` images are spread evenly over the split; ``ignore_index`` defaults to the
+    model's dataset's void label.
+    """
+    pairs = select_evenly(list_pairs(data, split), max_images)
+    model_info = describe_model(loaded)          # hash now: the file may be replaced later
+    out = prepare_output_dir(out)
+    start = time.perf_counter()
+    stats = compute_attention_stats(loaded.model, loaded.meta, pairs, points_per_image, seed, ablation, ignore_index,
+                                    progress=lambda items: tqdm(items, desc="attention-stats", unit="image",
+                                                                disable=not progress))
+    if not stats.summary:
+        raise InputError(f"no non-void query cells in {len(pairs)} image(s); check the ignore index and the labels")
+    seconds = time.perf_counter() - start
+
+    (out / SUMMARY).unlink(missing_ok=True)
+    save_text(out / "attention_stats.csv", rows_to_csv(stats.summary, SUMMARY_COLUMNS))
+    save_text(out / "queries.csv", rows_to_csv(stats.query_rows(), QUERY_COLUMNS))
+    save_text(out / "ablation.csv", rows_to_csv(stats.ablation))
+    save_figure(attention_stats_figure(stats), out / "attention_stats.png", dpi=150)
+    summary = {"model": model_info, "data": str(data), "split": split, "images": len(pairs),
+               "settings": stats.settings, "seconds": round(seconds, 1), "per_class": stats.summary,
+               "ablation": stats.ablation, "files": list(FILES)}
+    save_json(out / SUMMARY, summary)
+    return AttentionStatsReport(stats, summary, out)

@@ -1,0 +1,11 @@
+"""danet-lens's Streamlit app, apart from the library: only ``app.py`` and ``app_pages/`` import it.
+
+Install with ``pip install "danet-lens[app]"``; run with ``streamlit run app.py``.
+
+- ``state``: pure rules (no Streamlit): clicks -> points, cache keys and content hashes,
+  label maps, per-point statistics, the forward-pass counter, the ``Selection`` pages share.
+- ``exports``: pure download bundles (PNG of the panels, ``.npz`` of the maps, JSON record).
+- ``viz_plotly``: pure Plotly figures of channel attention.
+- ``sidebar``: Streamlit: the shared sidebar (model, image, label map), the cached model,
+  image and forward pass, the diagnostics panel.
+"""

@@ -1,0 +1,300 @@
+"""What every page of the app shares: the sidebar (model, image, label map), the cached model
+objects, and the one cached forward pass per (model, image, device).
+
+``app.py`` calls ``render()`` once per run, before the chosen page runs; pages read the result
+with ``current()``. Because the entrypoint draws the sidebar on every page, its widgets keep
+their values across page changes by themselves. Heavy objects live behind
+``st.cache_resource`` here, keyed by content hashes, so all pages and sessions share them;
+per-user state (points, widget choices) lives in ``st.session_state``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+import danet
+from danet.checkpoints import DILATIONS
+from danet.checkpoints.meta import LoadedModel
+from danet.data.images import LoadedImage, load_image
+from danet.data.palettes import DATASETS
+from danet.errors import CheckpointError, DanetError
+from danet.inspection import InspectionResult, inspect_image
+from danet.loader import DEFAULT_SOURCE as DEFAULT_NAME
+from danet.viz import legend
+from danet.weights import default_weights_path
+
+from .state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
+                    sha256_bytes)
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "assets" / "samples"       # a source checkout has them; an installed app offers uploads only
+SAMPLE_DATASET = "camvid"                   # the samples' label maps use CamVid class ids
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp"]
+CHECKPOINT_TYPES = ["safetensors", "pth", "pt", "tar", "bin", "ckpt"]
+DEFAULT_SOURCE, UPLOAD_SOURCE = "Default (CamVid, MobileNetV2)", "Upload a checkpoint"
+SAMPLE_SOURCE, IMAGE_UPLOAD_SOURCE = "Sample", "Upload an image"
+DILATION_HELP = {"4-8-16": "multi-grid, official DANet101", "2-4-4": "mmsegmentation, Tramac",
+                 "1-2-2": "output stride 16", "2-4-8": "output stride 16, multi-grid",
+                 "1-1-1": "output stride 32, no dilation"}
+DEVICE = str(danet.select_device("auto"))
+
+
+# ---- cached heavy objects (shared by all sessions, keyed by content hashes) ---------------------
+@st.cache_resource(max_entries=3, show_spinner=False)
+def load_default_model(digest: str, device: str) -> LoadedModel:
+    """The shipped weights whose bytes hash to ``digest``, through ``danet.load`` like any upload.
+
+    The bytes that are hashed are the bytes that are loaded; if the file was rewritten since
+    ``digest`` was taken (a training run's ``--export``), the old weights are gone and this says so.
+    """
+    data = default_weights_path().read_bytes()
+    if sha256_bytes(data) != digest:
+        raise CheckpointError("the default weights changed on disk since this session loaded them")
+    return danet.load(data, device=device, name=DEFAULT_NAME)
+
+
+@st.cache_resource(max_entries=3, show_spinner=False)
+def load_uploaded_model(digest: str, filename: str, dilation: str | None, dataset: str | None,
+                        device: str, _data: bytes) -> LoadedModel:
+    """An upload, read from memory by ``danet.load`` (nothing is written to disk)."""
+    return danet.load(_data, device=device, dilation=dilation, dataset=dataset, name=filename)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def decode_image(digest: str, max_pixels: int, _data: bytes) -> LoadedImage:
+    return load_image(_data, max_pixels=max_pixels)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def run_forward(key: str, _loaded: LoadedModel, _image: np.ndarray) -> InspectionResult:
+    """The only place the network runs: once per ``result_key`` (model id, image hash, device)."""
+    result = inspect_image(_loaded.model, _image, _loaded.meta.mean, _loaded.meta.std)
+    FORWARDS.record(result.seconds)
+    return result
+
+
+# ---- per-session memory of failures -------------------------------------------------------------
+def remembered_failure(key: str) -> str | None:
+    """Bad uploads are parsed once: their error is kept, not re-raised on every rerun."""
+    return st.session_state.setdefault("failures", {}).get(key)
+
+
+def remember_failure(key: str, message: str) -> None:
+    st.session_state.setdefault("failures", {})[key] = message
+
+
+def describe_error(error: Exception) -> str:
+    """Our own errors are one-line messages for the user; anything else also names its type."""
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError) and not isinstance(error, DanetError) and text.startswith(("'", '"')):
+        text = text[1:-1]
+    return text if isinstance(error, (ValueError, KeyError, OSError)) else f"{type(error).__name__}: {text}"
+
+
+# ---- sidebar: model ---------------------------------------------------------------------------
+def choose_model() -> tuple[LoadedModel | None, str, str]:
+    """(loaded model or None, its model id, the sha256 of its weights file)."""
+    st.sidebar.header("Model")
+    source = st.sidebar.radio("Weights", [DEFAULT_SOURCE, UPLOAD_SOURCE], key="model_source",
+                              label_visibility="collapsed")
+    if source == DEFAULT_SOURCE:
+        return _default_model()
+    upload = st.sidebar.file_uploader(
+        "Checkpoint (.safetensors, .pth, .pth.tar, .pt)", type=CHECKPOINT_TYPES, key="checkpoint_upload",
+        help="danet-lens .safetensors, the official DANet .pth.tar, mmsegmentation or Tramac state dicts. "
+             "Pickles are opened with weights_only=True.")
+    with st.sidebar.expander("What the file cannot tell", expanded=True):
+        dilation = st.selectbox(
+            "Backbone dilation (ResNet layer4)", [None] + list(DILATIONS), key="dilation",
+            persist_state="session",      # drawn only for uploads: kept across a visit to the default
+            format_func=lambda d: "layout default" if d is None else f"{d} ({DILATION_HELP.get(d, '')})",
+            help="Weights have the same shapes for every dilation; only the forward changes. "
+                 "The official DANet101 uses multi-grid 4-8-16, mmseg and Tramac 2-4-4.")
+        dataset = st.selectbox("Dataset (class names and colours)", [None] + sorted(DATASETS),
+                               key="dataset_choice", persist_state="session",
+                               format_func=lambda d: "detect from the file" if d is None else d)
+    if upload is None:
+        st.sidebar.info("Upload a checkpoint to inspect it.")
+        return None, "", ""
+    name, data = upload.name, upload.getvalue()
+    digest = sha256_bytes(data)
+    identity = model_id(digest, dilation, dataset)
+    failure = remembered_failure(identity)
+    if failure is None:
+        try:
+            with st.spinner(f"Loading {name}..."):
+                return load_uploaded_model(digest, name, dilation, dataset, DEVICE, data), identity, digest
+        except Exception as error:  # noqa: BLE001 - a bad file must not crash the app
+            failure = describe_error(error)
+            remember_failure(identity, failure)
+    st.sidebar.error(f"Could not load `{name}`: {failure}")
+    return None, "", ""
+
+
+def _default_model() -> tuple[LoadedModel | None, str, str]:
+    path = default_weights_path()
+    if not path.is_file():
+        st.sidebar.error(f"The default weights are missing from the installed package (`{path}`). "
+                         "Upload a checkpoint instead.")
+        return None, "", ""
+    digest = file_sha256(path)
+    # A session keeps the weights it started with (a training run may rewrite the file meanwhile).
+    pinned = st.session_state.setdefault("default_sha256", digest)
+    if pinned != digest:
+        st.sidebar.info("Newer default weights were saved since this session loaded them.")
+        if st.sidebar.button("Use the newer default weights", key="reload_default"):
+            st.session_state["default_sha256"] = pinned = digest
+    try:
+        with st.spinner("Loading the default model..."):
+            return load_default_model(pinned, DEVICE), model_id(pinned), pinned
+    except Exception as error:  # noqa: BLE001 - shown to the user, the app keeps running
+        st.sidebar.error(f"Could not load the default weights: {describe_error(error)}")
+        return None, "", ""
+
+
+def model_caption(loaded: LoadedModel, device: str) -> str:
+    """One line about the model; the stem is named only for ResNets (timm backbones have none)."""
+    config = loaded.meta.config
+    details = [f"stem {config.stem}"] if config.stem is not None else []
+    details.append(f"output stride {config.output_stride}" + (", multi-grid" if config.multi_grid else ""))
+    return (f"**{config.backbone}** ({', '.join(details)}) · layout **{loaded.meta.layout}** · "
+            f"{config.num_classes} classes · dataset **{loaded.meta.dataset.name}** · device **{device}**")
+
+
+def show_model_summary(loaded: LoadedModel) -> None:
+    st.sidebar.caption(model_caption(loaded, DEVICE))
+    for warning in loaded.warnings:
+        st.sidebar.warning(warning)
+    with st.sidebar.expander("Classes and colours"):
+        st.image(legend(loaded.meta.classes, loaded.meta.palette), width="content")
+
+
+# ---- sidebar: image + label map -----------------------------------------------------------------
+def sample_files() -> list[Path]:
+    return sorted(p for p in SAMPLES.glob("*") if p.suffix.lower().lstrip(".") in IMAGE_TYPES)
+
+
+def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
+    """(image, display name, sha256 of the file bytes, label-map bytes or None)."""
+    st.sidebar.header("Image")
+    samples = sample_files()
+    options = ([SAMPLE_SOURCE] if samples else []) + [IMAGE_UPLOAD_SOURCE]
+    source = st.sidebar.radio("Image source", options, key="image_source", label_visibility="collapsed")
+    name, data, label_bytes = "", None, None
+    if source == SAMPLE_SOURCE:
+        name = st.sidebar.selectbox("Sample (CamVid val)", [p.name for p in samples], key="sample",
+                                    persist_state="session")
+        data = (SAMPLES / name).read_bytes()
+        label_path = SAMPLES / "labels" / f"{Path(name).stem}_labels.png"
+        if label_path.exists() and st.sidebar.checkbox("Score against its ground truth", value=True,
+                                                       key="use_sample_labels", persist_state="session"):
+            label_bytes = label_path.read_bytes()
+    else:
+        upload = st.sidebar.file_uploader("Image (PNG, JPEG, WebP, BMP)", type=IMAGE_TYPES, key="image_upload")
+        label_upload = st.sidebar.file_uploader("Label map (optional, class-id PNG)", type=["png", "bmp"],
+                                                key="label_upload")
+        if upload is not None:
+            name, data = upload.name, upload.getvalue()
+        label_bytes = label_upload.getvalue() if label_upload is not None else None
+    with st.sidebar.expander("Input size limit"):
+        megapixels = st.number_input("Downscale above (megapixels)", 0.1, 4.2, value=1.0, step=0.1, key="max_mp",
+                                     help="Larger images are downscaled: PAM cost grows with the square of "
+                                          "the number of pixels.")
+    if data is None:
+        return None, "", "", None
+    max_pixels = int(megapixels * 1e6)
+    digest = sha256_bytes(data)
+    failure = remembered_failure(f"image:{digest}:{max_pixels}")
+    if failure is None:
+        try:
+            image = decode_image(digest, max_pixels, data)
+        except DanetError as error:
+            failure = str(error)
+            remember_failure(f"image:{digest}:{max_pixels}", failure)
+        else:
+            for notice in image.notices:
+                st.sidebar.info(notice)
+            return image, name, digest, label_bytes
+    st.sidebar.error(f"Could not use `{name}`: {failure}")
+    return None, name, "", None
+
+
+def check_label_map(loaded: LoadedModel, image: LoadedImage, data: bytes | None) -> LabelMap | None:
+    if data is None:
+        return None
+    try:
+        labels = prepare_label_map(data, image.array.shape[:2], loaded.meta.config.num_classes,
+                                   loaded.meta.dataset.ignore_index, loaded.meta.palette)
+    except DanetError as error:
+        st.sidebar.error(f"Label map not used: {error}")
+        return None
+    for notice in labels.notices:
+        st.sidebar.info(notice)
+    return labels
+
+
+# ---- the shared selection -------------------------------------------------------------------------
+def build_selection() -> Selection | None:
+    st.session_state.setdefault("points", [])
+    loaded, identity, weights_sha256 = choose_model()
+    if loaded is not None:
+        show_model_summary(loaded)
+    image, name, digest, label_bytes = choose_image()
+    if loaded is None or image is None:
+        return None
+    if (label_bytes is not None and st.session_state.get("image_source") == SAMPLE_SOURCE
+            and loaded.meta.dataset.name != SAMPLE_DATASET):
+        st.sidebar.info(f"The samples' ground truth uses {SAMPLE_DATASET} classes; this model predicts "
+                        f"{loaded.meta.dataset.name} classes, so it is not scored against it.")
+        label_bytes = None
+    labels = check_label_map(loaded, image, label_bytes)
+    if st.session_state.get("points_image") != digest:     # points belong to one image
+        st.session_state["points"] = []
+        st.session_state["points_image"] = digest
+    height, width = image.array.shape[:2]          # the same file at another size limit is another input
+    key = result_key(identity, f"{digest}@{width}x{height}", DEVICE)
+    failure = remembered_failure(key)
+    result, forwards_before = None, FORWARDS.total
+    if failure is None:
+        try:
+            with st.spinner(f"Running DANet on {name} ({DEVICE})..."):
+                result = run_forward(key, loaded, image.array)
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge input
+            failure = describe_error(error)
+            remember_failure(key, failure)
+    if failure is not None:
+        st.error(f"The forward pass failed: {failure}")
+        return None
+    return Selection(loaded=loaded, model_id=identity, model_sha256=weights_sha256,
+                     is_default=st.session_state.get("model_source") == DEFAULT_SOURCE,
+                     image=image.array, image_name=name, image_sha256=digest,
+                     original_size=image.original_size, result=result, result_key=key, labels=labels,
+                     device=DEVICE, computed_now=FORWARDS.total > forwards_before)
+
+
+def render() -> Selection | None:
+    """Draw the sidebar and run (or reuse) the forward pass; None when something is missing or bad."""
+    selection = build_selection()
+    st.session_state["selection"] = selection
+    return selection
+
+
+def current() -> Selection:
+    """The selection ``render()`` made this run; pages run only when there is one."""
+    return st.session_state["selection"]
+
+
+def show_diagnostics() -> None:
+    """Sidebar panel the tests read: how many forward passes this server process has run."""
+    with st.sidebar.expander("Diagnostics"):
+        st.markdown(f"forward passes: **{FORWARDS.total}**",
+                    help="Process-wide count of network runs. Clicks, sliders and page changes "
+                         "reuse the cached result.")
+        selection = st.session_state.get("selection")
+        if selection is not None:
+            st.caption(f"device {selection.device} · forward {selection.result.seconds:.2f} s · "
+                       f"result key `{selection.result_key}`")
+        for label, seconds in st.session_state.get("timings", {}).items():
+            st.caption(f"{label}: {seconds * 1000:.0f} ms")
