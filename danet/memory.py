@@ -266,3 +266,24 @@ def check_forward_fits(config: DANetConfig, height: int, width: int, device: str
     return (f"a {width}x{height} forward needs about {estimate.process_peak / 2**30:.1f} GiB "
             f"({estimate.positions} attention positions, {estimate.pam_method} PAM) but only "
             f"{free / 2**30:.1f} GiB is free on {device}; use a smaller image")
+
+
+def check_inspection_fits(config: DANetConfig, image_size: tuple[int, int], device: str = "cpu",
+                          headroom: float = 0.8) -> ForwardMemory:
+    """Refuse, before any memory is spent, an ``inspect_image`` forward that will not fit.
+
+    ``image_size`` is ``(width, height)`` as ``LoadedImage.size`` gives it. The estimate counts
+    the three logit maps ``InspectionResult`` keeps (3 x K x H x W x 4 bytes: 150 classes at
+    1 MP are 1.8 GB) on top of the network's own peak. Returns the estimate when it fits in
+    ``headroom`` of the free memory; raises ``InputError`` naming the sizes otherwise.
+    """
+    from .errors import InputError
+
+    width, height = (int(v) for v in image_size)
+    estimate = estimate_forward(config, height, width, device)
+    free = available_bytes(device)
+    if estimate.process_peak <= headroom * free:
+        return estimate
+    raise InputError(f"inspecting a {width}x{height} image with {config.num_classes:,} classes needs about "
+                     f"{estimate.process_peak / 2**30:.1f} GiB ({estimate.outputs / 2**30:.1f} GiB of it the class "
+                     f"scores), but only {free / 2**30:.1f} GiB is free on {device}; use a smaller image")

@@ -71,7 +71,7 @@ def class_weights(dataset: SegmentationDataset, num_classes: int, mode: str) -> 
     if mode == "sqrt-median":
         weights = np.sqrt(weights)
     elif mode != "median":
-        raise InputError(f"class weights must be none, median or sqrt-median, not {mode!r}")
+        raise InputError(f"class_weights must be none, median or sqrt-median, got {mode!r}")
     return torch.tensor(weights, dtype=torch.float32)
 
 

@@ -9,6 +9,7 @@ per-user state (points, widget choices) lives in ``st.session_state``.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,8 @@ def show_diagnostics() -> None:
                          "reuse the cached result.")
         selection = st.session_state.get("selection")
         if selection is not None:
+            key = re.sub(r"[0-9a-f]{64}", lambda digest: digest.group()[:12] + "…", selection.result_key)
             st.caption(f"device {selection.device} · forward {selection.result.seconds:.2f} s · "
-                       f"result key `{selection.result_key}`")
+                       f"result key `{key}`")
         for label, seconds in st.session_state.get("timings", {}).items():
             st.caption(f"{label}: {seconds * 1000:.0f} ms")

@@ -295,7 +295,7 @@ def model_facts(described: dict, weights_sha256: str = "", device: str = "") -> 
     rows: dict[str, object] = {
         "source": d["source"],
         "weights sha256": weights_sha256 or None,
-        "checkpoint layout": d["layout"] + (f" ({d['layout_title']})" if d.get("layout_title") else ""),
+        "checkpoint layout": layout_label(d["layout"], d.get("layout_title")),
         "container": d.get("container"),
         "backbone": d["backbone"],
         "stem": d.get("stem"),
@@ -314,6 +314,11 @@ def model_facts(described: dict, weights_sha256: str = "", device: str = "") -> 
         "device": device or None,
     }
     return {name: str(value) for name, value in rows.items() if value is not None}
+
+
+def layout_label(name: str, title: str | None) -> str:
+    """"official: junfu1115/DANet ..." but not "danet-lens: danet-lens, this project's ..."."""
+    return name if not title else title if title.startswith(name) else f"{name}: {title}"
 
 
 @dataclass

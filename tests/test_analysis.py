@@ -488,3 +488,49 @@ def test_driver_adds_per_image_measures_and_head_only_ablation(tmp_path):
     assert 0 <= pam_off["changed_fraction_fused"] <= 1 and stats.ablation[0]["changed_fraction_fused"] == 0
     skipped = compute_attention_stats(model, meta, pairs[:1], 3, ablation=False, ignore_index=11, measures=False)
     assert np.all(np.isnan(skipped.queries["js_from_mean"])) and math.isnan(skipped.overall["changed_pam_off"])
+
+
+def test_knockout_scale_is_the_drop_without_pam_at_the_cell(model, result, image):
+    cell = (4, 6)
+    curve = knockout_curve(model, result, cell=cell, max_k=2, draws=1)
+    with torch.inference_mode():
+        features = model.backbone(to_tensor(image))
+        pam = model.head.pam                      # reference: PAM's output at the cell replaced by its input
+
+        def attend(x):
+            out, query, key = pam.attend(x)
+            out = out.clone()
+            out[:, :, cell[0], cell[1]] = x[:, :, cell[0], cell[1]]
+            return out, query, key
+
+        patched = copy.deepcopy(model)
+        patched.head.pam.attend = attend
+        expected = patched.head.inspect(features).fused[0][:, cell[0], cell[1]].numpy()
+    c = curve.predicted_class
+    assert curve.pam_off_drop == pytest.approx(float(curve.base_logits[c] - expected[c]), abs=1e-4)
+    assert curve.summary()["pam_off_drop"] == curve.pam_off_drop
+
+
+@pytest.mark.slow
+def test_shipped_model_measures_and_recomputation():
+    """The default model on a shipped sample: the head recomputation reproduces its logits and every
+    measure runs at the real size (N = 2,700)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    import danet
+
+    loaded = danet.load(device="cpu")
+    sample = Path(__file__).resolve().parent.parent / "assets" / "samples" / "0016E5_07959.png"
+    image = np.array(Image.open(sample).convert("RGB"))
+    result = inspect_image(loaded.model, image, loaded.meta.mean, loaded.meta.std)
+    assert result.num_positions == 2700
+    grid = head_logits(loaded.model, result)
+    fused = loaded.model.upsample(grid["fused"][None], result.image_size)[0]
+    np.testing.assert_allclose(fused.numpy(), result.fused_logits.numpy(), atol=1e-4)
+    measures = measure_image(result)
+    assert 0 < measures.contribution.pam_mean < 1 and 0 < measures.contribution.cam_mean < 1
+    assert measures.specificity.queries.size == 2700 and not measures.specificity.sampled
+    curve = knockout_curve(loaded.model, result, (240.0, 250.0))
+    assert curve.ks[-1] == 64 and curve.verdict in ("faithful", "not faithful", "no effect")

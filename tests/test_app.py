@@ -23,7 +23,7 @@ from conftest import make_tiny_model, save_tiny
 from danet.weights import default_card, default_weights_path
 from danet_app.state import FORWARDS
 
-pytestmark = [pytest.mark.app, pytest.mark.slow]
+pytestmark = pytest.mark.app              # slow ones (several forwards, big inputs) are marked slow too
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -75,6 +75,7 @@ def with_tiny_model(at: AppTest, checkpoint: bytes, image: np.ndarray | None = N
     return at
 
 
+@pytest.mark.slow
 def test_default_model_on_a_sample(fresh_caches):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
@@ -119,6 +120,7 @@ def test_sidebar_names_no_stem_for_a_timm_backbone(tiny_checkpoint):
     assert "stem" not in summary and "7x7" not in summary
 
 
+@pytest.mark.slow
 def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
     at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
     start = FORWARDS.total
@@ -158,6 +160,7 @@ def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
     assert "forward passes" in " ".join(m.value for m in at.sidebar.markdown)
 
 
+@pytest.mark.slow
 def test_one_forward_per_image_and_model(tiny_checkpoint, fresh_caches):
     before = FORWARDS.total
     at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint, small_image())
@@ -259,6 +262,7 @@ def test_label_map_upload_checked(tiny_checkpoint):
     assert len(at.metric) == 3 and at.dataframe
 
 
+@pytest.mark.slow
 def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
     big = np.asarray(Image.fromarray(small_image()).resize((1600, 1200)))
     at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
@@ -270,6 +274,7 @@ def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
     assert "(365x273)" in at.caption[0].value or "(365x274)" in at.caption[0].value
 
 
+@pytest.mark.slow
 def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
     from helpers_checkpoints import foreign_state, make_model, wrap
 
@@ -307,3 +312,16 @@ def test_sample_ground_truth_only_scores_models_of_its_dataset(tmp_path):
     assert not at.exception and errors(at) == []
     assert any("not scored" in i.value for i in at.sidebar.info)
     assert len(at.metric) == 0 and at.title[0].value == "DANet inspector"
+
+
+@pytest.mark.parametrize("page, title", [(INSPECTOR, "DANet inspector"), (CHANNELS, "Channel attention"),
+                                         (MODEL, "Model details")])
+def test_every_page_says_what_is_missing_without_a_model(page, title):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["model_source"] = "Upload a checkpoint"          # and no file: no selection
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception and errors(at) == []
+    assert at.title[0].value == title and at.session_state["selection"] is None
+    assert any("Choose a model and an image" in i.value for i in at.info)
+    assert any("Upload a checkpoint to inspect it" in i.value for i in at.sidebar.info)

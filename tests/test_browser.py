@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from danet.weights import DEFAULT_WEIGHTS
+from danet.weights import default_weights_path
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -40,9 +40,6 @@ if not CHROMIUM.exists():
     pytest.skip(f"browser test needs Debian chromium at {CHROMIUM} (apt-get install chromium)",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
-if not DEFAULT_WEIGHTS.exists():
-    pytest.skip(f"browser test opens a sample with the default weights, which are missing: {DEFAULT_WEIGHTS}",
-                allow_module_level=True)
 
 
 def free_port() -> int:
@@ -195,6 +192,10 @@ def check_downloads(page) -> None:
     assert record["image"]["name"] == sample.name
     assert record["image"]["sha256"] == hashlib.sha256(sample.read_bytes()).hexdigest()
     assert len(record["points"]) == 2 and record["model"]["layout"] == "danet-lens"
+    # sizes are named (height, width) alike everywhere; the model is identified by its bytes
+    assert record["image"]["size"] == record["inference"]["image_size"] == {"height": 360, "width": 480}
+    assert record["model"]["sha256"] == hashlib.sha256(default_weights_path().read_bytes()).hexdigest()
+    assert record["model"]["config"]["stem"] is None                  # MobileNetV2 has no ResNet stem
     maps = np.load(io.BytesIO(download(page, "Maps + CAM matrix (.npz)")))
     assert maps["pam_attention"].shape[0] == 2 and maps["fused_prediction"].shape == (360, 480)
     np.testing.assert_allclose(maps["pam_attention"].sum((1, 2)), 1.0, rtol=1e-4)
@@ -264,6 +265,12 @@ def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
     time.sleep(1.0)                                                   # let Plotly finish drawing
     first.screenshot(path=str(ARTIFACTS / "browser_channel_attention.png"))
     assert forward_passes(first) == 1
+    first.locator("[data-testid='stSidebar']").get_by_text("Model details").click()
+    first.get_by_text("Validation accuracy recorded with the weights").wait_for(timeout=CLICK_TIMEOUT_MS)
+    first.screenshot(path=str(ARTIFACTS / "browser_model_details.png"))
+    assert forward_passes(first) == 1
+    first.locator("[data-testid='stSidebar']").get_by_text("DANet inspector").click()
+    assert cards(first, 2) == first_cards                             # the points are still there
 
     (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2))
     print("browser timings:", json.dumps(timings))

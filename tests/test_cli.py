@@ -99,10 +99,10 @@ def test_help_of_every_command(command):
     result = runner.invoke(app, [command, "--help"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert "<bool>" not in result.output and "BOOLEAN" not in result.output
-    assert "--device <str>" in result.output
-    assert ("--checkpoint <path>" in result.output) == (command in READS_A_CHECKPOINT)
+    assert "--device DEVICE" in result.output
+    assert ("--checkpoint PATH" in result.output) == (command in READS_A_CHECKPOINT)
     if command in READS_A_CHECKPOINT or command == "convert":
-        for option in ("--dilation <str>", "--dataset <str>", "--align-corners / --no-align-corners"):
+        for option in ("--dilation PATTERN", "--dataset NAME", "--align-corners / --no-align-corners"):
             assert option in result.output
 
 
@@ -487,7 +487,7 @@ def test_info_of_the_embedded_default_shows_its_model_card(tmp_path, monkeypatch
 @pytest.mark.parametrize("args, fragment", [
     (["--device", "tpu"], "unknown device"),
     (["--crop", "288"], "--crop '288' is not H,W"),
-    (["--class-weights", "inverse", "--max-steps", "1"], "class weights must be"),
+    (["--class-weights", "inverse", "--max-steps", "1"], "class_weights must be"),
 ])
 def test_train_bad_options_are_one_error_line(tmp_path, args, fragment):
     data = make_camvid_like(tmp_path / "data")

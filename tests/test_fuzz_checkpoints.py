@@ -265,6 +265,7 @@ def test_container_magic_followed_by_junk(magic, tail, name):
     check_contract(magic + tail, name)
 
 
+@pytest.mark.slow       # 60 whole-model loads (pickles via the sandbox): 3-7 s on two busy cores
 @FUZZ
 @given(mutated_seed(), st.sampled_from(["bytes", "path"]))
 def test_mutated_real_checkpoints(seed, via):
@@ -272,6 +273,7 @@ def test_mutated_real_checkpoints(seed, via):
     check_contract(data, name, via)
 
 
+@pytest.mark.slow       # 60 whole-model loads (pickles via the sandbox): 3-7 s on two busy cores
 @FUZZ
 @given(rewritten_safetensors(), st.sampled_from(["bytes", "path"]))
 def test_rewritten_safetensors_headers(seed, via):
@@ -279,6 +281,7 @@ def test_rewritten_safetensors_headers(seed, via):
     check_contract(data, name, via)
 
 
+@pytest.mark.slow       # 60 whole-model loads (pickles via the sandbox): 3-7 s on two busy cores
 @FUZZ
 @given(zip_with_mutated_pickle())
 def test_torch_zip_with_mutated_pickle(seed):

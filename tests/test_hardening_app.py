@@ -1,12 +1,13 @@
 """Hardening of the Streamlit app (AppTest): bursts of clicks, files on disk, upload limits.
 
-* 120 simulated clicks (each through ``danet.session.apply_click``, what the image's on_click
+* 120 simulated clicks (each through ``danet_app.state.apply_click``, what the image's on_click
   callback calls, then a rerun) run the network once in all, keep at most ``MAX_POINTS`` rows per
   session, keep no old run of the page alive, and leave the process RSS (after ``malloc_trim``)
   flat after a warm-up.
 * Uploading checkpoints (safetensors and a torch pickle), an image and a label map, clicking and
   visiting every page writes nothing outside the system temp dir, nothing in the working
-  directory or the repository, and the temp copy of each uploaded checkpoint is gone afterwards.
+  directory or the repository, and no copy of an uploaded checkpoint anywhere (``danet.load``
+  reads uploads from memory).
   Writes are seen through a Python audit hook (``sys.addaudithook``: every ``open`` for writing,
   rename, mkdir, remove), cross-checked by a snapshot of the repository and the working directory.
 * ``.streamlit/config.toml`` bounds uploads, and Streamlit reads the bound from it.
@@ -31,14 +32,16 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from danet.checkpoints import save_model
-from danet.checkpoints.meta import ModelMeta
-from danet.data.palettes import CAMVID
+from conftest import save_tiny
 from danet.models import create_model
-from danet.session import FORWARDS, MAX_POINTS, apply_click
+from danet_app.state import FORWARDS, MAX_POINTS, apply_click
+
+pytestmark = pytest.mark.app
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
+INSPECTOR, CHANNELS, MODEL = "app_pages/inspector.py", "app_pages/channels.py", "app_pages/model.py"
+SCRIPTS = {APP, str(ROOT / INSPECTOR)}     # the entrypoint and the page that holds the clicks
 TIMEOUT = 180
 CROP = (96, 128)                        # (H, W) of the uploaded image
 SHOWN_WIDTH = 610                       # the click image's displayed width in a wide layout
@@ -46,24 +49,13 @@ SHOWN_WIDTH = 610                       # the click image's displayed width in a
 
 # ---- inputs -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    model = create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16).eval()
-    with torch.no_grad():
-        model.head.pam.alpha.fill_(0.5)
-        model.head.cam.beta.fill_(0.5)
-    return model
-
-
-@pytest.fixture(scope="module")
-def uploads(tiny_model, tmp_path_factory) -> dict[str, bytes]:
+def uploads(tiny_camvid_model, tmp_path_factory) -> dict[str, bytes]:
     """Upload payloads: our .safetensors, the same weights as a torch.save .pth, an image, labels."""
-    folder = tmp_path_factory.mktemp("uploads")
-    path = folder / "hardening_tiny.safetensors"
-    save_model(tiny_model, ModelMeta(config=tiny_model.config, dataset=CAMVID), path, dtype=torch.float16)
+    path = save_tiny(tiny_camvid_model, tmp_path_factory.mktemp("uploads") / "hardening_tiny.safetensors",
+                     dtype=torch.float16)
     buffer = io.BytesIO()
     torch.save({"state_dict": {k: v.half() if v.is_floating_point() else v
-                               for k, v in tiny_model.state_dict().items()}}, buffer)
+                               for k, v in tiny_camvid_model.state_dict().items()}}, buffer)
     rng = np.random.default_rng(3)
     return {"hardening_tiny.safetensors": path.read_bytes(), "hardening_tiny.pth": buffer.getvalue(),
             "hardening_crop.png": png(rng.integers(0, 256, (*CROP, 3), dtype=np.uint8)),
@@ -111,20 +103,23 @@ def rss_mb(trim: bool = True) -> float:
 
 
 # ---- clicks -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_burst_of_clicks_runs_the_network_once_and_keeps_memory_flat(uploads):
     st.cache_resource.clear()
     gc.collect()
-    # runs of app.py that earlier tests in this process still hold are not this test's concern
-    earlier_namespaces = {id(o) for o in gc.get_objects() if type(o) is dict and o.get("__file__") == APP}
+    # runs of the app that earlier tests in this process still hold are not this test's concern
+    earlier_namespaces = {id(o) for o in gc.get_objects() if type(o) is dict and o.get("__file__") in SCRIPTS}
     before = FORWARDS.total
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    # the state the sidebar keeps after an upload, set before the first run: the only forward
-    # is then (tiny model, crop), not also the default model on a sample first
-    at.session_state["kept_widgets"] = {"model_source": "Upload a checkpoint", "image_source": "Upload an image"}
-    at.session_state["kept_uploads"] = {
-        "checkpoint_upload": ("hardening_tiny.safetensors", uploads["hardening_tiny.safetensors"]),
-        "image_upload": ("hardening_crop.png", uploads["hardening_crop.png"])}
+    # both sources on "upload" before the first run: the only forward is then (tiny model, crop),
+    # not also the default model on a sample first
+    at.session_state["model_source"] = "Upload a checkpoint"
+    at.session_state["image_source"] = "Upload an image"
     at.run()
+    at.sidebar.file_uploader(key="checkpoint_upload").set_value(
+        ("hardening_tiny.safetensors", uploads["hardening_tiny.safetensors"], "application/octet-stream")).run()
+    at.sidebar.file_uploader(key="image_upload").set_value(
+        ("hardening_crop.png", uploads["hardening_crop.png"], "image/png")).run()
     assert not at.exception and errors(at) == []
     assert "(just now)" in at.caption[0].value and FORWARDS.total - before == 1
 
@@ -148,12 +143,14 @@ def test_a_burst_of_clicks_runs_the_network_once_and_keeps_memory_flat(uploads):
     assert FORWARDS.total - before == 1, "clicks must never rerun the network"
     assert "(cached)" in at.caption[0].value
     assert f"forward passes: **{FORWARDS.total}**" in " ".join(m.value for m in at.sidebar.markdown)
-    # a callback defined in app.py and kept by Streamlit for every per-point "Remove" button held
-    # that run's whole namespace (image, overlays, heatmaps) alive: about 0.8 MB per click here
+    # a callback defined in the page script and kept by Streamlit for every per-point "Remove" button
+    # held that run's whole namespace (image, overlays, heatmaps) alive: about 0.8 MB per click here
     gc.collect()
     namespaces = [o for o in gc.get_objects()
-                  if type(o) is dict and o.get("__file__") == APP and id(o) not in earlier_namespaces]
-    assert len(namespaces) <= 2, f"{len(namespaces)} runs of app.py are still held in memory"
+                  if type(o) is dict and o.get("__file__") in SCRIPTS and id(o) not in earlier_namespaces]
+    for script in SCRIPTS:
+        held = sum(o["__file__"] == script for o in namespaces)
+        assert held <= 2, f"{held} runs of {Path(script).name} are still held in memory"
     growth = end_rss - start_rss
     print(f"\nRSS after 20 warm-up clicks {start_rss:.1f} MB, after 100 more {end_rss:.1f} MB: "
           f"growth {growth:+.1f} MB (untrimmed {start_raw:.1f} -> {end_raw:.1f} MB)")
@@ -256,17 +253,18 @@ def run_every_flow(uploads: dict[str, bytes]) -> None:
         assert len(point_cards(at)) == 3
         at.slider(key="attention_opacity").set_value(0.3).run()
         at.radio(key="attention_mode").set_value("nearest").run()
-        at.switch_page("pages/1_Channel_attention.py").run()
+        at.switch_page(CHANNELS).run()
         at.toggle(key="cam_cluster").set_value(True).run()
-        at.switch_page("pages/2_Model_details.py").run()
+        at.switch_page(MODEL).run()
         assert not at.exception and errors(at) == []
-        at.switch_page("app.py").run()
+        at.switch_page(INSPECTOR).run()
         at.session_state["points"] = []
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(
         ("broken.pth", uploads["hardening_tiny.pth"][:5000], "application/octet-stream")).run()
     assert not at.exception and any("Could not load `broken.pth`" in e for e in errors(at))
 
 
+@pytest.mark.slow
 def test_the_app_writes_nothing_outside_the_temp_dir(uploads, tmp_path, monkeypatch):
     global _recorder
     st.cache_resource.clear()                      # so the uploads really go through the loader
@@ -307,10 +305,9 @@ def test_the_app_writes_nothing_outside_the_temp_dir(uploads, tmp_path, monkeypa
             with path.open("rb") as handle:
                 assert handle.read(256) not in payload_heads, f"{relative} holds an uploaded file"
 
-    # each checkpoint upload went through a private temp dir, which is removed again
-    copies = sorted(p for event, p in writes if event == "open" and Path(p).parent.name.startswith("danet-upload-"))
-    assert len(copies) == 3, copies                 # .safetensors, .pth and the broken .pth
-    assert [Path(p).suffix for p in copies].count(".pth") == 2
+    # uploads are read from memory: no file is written under an upload's name, none in a temp copy dir
+    copies = sorted(p for p in written if any(name in p for name in uploads) or "danet-upload-" in p)
+    assert copies == [], copies
     leftovers = [p for p in written if under(p, temp) and os.path.exists(p)
                  and not under(p, tmp_path)]         # tmp_path is pytest's, removed by pytest
     assert leftovers == [], f"temp files left behind: {leftovers}"

@@ -11,6 +11,7 @@ replaced. The drop of the predicted class's logit, z_c(full row) - z_c(without S
 * ``least``: S = the k least attended cells,
 
 for k = 1..``max_k``. ``auc`` is each curve's mean drop over k (area under the curve / max_k).
+For scale, ``pam_off_drop`` is the drop when PAM's whole term is removed at q (E'_q = A_q).
 
 Verdict (``RULE``): "no effect" when no curve moves the logit by ``effect_tol`` or more at any k;
 "faithful" when AUC_top >= 2 * AUC_random and AUC_top - AUC_random >= ``effect_tol``; otherwise
@@ -49,6 +50,14 @@ class Knockout:
     logits: dict[str, np.ndarray]   # strategy -> (k_max, K) logits (random: mean over draws)
     removed_mass: dict[str, np.ndarray]  # strategy -> (k_max,) attention mass the removed cells had
     effect_tol: float = EFFECT_TOL
+    pam_off_logits: np.ndarray | None = None   # (K,) logits at the cell with E_q = A_q (no PAM term there)
+
+    @property
+    def pam_off_drop(self) -> float:
+        """Drop of the predicted class's logit when PAM adds nothing at the cell: the scale of the curves."""
+        if self.pam_off_logits is None:
+            return float("nan")
+        return float(self.base_logits[self.predicted_class] - self.pam_off_logits[self.predicted_class])
 
     @property
     def auc(self) -> dict[str, float]:
@@ -76,7 +85,9 @@ class Knockout:
         auc = self.auc
         return {"row": self.cell[0], "col": self.cell[1], "predicted_class": self.predicted_class,
                 "auc_top": auc["top"], "auc_random": auc["random"], "auc_least": auc["least"],
-                "flip_k": self.flip_k, "verdict": self.verdict}
+                "drop_top_max_k": float(self.drops["top"][-1]), "removed_mass_top_max_k": float(
+                    self.removed_mass["top"][-1]) if "top" in self.removed_mass else float("nan"),
+                "pam_off_drop": self.pam_off_drop, "flip_k": self.flip_k, "verdict": self.verdict}
 
 
 def removal_masks(order: np.ndarray, ks: np.ndarray) -> torch.Tensor:
@@ -171,6 +182,7 @@ def knockout_curve(model, result, point: tuple[float, float] | None = None, *, c
     energy = local.energy()
     row = torch.softmax(energy, dim=-1).numpy().astype(np.float64)
     base = local.logits(local.centres(torch.zeros(1, n, dtype=torch.bool)))[0]
+    pam_off = local.logits(local.inputs_at[None])[0]
     predicted = int(base.argmax())
     orders = {"top": np.argsort(-row, kind="stable"), "least": np.argsort(row, kind="stable")}
     rng = np.random.default_rng(seed)
@@ -188,4 +200,5 @@ def knockout_curve(model, result, point: tuple[float, float] | None = None, *, c
     mass["random"] = np.mean([np.cumsum(row[order])[ks - 1] for order in random_orders], axis=0)
     return Knockout(cell=cell, output=output, predicted_class=predicted, base_logits=base.numpy(), ks=ks,
                     drops={name: drops[name] for name in STRATEGIES}, random_std=random_drops.std(0),
-                    logits=logits, removed_mass={name: mass[name] for name in STRATEGIES}, effect_tol=effect_tol)
+                    logits=logits, removed_mass={name: mass[name] for name in STRATEGIES}, effect_tol=effect_tol,
+                    pam_off_logits=pam_off.numpy())

@@ -11,7 +11,8 @@ mean row m = (1/S) sum_i a_i over the S measured queries:
   uniform is 1/N everywhere).
 
 All N cells are queries when N <= ``max_queries``; otherwise a seeded sample of ``max_queries``
-cells, and m is the sample's mean row. Two passes over the rows, O(block * N) memory each.
+cells, and m is the sample's mean row. Two passes over the rows, a block of queries at a time:
+O(block * N) memory, except that rows totalling at most 64 MiB are kept for the second pass.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from ..errors import InputError
 from .common import as_tensor, require, row_blocks
 
 MAX_QUERIES = 4096
+# The second pass reuses the first pass's rows when they take at most this much (the model's own
+# explicit PAM holds an N x N matrix this size); above it the rows are recomputed block by block.
+KEEP_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -77,15 +81,21 @@ def choose_queries(n: int, max_queries: int = MAX_QUERIES, seed: int = 0) -> tup
 
 
 def js_and_share(rows: torch.Tensor, mean_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """JS divergence in bits and sum(min) overlap of each of ``rows`` (B, N) with ``mean_row`` (N,)."""
+    """JS divergence in bits and sum(min) overlap of each of ``rows`` (B, N) with ``mean_row`` (N,).
+
+    JS = H(M) - (H(a) + H(m)) / 2 with M = (a + m) / 2, in one scratch buffer (x log x is taken
+    as 0 at x = 0 by clamping to the smallest normal number); ``rows`` is not modified.
+    """
+    tiny = torch.finfo(rows.dtype).tiny
+    mean_row = mean_row.to(rows.dtype)
     m = mean_row.unsqueeze(0)
-    mix = (rows + m) / 2
-    # xlogy(x, x / mix) is 0 where x = 0; mix is 0 only where x is 0 too.
-    safe_mix = mix.clamp_min(torch.finfo(mix.dtype).tiny)
-    kl_row = torch.xlogy(rows, rows / safe_mix).sum(1)
-    kl_mean = torch.xlogy(m, m / safe_mix).sum(1)
-    js = (0.5 * (kl_row + kl_mean) / math.log(2)).clamp(0.0, 1.0)
-    share = torch.minimum(rows, m).sum(1).clamp(0.0, 1.0)
+    m_log_m = float((mean_row * mean_row.clamp_min(tiny).log()).sum())
+    scratch = rows.clamp_min(tiny).log_()
+    a_log_a = scratch.mul_(rows).sum(1)
+    mix = torch.add(rows, m, out=scratch).mul_(0.5).clamp_min_(tiny)
+    mix_log_mix = mix.log().mul_(mix).sum(1)
+    js = ((0.5 * (a_log_a + m_log_m) - mix_log_mix) / math.log(2)).clamp_(0.0, 1.0)
+    share = torch.minimum(rows, m, out=scratch).sum(1).clamp_(0.0, 1.0)
     return js, share
 
 
@@ -100,12 +110,16 @@ def specificity_from_qk(query, key, grid_size: tuple[int, int], *, max_queries: 
     chosen, sampled = choose_queries(n, max_queries, seed)
     index = None if not sampled else torch.from_numpy(chosen)
     total = torch.zeros(n, dtype=torch.float64)
-    for _, _, rows in row_blocks(query, key, index):
-        total += rows.sum(0, dtype=torch.float64)
+    keep = len(chosen) * n * 4 <= KEEP_BYTES
+    kept = []
+    for block in row_blocks(query, key, index):
+        total += block[2].sum(0).double()
+        if keep:
+            kept.append(block)
     mean_row = (total / len(chosen)).float()
     js = torch.empty(len(chosen))
     share = torch.empty(len(chosen))
-    for start, stop, rows in row_blocks(query, key, index):
+    for start, stop, rows in (kept if keep else row_blocks(query, key, index)):
         js[start:stop], share[start:stop] = js_and_share(rows, mean_row)
     return Specificity(queries=chosen, js_bits=js.numpy(), mean_row_share=share.numpy(),
                        sinks=mean_row.reshape(grid_size).numpy(), sampled=sampled)

@@ -5,8 +5,9 @@ it hash quadratically for minutes or allocate whatever it names (``bytearray(2_0
 a zip entry that inflates to gigabytes). In a Streamlit server that takes every session down.
 So every pickle is unpickled in a child process that:
 
-* is forked from a ``forkserver`` (started once by exec, with this module preloaded), never
-  forked from the threaded server itself, and starts in ~0.1 s instead of re-importing torch;
+* is forked from a small fork server (``python -m danet.checkpoints.sandbox``, started once by
+  exec, never a fork of the threaded server itself; ``multiprocessing``'s forkserver would re-run
+  the caller's ``__main__`` in every child), so it starts in milliseconds without re-importing torch;
 * sets its own limits with ``resource.setrlimit`` before touching the file: address space
   (``RLIMIT_AS``: what it had after importing torch plus ``memory_mb``), CPU seconds
   (``RLIMIT_CPU``), output file size, no core dumps; the parent adds a wall-clock limit and
@@ -452,8 +453,10 @@ def _write_tensors(path: str, state: dict) -> None:
         handle.write(len(text).to_bytes(8, "little"))
         handle.write(text)
         for tensor in state.values():
-            flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-            handle.write(memoryview(flat.numpy()))
+            flat = tensor.detach().reshape(-1)
+            if flat.stride(0) != 1:          # a view (stride 0, transposed...): materialised now, bounded above
+                flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
+            handle.write(memoryview(flat.view(torch.uint8).numpy()))
             del flat
 
 

@@ -90,12 +90,11 @@ def card_rows(card: ModelCard) -> list[tuple[str, str]]:
         ("model card", card.name + (f" (builder {card.builder})" if card.builder else "")),
         ("val mIoU", f"{metrics.get('val_miou')} % (pixel accuracy {metrics.get('val_pixel_accuracy')} %)"),
         ("per-class val IoU", ", ".join(f"{k} {v}" for k, v in card.per_class_iou.items())),
-        ("card classes", f"{card.dataset}: {', '.join(card.classes)}"
-         + (f" (label {card.ignore_index} ignored)" if card.ignore_index is not None else "")),
+        ("void label", card.ignore_index),
         ("training data", card.training_data),
         ("trained with", card.training_command),
         ("evaluated with", card.evaluated_with),
         ("note", card.note),
         ("licence", card.licence),
     ]
-    return [(key, value) for key, value in rows if value]
+    return [(key, value) for key, value in rows if value not in (None, "")]

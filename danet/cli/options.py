@@ -22,20 +22,20 @@ from .errors import fail, warn
 FROM_FILE = "default: what the file records, else its layout's"
 
 Checkpoint = Annotated[Optional[Path], typer.Option(
-    "--checkpoint", show_default=False,
+    "--checkpoint", metavar="PATH", show_default=False,
     help="checkpoint in any supported layout (.safetensors, .pth, .pth.tar, .pt); default: the embedded CamVid model")]
 Dilation = Annotated[Optional[str], typer.Option(
-    "--dilation", show_default=False,
-    help=f"ResNet layer4 dilations ({', '.join(DILATIONS)}; or {', '.join(sorted(DILATION_ALIASES))}); "
-         f"output stride for timm backbones; {FROM_FILE}")]
+    "--dilation", metavar="PATTERN", show_default=False,
+    help=f"ResNet layer4 dilations ({', '.join(DILATIONS)}, or {', '.join(sorted(DILATION_ALIASES))}); "
+         f"for timm backbones only the output stride counts; {FROM_FILE}")]
 Dataset = Annotated[Optional[str], typer.Option(
-    "--dataset", show_default=False,
+    "--dataset", metavar="NAME", show_default=False,
     help=f"label set ({', '.join(DATASETS)}); default: what the file records, else guessed from the class count")]
 AlignCorners = Annotated[Optional[bool], typer.Option(
     "--align-corners/--no-align-corners", show_default=False,
     help=f"bilinear upsampling mode; {FROM_FILE}")]
 Device = Annotated[str, typer.Option(
-    "--device", help="auto (CUDA when available) | cpu | cuda[:N]")]
+    "--device", metavar="DEVICE", help="auto (CUDA when available) | cpu | cuda[:N]")]
 
 
 def load_chosen(checkpoint: Path | None, *, device: str = "auto", dilation: str | None = None,

@@ -9,6 +9,12 @@ Rules (each has a test in ``tests/test_images.py``):
 * only common raster formats are opened (``ALLOWED_FORMATS``): no EPS/PDF/ghostscript paths;
 * anything that declares more than ``max_decode_pixels`` is refused before it is decoded
   (decompression bombs), and PIL's own bomb warning is an error here, never a silent pass;
+* decode time is bounded too: a JPEG whose scans times pixels exceed ``MAX_JPEG_SCAN_PIXELS``
+  (a progressive file with thousands of repeated scans) is refused before decoding;
+* paths must be regular files no larger than ``MAX_FILE_BYTES`` (a FIFO or a link to
+  ``/dev/zero`` is refused without blocking or reading);
+* no process-wide lock or warning state is touched: PIL's warnings are captured per thread,
+  so one session's slow file never blocks another's;
 * 16-bit greyscale is scaled to 8 bits (value / 257), not clipped as ``PIL.convert`` does;
 * transparent pixels are composited on white; CMYK, palette and greyscale become RGB;
 * animated/multi-page files use their first frame; EXIF orientation is applied;
@@ -21,6 +27,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import stat
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +46,11 @@ MIN_SIDE = 32                              # short side after loading (output st
 MAX_ASPECT = 64                            # longest side / shortest side
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
 BACKGROUND = (255, 255, 255)               # what transparent pixels are shown on
+MAX_FILE_BYTES = 600 << 20                 # an uncompressed 64 MP 16-bit RGBA TIFF is 512 MiB
+MAX_JPEG_SCAN_PIXELS = 1 << 31
+"""Scans x declared pixels a JPEG may ask to decode. Progressive decoding revisits every block
+once per scan (measured: ~2 ns per pixel per scan, so this is ~4 s); encoders write about 10
+scans (64 MP x 10 = 0.67 G fits), a crafted file repeats one thousands of times."""
 
 # Magic numbers of files people often upload by mistake, to name them in the error message.
 _KNOWN_NON_IMAGES = ((b"%PDF", "a PDF document"), (b"<svg", "an SVG drawing"),
@@ -46,11 +60,51 @@ _HEIF_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif")
 _IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"),
                 (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
-# ``warnings.catch_warnings`` swaps process-wide state; one decode at a time keeps it consistent
-# when several app sessions (threads) upload at once.
-_DECODE_LOCK = threading.Lock()
 
 
+class _ThreadWarnings:
+    """Stands in for the ``warnings`` module inside PIL's modules: a thread that is decoding
+    (inside ``pil_guard``) gets PIL's warnings as a list; every other caller is passed through.
+
+    ``warnings.catch_warnings`` would swap process-wide state and so needs a lock held across
+    the whole decode, which lets one session's slow file block every other session.
+    """
+
+    def __init__(self, real):
+        self._real = real
+        self.local = threading.local()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def warn(self, message, category=None, stacklevel=1, source=None, **kwargs):
+        sink = getattr(self.local, "sink", None)
+        if sink is None:
+            return self._real.warn(message, category, stacklevel + 1, source, **kwargs)
+        category = type(message) if isinstance(message, Warning) else (category or UserWarning)
+        if issubclass(category, Image.DecompressionBombWarning):
+            raise Image.DecompressionBombWarning(str(message))
+        sink.append(str(message))
+        return None
+
+
+_CAPTURE = _ThreadWarnings(warnings)
+_INSTALL_LOCK = threading.Lock()
+_installed = False
+
+
+def _install_capture() -> None:
+    """Point every loaded PIL module's ``warnings`` at ``_CAPTURE`` (once; plugins loaded first)."""
+    global _installed
+    if _installed:
+        return
+    with _INSTALL_LOCK:
+        if not _installed:
+            Image.init()
+            for name, module in list(sys.modules.items()):
+                if (name == "PIL" or name.startswith("PIL.")) and getattr(module, "warnings", None) is warnings:
+                    module.warnings = _CAPTURE
+            _installed = True
 
 
 @dataclass
@@ -67,21 +121,53 @@ class LoadedImage:
 
 
 # ---- reading and decoding (shared with danet.data.labels) ------------------------------------
+def _read_path(path: Path, error) -> bytes:
+    """A regular file's bytes; FIFOs and devices are refused without blocking, big files unread.
+
+    ``O_NONBLOCK`` keeps opening a FIFO from waiting for a writer; the type and size are checked
+    on the opened descriptor, so the path cannot be swapped after the check.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise error(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder, not an image file") from None
+    except OSError as exc:
+        raise error(f"{path} could not be read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{path} is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path} is not a regular file (a pipe, socket or device); save the image to a file first")
+        if info.st_size > MAX_FILE_BYTES:
+            raise error(f"{path.name} is {info.st_size / 2**20:.0f} MB, more than the "
+                        f"{MAX_FILE_BYTES / 2**20:.0f} MB danet-lens reads")
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 24, MAX_FILE_BYTES + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_FILE_BYTES:
+                raise error(f"{path.name} grew past {MAX_FILE_BYTES / 2**20:.0f} MB while it was read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise error(f"{path} could not be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
 def read_source(source: bytes | bytearray | memoryview | str | Path, error=ImageLoadError) -> tuple[str, bytes]:
     """(name for messages, bytes) of a path or an in-memory upload; empty or missing -> ``error``."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = path.name
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise error(f"{path} does not exist") from None
-        except IsADirectoryError:
-            raise error(f"{path} is a folder, not an image file") from None
-        except OSError as exc:
-            raise error(f"{path} could not be read: {exc.strerror or exc}") from None
+        data = _read_path(path, error)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         name, data = "the upload", bytes(source)
+        if len(data) > MAX_FILE_BYTES:
+            raise error(f"{name} is {len(data) / 2**20:.0f} MB, more than the {MAX_FILE_BYTES / 2**20:.0f} MB "
+                        "danet-lens reads")
     else:
         raise TypeError(f"expected bytes or a path, got {type(source).__name__}")
     if not data:
@@ -118,18 +204,35 @@ def _bomb_message(name: str, width: int, height: int, limit: int) -> str:
 
 @contextlib.contextmanager
 def pil_guard(notices: list[str]):
-    """One PIL call at a time with its warnings captured: bomb warnings raise, others become notices.
+    """PIL's warnings in this thread captured: bomb warnings raise, others become notices.
 
-    ``warnings.catch_warnings`` swaps process-wide state, hence the lock (app sessions are threads).
+    Per thread, without a lock: other threads decode (and warn) at the same time unaffected.
     """
-    with _DECODE_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    _install_capture()
+    previous = getattr(_CAPTURE.local, "sink", None)
+    caught: list[str] = []
+    _CAPTURE.local.sink = caught
+    try:
         yield
-    for warning in caught:
-        message = f"the file is slightly damaged; the decoder said: {str(warning.message).strip()}"
+    finally:
+        _CAPTURE.local.sink = previous
+    for text in caught:
+        message = f"the file is slightly damaged; the decoder said: {text.strip()}"
         if message not in notices:
             notices.append(message)
+
+
+def _check_jpeg_scans(data: bytes, name: str, width: int, height: int, error) -> None:
+    """Refuse a JPEG whose scans would take too long to decode (each scan revisits every block).
+
+    Counts SOS markers (``FF DA``): entropy-coded data never contains that pair (``FF`` is
+    followed by ``00`` there), so the count is exact but for embedded thumbnails, which add one each.
+    """
+    scans = data.count(b"\xff\xda")
+    if scans * width * height > MAX_JPEG_SCAN_PIXELS:
+        raise error(f"{name} is a JPEG with {scans:,} scans over {width}x{height} pixels, which would take too long "
+                    f"to decode (danet-lens allows {MAX_JPEG_SCAN_PIXELS / (width * height):,.0f} at this size; "
+                    "ordinary progressive JPEGs have about 10); re-save it as a normal JPEG or PNG")
 
 
 def decode_first_frame(data: bytes, name: str, max_decode_pixels: int = MAX_DECODE_PIXELS,
@@ -151,6 +254,8 @@ def decode_first_frame(data: bytes, name: str, max_decode_pixels: int = MAX_DECO
                 raise error(_bomb_message(name, width, height, max_decode_pixels))
             if width < 1 or height < 1:
                 raise error(f"{name} declares an empty image ({width}x{height} pixels)")
+            if image.format in ("JPEG", "MPO"):
+                _check_jpeg_scans(data, name, width, height, error)
             frames = getattr(image, "n_frames", 1) if getattr(image, "is_animated", False) else 1
             image.seek(0)
             if draft_pixels and image.format in ("JPEG", "MPO") and width * height > draft_pixels:

@@ -1,0 +1,603 @@
+"""A hostile corpus, made here: every file ends as a ``DanetError`` with a one-line message, in time,
+without the calling process spending memory on it -- or, for the genuine neighbours, as a correct result.
+
+The corpus covers issue 16's findings: pickles that crash (deeply nested tuples), hang (a hash
+bomb) or allocate what they name (``bytearray(2_000_000_000)``, a zip entry inflating to 2 GB);
+metadata as a self-containing list, 100,000-deep JSON or overflowing numbers; tensors that are
+complex, sparse, integer, meta-device, nested, empty or a 10^6-class stride-0 view; a FIFO or a
+link to ``/dev/zero`` given as a path; a progressive JPEG with thousands of scans.
+
+``python tests/test_hostile.py`` prints the table of cases (outcome, seconds, peak RSS growth of
+the calling process) that docs/hardening.md quotes.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import io
+import json
+import os
+import pickle
+import re
+import struct
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_tiny_model, save_tiny  # noqa: E402
+
+import danet  # noqa: E402
+from danet.checkpoints import read as read_module  # noqa: E402
+from danet.checkpoints import sandbox  # noqa: E402
+from danet.checkpoints.layouts import OFFICIAL, to_foreign  # noqa: E402
+from danet.checkpoints.strict import build_empty  # noqa: E402
+from danet.data import images  # noqa: E402
+from danet.data.images import load_image, pil_guard  # noqa: E402
+from danet.errors import CheckpointError, DanetError, ImageLoadError, InputError  # noqa: E402
+from danet.memory import check_inspection_fits  # noqa: E402
+from danet.models import DANetConfig  # noqa: E402
+
+pytestmark = pytest.mark.fuzz
+PARENT_RSS_LIMIT_MB = 150      # what the calling process may grow by while refusing a hostile file
+
+
+# ---- the corpus generator ---------------------------------------------------------------------
+def torch_bytes(obj, legacy: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, _use_new_zipfile_serialization=not legacy)
+    return buffer.getvalue()
+
+
+def zip_with_pickle(pickled: bytes) -> bytes:
+    """A genuine torch zip whose ``data.pkl`` is ``pickled``."""
+    source = zipfile.ZipFile(io.BytesIO(torch_bytes({"x": 1})))
+    output = io.BytesIO()
+    with zipfile.ZipFile(output, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, pickled if info.filename.endswith("data.pkl") else source.read(info))
+    return output.getvalue()
+
+
+def legacy_with_pickle(pickled: bytes) -> bytes:
+    """torch's legacy format (magic, protocol, sys info, object, storage keys) around ``pickled``."""
+    head = b"".join(pickle.dumps(v, protocol=2) for v in (
+        0x1950A86A20F9469CFC6C, 1001,
+        {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+    return head + pickled + pickle.dumps([], protocol=2)
+
+
+def nested_tuple_pickle(depth: int = 1_000_000) -> bytes:
+    return b"\x80\x02)" + b"\x85" * depth + b"."            # EMPTY_TUPLE, then TUPLE1 ``depth`` times
+
+
+def hash_bomb_pickle(count: int = 60_000) -> bytes:
+    """A dict whose int keys all hash to 0 (multiples of 2**61 - 1): each insert compares with all before."""
+    prime = (1 << 61) - 1
+    keys = b"".join(b"\x8a\x0a" + (k * prime).to_bytes(10, "little", signed=True) + b"N" for k in range(1, count))
+    return b"\x80\x02}(" + keys + b"u."
+
+
+BYTEARRAY_PICKLE = b"\x80\x02c__builtin__\nbytearray\nJ\x00\x94\x35\x77\x85R."     # bytearray(2_000_000_000)
+
+
+@functools.cache
+def inflating_zip(n_bytes: int = 2_000_000_000) -> bytes:
+    """A ~2 MB torch zip whose one storage is a DEFLATE entry of ``n_bytes`` zeros."""
+    numel, marker = n_bytes // 4, object()
+
+    class Rebuild:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (marker, 0, (numel,), (1,), False, collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if obj is marker else None
+
+    pickled = io.BytesIO()
+    Pickler(pickled, protocol=2).dump({"state_dict": {"w": Rebuild()}})
+    source = zipfile.ZipFile(io.BytesIO(torch_bytes({"w": torch.zeros(1)})))
+    output = io.BytesIO()
+    with zipfile.ZipFile(output, "w") as target:
+        for info in source.infolist():
+            if info.filename.endswith("data.pkl"):
+                target.writestr(info.filename, pickled.getvalue())
+            elif "/data/" in info.filename:
+                entry = zipfile.ZipInfo(info.filename)
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                chunk = bytes(1 << 24)
+                with target.open(entry, "w", force_zip64=True) as handle:
+                    for _ in range(n_bytes // len(chunk)):
+                        handle.write(chunk)
+            else:
+                target.writestr(info, source.read(info))
+    return output.getvalue()
+
+
+def self_list(depth: int) -> list:
+    """A list holding the previous level twice, ``depth`` times: 2**depth values, shared."""
+    value: list = []
+    for _ in range(depth):
+        value = [value, value]
+    return value
+
+
+def mmseg_like(meta: dict) -> bytes:
+    return torch_bytes({"meta": meta, "state_dict": {"backbone.conv1.weight": torch.zeros(2, 3, 1, 1)}})
+
+
+@functools.cache
+def tiny_safetensors() -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return save_tiny(make_tiny_model(3), Path(folder) / "tiny.safetensors").read_bytes()
+
+
+def split_safetensors(data: bytes) -> tuple[dict, bytes]:
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def join_safetensors(header: dict | str, body: bytes, pad_to: int | None = None) -> bytes:
+    text = (header if isinstance(header, str) else json.dumps(header)).encode()
+    text += b" " * ((-len(text) % 8) if pad_to is None else pad_to - len(text))
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def with_metadata(key: str, raw_value: str) -> bytes:
+    """The tiny safetensors with one metadata string (or config field, ``config.x``) replaced by raw JSON text."""
+    header, body = split_safetensors(tiny_safetensors())
+    if key.startswith("config."):
+        config = header["__metadata__"]["config"]
+        field = key[len("config."):]
+        header["__metadata__"]["config"] = re.sub(rf'"{field}": [^,}}]+', f'"{field}": {raw_value}', config)
+    else:
+        header["__metadata__"][key] = raw_value
+    return join_safetensors(header, body)
+
+
+def official_stride0(num_classes: int) -> bytes:
+    """An official-layout (junfu1115) ResNet-18 DANet whose every tensor is a stride-0 view of one
+    number: a file of a few tens of KB that declares ``num_classes`` classes."""
+    model = build_empty(DANetConfig(num_classes=num_classes, backbone="resnet18", stem="7x7"))
+    state = {to_foreign(OFFICIAL, "conv1+bn1", key): torch.zeros(()).expand(value.shape)
+             for key, value in model.state_dict().items() if not key.endswith("num_batches_tracked")}
+    return torch_bytes({"state_dict": state})
+
+
+def progressive_jpeg(scans: int, size: int = 1024) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has ``scans`` scans."""
+    pixels = np.random.default_rng(0).integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.repeat(8, 0).repeat(8, 1)).save(buffer, "JPEG", progressive=True, quality=80)
+    data = buffer.getvalue()
+    last = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last:-2] * max(0, scans - data.count(b"\xff\xda")) + data[-2:]
+
+
+# ---- measuring a case -------------------------------------------------------------------------
+def rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Largest RSS growth of this process while the block runs (sampled every 2 ms)."""
+
+    def __enter__(self):
+        self.start = self.peak = rss()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.002):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, rss())
+        self.delta_mb = (self.peak - self.start) / 2**20
+
+
+def measure(action) -> tuple[object, float, float]:
+    """(outcome: the value or the DanetError, seconds, peak RSS growth in MB)."""
+    with PeakRSS() as peak:
+        start = time.perf_counter()
+        try:
+            outcome = action()
+        except DanetError as error:
+            outcome = error
+        seconds = time.perf_counter() - start
+    return outcome, seconds, peak.delta_mb
+
+
+def load_bytes(data: bytes, name: str):
+    return lambda: danet.load(data, name=name, device="cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_sandbox():
+    """Start the fork server once, so each case's time is its own."""
+    read_module.read_checkpoint(danet.weights.default_weights_path(), isolate=True)
+
+
+@pytest.fixture
+def tight_limits(monkeypatch):
+    monkeypatch.setattr(sandbox, "CPU_LIMIT_S", 3)
+    monkeypatch.setattr(sandbox, "WALL_LIMIT_S", 30)
+
+
+# name -> (make the action, expected error, message pattern, seconds allowed)
+CHECKPOINT_CASES = {
+    "nested tuple pickle, 10^6 deep (zip)": (lambda: load_bytes(zip_with_pickle(nested_tuple_pickle()), "deep.pth"),
+                                            CheckpointError, r"holds a tuple|could not be read safely", 60),
+    "hash-bomb pickle, 60k colliding keys": (lambda: load_bytes(zip_with_pickle(hash_bomb_pickle()), "bomb.pth"),
+                                             CheckpointError, r"could not be read safely \((used more than 3 s of CPU|took)", 40),
+    "32-byte pickle: bytearray(2e9), zip": (lambda: load_bytes(zip_with_pickle(BYTEARRAY_PICKLE), "ba.pth"),
+                                            CheckpointError, r"could not be read safely \(needed more than \d+ MB", 20),
+    "32-byte pickle: bytearray(2e9), legacy": (lambda: load_bytes(legacy_with_pickle(BYTEARRAY_PICKLE), "ba.pth"),
+                                               CheckpointError, r"could not be read safely \(needed more than \d+ MB", 20),
+    "torch zip inflating to 2 GB": (lambda: load_bytes(inflating_zip(), "inflate.pth"),
+                                    CheckpointError, r"could not be read safely \(needed more than \d+ MB", 30),
+    "mmseg meta: self-containing list, 40 deep": (lambda: load_bytes(mmseg_like({"CLASSES": self_list(40)}), "m.pth"),
+                                                  CheckpointError, r"nested more than 32 levels", 20),
+    "mmseg meta: shared list graph, 2^25 values": (
+        lambda: load_bytes(mmseg_like({"mmseg_version": self_list(25)}), "m.pth"),
+        CheckpointError, r"larger than danet-lens reads", 20),
+    "safetensors: classes JSON 100,000 deep": (
+        lambda: load_bytes(with_metadata("classes", "[" * 100_000 + "]" * 100_000), "t.safetensors"),
+        CheckpointError, r"metadata that cannot be read \(classes nests", 20),
+    "safetensors: header JSON 100,000 deep": (
+        lambda: load_bytes(join_safetensors('{"a":' + "[" * 100_000 + "]" * 100_000 + "}", b""), "t.safetensors"),
+        CheckpointError, r"not a valid safetensors file: its header nests", 20),
+    "safetensors: num_classes 1e400": (lambda: load_bytes(with_metadata("config.num_classes", "1e400"), "t.safetensors"),
+                                       CheckpointError, r"metadata that cannot be read", 20),
+    "safetensors: palette value 1e400": (lambda: load_bytes(with_metadata("palette", "[[1e400, 0, 0]]" ), "t.safetensors"),
+                                         CheckpointError, r"metadata that cannot be read", 20),
+    "safetensors: mean 10^400 (int)": (lambda: load_bytes(with_metadata("mean", "[1" + "0" * 400 + ", 0, 0]"),
+                                                          "t.safetensors"),
+                                       CheckpointError, r"metadata that cannot be read", 20),
+    "safetensors: 5,000-digit head width": (
+        lambda: load_bytes(with_metadata("config.head_channels", "9" * 5000), "t.safetensors"),
+        CheckpointError, r"metadata that cannot be read", 20),
+    "safetensors: class name of 200,000 chars": (
+        lambda: load_bytes(with_metadata("classes", json.dumps(["x" * 200_000, "b", "c"])), "t.safetensors"),
+        CheckpointError, r"class name longer than", 20),
+    "safetensors: I16 tensor": (lambda: load_bytes(_retyped("I16"), "t.safetensors"),
+                                CheckpointError, r"dtype I16", 20),
+    "safetensors: I64 weight": (lambda: load_bytes(_retyped("I64", elements=1), "t.safetensors"),
+                                CheckpointError, r"dtype I64", 20),
+    "safetensors: zero-size dim": (lambda: load_bytes(_zero_dim_safetensors(), "t.safetensors"),
+                                   CheckpointError, r"empty dimension", 20),
+    "safetensors: shapes that do not fit the classes": (lambda: load_bytes(_swapped_classifier(), "t.safetensors"),
+                                                        CheckpointError, r"do not fit", 20),
+    ".pth: complex tensor": (lambda: load_bytes(torch_bytes({"w": torch.zeros(3, dtype=torch.complex64)}), "c.pth"),
+                             CheckpointError, r"dtype complex64", 20),
+    ".pth: sparse tensor": (lambda: load_bytes(torch_bytes({"w": torch.eye(3).to_sparse()}), "s.pth"),
+                            CheckpointError, r"sparse_coo tensor", 20),
+    ".pth: int16 tensor": (lambda: load_bytes(torch_bytes({"w": torch.zeros(3, dtype=torch.int16)}), "i.pth"),
+                           CheckpointError, r"dtype int16", 20),
+    ".pth: int64 weight": (lambda: load_bytes(torch_bytes({"w": torch.zeros(3, dtype=torch.int64)}), "i.pth"),
+                           CheckpointError, r"dtype I64", 20),
+    ".pth: meta-device tensor": (lambda: load_bytes(torch_bytes({"w": torch.zeros(3, device="meta")}), "m.pth"),
+                                 CheckpointError, r"meta-device tensor", 20),
+    ".pth: nested tensor": (lambda: load_bytes(torch_bytes({"w": torch.nested.nested_tensor([torch.zeros(2),
+                                                                                               torch.zeros(3)])}),
+                                               "n.pth"),
+                            CheckpointError, r"nested tensor", 20),
+    ".pth: zero-size dim": (lambda: load_bytes(torch_bytes({"w": torch.zeros(3, 0)}), "z.pth"),
+                            CheckpointError, r"empty dimension", 20),
+    "official layout, 10^6 classes, stride-0": (lambda: load_bytes(official_stride0(1_000_000), "DANet101.pth.tar"),
+                                                CheckpointError, r"dimension above 16,384", 20),
+    "official layout, 12,000 classes, stride-0": (lambda: load_bytes(official_stride0(12_000), "DANet101.pth.tar"),
+                                                  CheckpointError, r"declares 12,000 classes", 30),
+}
+
+
+def _retyped(dtype: str, elements: int | None = None) -> bytes:
+    """The tiny file with ``head.pam.alpha`` (1 float) declared as ``dtype`` over the same bytes."""
+    header, body = split_safetensors(tiny_safetensors())
+    entry = header["head.pam.alpha"]
+    start, end = entry["data_offsets"]
+    width = {"I16": 2, "I64": 8}[dtype]
+    entry.update(dtype=dtype, shape=[(end - start) // width] if elements is None else [elements])
+    if elements is not None:
+        body = body + bytes(8)
+        entry["data_offsets"] = [len(body) - 8, len(body)]
+    return join_safetensors(header, body)
+
+
+def _zero_dim_safetensors() -> bytes:
+    header, body = split_safetensors(tiny_safetensors())
+    entry = header["head.pam.alpha"]
+    entry.update(shape=[0], data_offsets=[entry["data_offsets"][0]] * 2)
+    return join_safetensors(header, body)
+
+
+def _swapped_classifier() -> bytes:
+    header, body = split_safetensors(tiny_safetensors())
+    entry = header["head.fused_classifier.1.weight"]
+    entry["shape"] = [entry["shape"][1], entry["shape"][0]] + entry["shape"][2:]
+    return join_safetensors(header, body)
+
+
+SLOW = {"nested tuple pickle, 10^6 deep (zip)", "hash-bomb pickle, 60k colliding keys", "torch zip inflating to 2 GB"}
+
+
+def check_refusal(outcome, seconds, grew_mb, error_type, pattern, allowed):
+    assert isinstance(outcome, error_type), f"expected {error_type.__name__}, got {outcome!r}"
+    message = str(outcome)
+    assert message and "\n" not in message and "Traceback" not in message, message
+    assert re.search(pattern, message), message
+    assert seconds < allowed, f"took {seconds:.1f} s (allowed {allowed} s): {message}"
+    assert grew_mb < PARENT_RSS_LIMIT_MB, f"the calling process grew by {grew_mb:.0f} MB: {message}"
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("case", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+                                  for name in CHECKPOINT_CASES])
+def test_hostile_checkpoint_is_a_one_line_error(case, tight_limits):
+    make, error_type, pattern, allowed = CHECKPOINT_CASES[case]
+    action = make()
+    outcome, seconds, grew_mb = measure(action)
+    check_refusal(outcome, seconds, grew_mb, error_type, pattern, allowed)
+
+
+# ---- paths that are not regular files ---------------------------------------------------------
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "model.pth"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture
+def dev_zero_link(tmp_path) -> Path:
+    path = tmp_path / "model.pth"
+    path.symlink_to("/dev/zero")
+    return path
+
+
+def run_with_deadline(action, seconds: float):
+    """``measure(action)`` in a thread; a hang fails the test instead of blocking the session."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=measure(action)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    return box["result"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero_link"])
+@pytest.mark.parametrize("loader", ["checkpoint", "image", "label map"])
+def test_non_regular_paths_are_refused_without_blocking(kind, loader, request):
+    from danet.data.labels import load_label_map
+    from danet.errors import LabelMapError
+
+    path = request.getfixturevalue(kind)
+    action, error_type = {
+        "checkpoint": (lambda: danet.load(path, device="cpu"), CheckpointError),
+        "image": (lambda: load_image(path), ImageLoadError),
+        "label map": (lambda: load_label_map(path, (4, 4), 3, 255), LabelMapError),
+    }[loader]
+    outcome, seconds, grew_mb = run_with_deadline(action, 10)
+    check_refusal(outcome, seconds, grew_mb, error_type, r"not a regular file", 10)
+
+
+# ---- images -----------------------------------------------------------------------------------
+def test_progressive_jpeg_with_thousands_of_scans_is_refused_before_decoding():
+    data = progressive_jpeg(5_000)
+    outcome, seconds, grew_mb = measure(lambda: load_image(data))
+    check_refusal(outcome, seconds, grew_mb, ImageLoadError, r"JPEG with 5,000 scans over 1024x1024", 2)
+
+
+def test_ordinary_progressive_jpeg_still_loads():
+    loaded = load_image(progressive_jpeg(10), max_pixels=1024 * 1024)
+    assert loaded.size == (1024, 1024)
+
+
+def test_scan_budget_scales_with_pixels(monkeypatch):
+    """The rule is scans x pixels: a budget just under the file's product refuses it, just over loads it."""
+    data = progressive_jpeg(40, size=256)
+    product = data.count(b"\xff\xda") * 256 * 256
+    monkeypatch.setattr(images, "MAX_JPEG_SCAN_PIXELS", product - 1)
+    with pytest.raises(ImageLoadError, match="scans"):
+        load_image(data)
+    monkeypatch.setattr(images, "MAX_JPEG_SCAN_PIXELS", product)
+    assert load_image(data).size == (256, 256)
+
+
+def test_oversized_image_files_are_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 1000)
+    path = tmp_path / "big.png"
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    path.write_bytes(buffer.getvalue())
+    for source in (path, buffer.getvalue()):
+        with pytest.raises(ImageLoadError, match="more than the 0 MB"):
+            load_image(source)
+
+
+def test_a_slow_decode_in_one_thread_does_not_block_another():
+    """No process-wide lock: while one thread sits inside the decoder guard, another decodes freely."""
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_session():
+        with pil_guard([]):
+            inside.set()
+            release.wait(20)
+
+    blocker = threading.Thread(target=slow_session, daemon=True)
+    blocker.start()
+    assert inside.wait(5)
+    try:
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), (9, 8, 7)).save(buffer, "PNG")
+        result = run_with_deadline(lambda: load_image(buffer.getvalue()), 5)
+        assert result[0].array[0, 0].tolist() == [9, 8, 7]
+    finally:
+        release.set()
+        blocker.join()
+
+
+def test_warnings_are_captured_per_thread_only():
+    """A thread inside ``pil_guard`` does not swallow another thread's PIL warnings."""
+    import warnings
+
+    from PIL import TiffImagePlugin
+
+    inside, release = threading.Event(), threading.Event()
+    captured: list[str] = []
+
+    def guarded():
+        with pil_guard(captured):
+            inside.set()
+            release.wait(20)
+
+    thread = threading.Thread(target=guarded, daemon=True)
+    thread.start()
+    assert inside.wait(5)
+    try:
+        load_image(_tiny_png())        # installs the capture
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            TiffImagePlugin.warnings.warn("outside any guard")
+        assert [str(w.message) for w in seen] == ["outside any guard"]
+    finally:
+        release.set()
+        thread.join()
+    assert captured == []
+
+
+def _tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# ---- the child's own failures ----------------------------------------------------------------
+@pytest.mark.parametrize("target, args, limits, pattern", [
+    ("signal:raise_signal", [11], sandbox.Limits(512, 5, 20), r"crashed with signal 11 \(SIGSEGV\)"),
+    ("os:abort", [], sandbox.Limits(512, 5, 20), r"crashed with signal 6 \(SIGABRT\)"),
+    ("time:sleep", [60], sandbox.Limits(512, 5, 2), r"took longer than 2 s"),
+    ("builtins:bytearray", [2_000_000_000], sandbox.Limits(256, 5, 20), r"needed more than 256 MB"),
+], ids=["segfault", "abort", "hang", "memory"])
+def test_a_failing_child_is_one_line_error(target, args, limits, pattern, tmp_path):
+    outcome, seconds, grew_mb = measure(lambda: sandbox.run_limited(target, args, limits, "x.pth", str(tmp_path)))
+    check_refusal(outcome, seconds, grew_mb, CheckpointError, rf"x\.pth could not be read safely \({pattern}", 15)
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_another_load_proceeds_while_a_hostile_one_runs(tight_limits):
+    """The sandbox holds no lock: a good file loads while a hash bomb burns its child's CPU."""
+    bomb = zip_with_pickle(hash_bomb_pickle())
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(measure(load_bytes(bomb, "bomb.pth"))[0]), daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    start = time.perf_counter()
+    loaded = danet.load(tiny_safetensors(), name="tiny.safetensors", device="cpu")
+    pickled = danet.load(torch_bytes({"state_dict": loaded.model.state_dict(),
+                                      "danet_lens": loaded.meta.to_strings()}), name="tiny.pth", device="cpu")
+    elapsed = time.perf_counter() - start
+    thread.join(60)
+    assert pickled.meta.config == loaded.meta.config
+    assert elapsed < 10, elapsed
+    assert isinstance(errors[0], CheckpointError)
+
+
+# ---- genuine neighbours still load, identically ---------------------------------------------
+def outputs(loaded, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        result = loaded.model(x)
+    return torch.cat([t.flatten() for t in (result if isinstance(result, (tuple, list)) else (result,))])
+
+
+def test_a_normal_pickle_loads_through_the_sandbox_with_identical_outputs(tmp_path):
+    model = make_tiny_model(4)
+    path = save_tiny(model, tmp_path / "tiny.safetensors")
+    reference = danet.load(path, device="cpu")
+    for legacy in (False, True):
+        data = torch_bytes({"epoch": 3, "best_pred": np.float64(0.5), "optimizer": {"state": {0: torch.ones(3)}},
+                            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+                            "danet_lens": reference.meta.to_strings()}, legacy=legacy)
+        loaded = danet.load(data, name="tiny.pth", device="cpu")
+        assert loaded.meta.config == reference.meta.config and loaded.meta.classes == reference.meta.classes
+        assert torch.equal(outputs(loaded), outputs(reference))
+
+
+def test_mmseg_meta_survives_the_sandbox():
+    data = mmseg_like({"CLASSES": ("road", "sky"), "PALETTE": [[1, 2, 3], [4, 5, 6]], "seed": np.int64(3),
+                       "config": "model = dict(align_corners=False)", "big": 10 ** 30})
+    raw = read_module.read_checkpoint(data, "m.pth")
+    assert raw.obj["meta"] == {"CLASSES": ["road", "sky"], "PALETTE": [[1, 2, 3], [4, 5, 6]], "seed": 3,
+                               "config": "model = dict(align_corners=False)", "big": None}
+    assert list(raw.obj) == ["state_dict", "meta"]
+
+
+def test_the_shipped_model_gives_identical_outputs_isolated_or_not(monkeypatch):
+    reference = danet.load(device="cpu")
+    monkeypatch.setattr(sandbox, "ISOLATE_SAFETENSORS", True)
+    isolated = danet.load(device="cpu")
+    assert torch.equal(outputs(isolated), outputs(reference))
+
+
+def test_safetensors_header_length_128_mod_256_loads():
+    """About 1 file in 32 has a header length whose first byte is a pickle's 0x80: still safetensors."""
+    header, body = split_safetensors(tiny_safetensors())
+    text = json.dumps(header)
+    pad_to = len(text) + (-len(text) % 256) + 128
+    data = join_safetensors(header, body, pad_to=pad_to)
+    assert data[0] == 0x80
+    for name in ("tiny.safetensors", "tiny.bin"):
+        assert danet.load(data, name=name, device="cpu").meta.config.num_classes == 3
+
+
+# ---- memory known before it is spent ----------------------------------------------------------
+def test_inspection_memory_counts_logits_and_refuses_before_running(monkeypatch):
+    from danet import memory
+
+    config = make_tiny_model(3).config
+    estimate = check_inspection_fits(config, (64, 48))
+    assert estimate.outputs == 3 * 3 * 64 * 48 * 4
+    wide = DANetConfig(**{**config.to_dict(), "num_classes": 3000})
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 8 * 2**30)
+    with pytest.raises(InputError, match=r"1000x1000 image with 3,000 classes needs about .* GiB \(33\.5 GiB of it"):
+        check_inspection_fits(wide, (1000, 1000))
+
+
+# ---- the table for docs/hardening.md ----------------------------------------------------------
+def table() -> str:
+    import pytest as _pytest
+
+    patch = _pytest.MonkeyPatch()
+    patch.setattr(sandbox, "CPU_LIMIT_S", 3)
+    patch.setattr(sandbox, "WALL_LIMIT_S", 30)
+    read_module.read_checkpoint(danet.weights.default_weights_path(), isolate=True)
+    rows = ["| case | outcome | seconds | parent RSS growth (MB) |", "|---|---|---|---|"]
+    for name, (make, *_rest) in CHECKPOINT_CASES.items():
+        outcome, seconds, grew = measure(make())
+        rows.append(f"| {name} | {type(outcome).__name__}: {str(outcome)[:110]} | {seconds:.2f} | {grew:.0f} |")
+    data = progressive_jpeg(5_000)
+    outcome, seconds, grew = measure(lambda: load_image(data))
+    rows.append(f"| progressive JPEG, 5,000 scans | {type(outcome).__name__}: {str(outcome)[:110]} | {seconds:.2f} | "
+                f"{grew:.0f} |")
+    patch.undo()
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())
