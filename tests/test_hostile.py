@@ -499,6 +499,7 @@ def test_a_failing_child_is_one_line_error(target, args, limits, pattern, tmp_pa
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_another_load_proceeds_while_a_hostile_one_runs(tight_limits):
     """The sandbox holds no lock: a good file loads while a hash bomb burns its child's CPU."""
     bomb = zip_with_pickle(hash_bomb_pickle())
