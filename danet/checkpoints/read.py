@@ -363,4 +363,6 @@ def read_checkpoint(source: str | Path | bytes, name: str | None = None, *, isol
     isolate = sandbox.ISOLATE_SAFETENSORS if isolate is None else isolate
     if kind == "safetensors" and not isolate:
         return read_safetensors(data, path, name, size)
+    if not sandbox.SUPPORTED:
+        return read_in_process(data if data is not None else path, name, size, head)
     return sandbox.read_isolated(data if data is not None else path, name, size)

@@ -7,7 +7,6 @@ validates our own metadata (as untrusted as the weights) against sane bounds.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 
@@ -115,8 +114,8 @@ def _meta_problem(meta: ModelMeta) -> str | None:
         return f"ignore_index {ignore!r}"
     for name in ("mean", "std"):
         values = getattr(meta, name)
-        if len(values) != 3 or not all(type(v) in (int, float) and np.isfinite(v) for v in values):
-            return f"{name} {list(values)!r}"
+        if len(values) != 3 or not all(type(v) in (int, float) and abs(v) < 1e300 and np.isfinite(v) for v in values):
+            return f"{name} is not three finite numbers ({str(list(values))[:60]})"
     if not all(v > 0 for v in meta.std):
         return f"std {list(meta.std)!r}"
     if not isinstance(meta.extra, dict):

@@ -27,7 +27,6 @@ import importlib
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import tempfile
@@ -42,6 +41,11 @@ import torch
 from ..errors import CheckpointError
 from .load import OWN_META_KEY
 from .mapping import unwrap
+try:
+    import resource
+except ImportError:          # not POSIX: no rlimits, no fork; read_checkpoint then reads in-process
+    resource = None
+
 from .read import (DTYPE_NAMES, MAX_JSON_DEPTH, RawCheckpoint, bounded_json, check_tensor_set, open_regular,
                    read_in_process, read_safetensors, torch_tensor_problem)
 
@@ -80,6 +84,9 @@ MAX_META_CHARS = 4_000_000
 MAX_RESULT_BYTES = 64 << 20     # the child's metadata JSON, read back by the parent
 
 _EXIT_REFUSED, _EXIT_MEMORY, _EXIT_FAILED = 3, 4, 5
+SUPPORTED = resource is not None and hasattr(os, "fork")
+"""Where children can be forked and limited (Linux, macOS). Elsewhere pickles are read
+in-process with ``weights_only=True`` alone, as before this module existed."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class _ForkServer:
         self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                         close_fds=True, start_new_session=True)
+        self.owner = os.getpid()          # a forked copy of the caller must start its own server
         self.lock = threading.Lock()
         self.waiting: dict[int, list] = {}
         self.next_id = 0
@@ -175,7 +183,7 @@ SERVER_START_S = 120
 def _server() -> _ForkServer:
     global _SERVER
     with _SERVER_LOCK:
-        if _SERVER is None or not _SERVER.alive or _SERVER.process.poll() is not None:
+        if _SERVER is None or not _SERVER.alive or _SERVER.owner != os.getpid() or _SERVER.process.poll() is not None:
             _SERVER = _ForkServer()
             import atexit
 
@@ -236,7 +244,7 @@ def read_isolated(source: Path | bytes, name: str, size: int) -> RawCheckpoint:
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
                 handle.write(source)
         else:
-            path = str(source)
+            path = os.path.abspath(source)       # the server's working directory may differ
         code = run_limited(f"{__name__}:_read_child", [path, name, folder], limits, name, folder)
         if code == _EXIT_REFUSED:
             raise CheckpointError(_child_message(folder, f"{name} could not be read"))
@@ -278,10 +286,16 @@ def _confine(folder: str, limits: Limits) -> None:
     os.close(log)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     torch.set_num_threads(1)
-    with open("/proc/self/statm") as handle:          # address space in use now (torch mapped)
-        mapped = int(handle.read().split()[0]) * resource.getpagesize()
+    try:
+        with open("/proc/self/statm") as handle:          # address space in use now (torch mapped)
+            mapped = int(handle.read().split()[0]) * resource.getpagesize()
+    except OSError:                                       # no /proc (macOS): RSS is the best estimate
+        mapped = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cap = mapped + limits.memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    except (ValueError, OSError):                         # not settable here; CPU and wall limits still hold
+        pass
     cpu = max(1, math.ceil(limits.cpu_s))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))      # SIGXCPU at the soft limit
     output = limits.memory_mb * 2**20
@@ -469,7 +483,10 @@ def _read_child(path: str, name: str, folder: str) -> None:
     if raw.container == "safetensors":
         state = raw.obj
     else:
-        found = unwrap(raw.obj).wrapper.split(" ")[0].split("+")[-1]     # "meta+state_dict (module. prefix)"
+        try:
+            found = unwrap(raw.obj).wrapper.split(" ")[0].split("+")[-1]     # "meta+state_dict (module. prefix)"
+        except CheckpointError as error:
+            raise CheckpointError(f"{name}: {error}") from None
         wrapper = None if found == "bare" else found
         inner = raw.obj if wrapper is None else raw.obj[wrapper]
         state = {str(k): v for k, v in inner.items() if isinstance(v, torch.Tensor)}
