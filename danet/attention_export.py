@@ -37,8 +37,9 @@ class Query:
     used: list[tuple[float, float]]
 
 
-def read_query(image: str | Path, points: list[str | tuple[float, float]]) -> Query:
-    """Decode ``image`` and check ``points`` (``"X,Y"`` strings or pairs) against it."""
+def read_query(image: str | Path, points: list[str | tuple[float, float]], *, need_points: bool = True) -> Query:
+    """Decode ``image`` and check ``points`` (``"X,Y"`` strings or pairs) against it; with
+    ``need_points=False`` an empty list is allowed."""
     given = [parse_point(p) if isinstance(p, str) else (float(p[0]), float(p[1])) for p in points]
     path = Path(image)
     if not path.is_file():
@@ -48,7 +49,8 @@ def read_query(image: str | Path, points: list[str | tuple[float, float]]) -> Qu
     except ImageLoadError as error:
         message = str(error)
         raise ImageLoadError(message if path.name in message else f"{path.name}: {message}") from None
-    check_points(given, picture.original_size)
+    if given or need_points:
+        check_points(given, picture.original_size)
     scale_x = picture.size[0] / picture.original_size[0]
     scale_y = picture.size[1] / picture.original_size[1]
     used = [(min(x * scale_x, picture.size[0] - 1), min(y * scale_y, picture.size[1] - 1)) for x, y in given]

@@ -124,14 +124,16 @@ def cam_matrix_figure(matrix: np.ndarray, title: str = "CAM channel attention") 
 
 
 def attention_stats_figure(stats) -> Figure:
-    """Six panels over the per-class table of ``AttentionStats``: same-class mass vs chance, its
-    distribution, normalised entropy, attended distance vs uniform, and the module ablation."""
+    """Nine panels over the per-class table of ``AttentionStats``: same-class mass vs chance, its
+    distribution, normalised entropy, attended distance vs uniform, the module ablation (with the
+    pixels each variant changes), all queries' mass, lift over chance, specificity and PAM's
+    contribution per class."""
     summary = [row for row in stats.summary if row["class"] != "all"]
     names = [row["class"] for row in summary]
     queries = stats.queries
     with rc_context(PUBLICATION_RC):
-        fig = Figure(figsize=(13, 7.2), layout="constrained")
-        axes = fig.subplots(2, 3)
+        fig = Figure(figsize=(13, 10.8), layout="constrained")
+        axes = fig.subplots(3, 3)
         positions = np.arange(len(names))
 
         ax = axes[0, 0]
@@ -175,9 +177,10 @@ def attention_stats_figure(stats) -> Figure:
         for offset, column, label in ((-0.27, "miou_fused", "fused output"), (0.0, "miou_pam_output", "PAM output"),
                                       (0.27, "miou_cam_output", "CAM output")):
             ax.bar(spots + offset, [row[column] * 100 for row in stats.ablation], 0.27, label=label)
-        ax.set_xticks(spots, [v.replace(" (", "\n(") for v in variants], fontsize=7)
+        ticks = [row["variant"].replace(" (", "\n(") + _changed_note(row) for row in stats.ablation]
+        ax.set_xticks(spots, ticks, fontsize=7)
         ax.set_ylabel("mIoU %")
-        ax.set_title("Switching modules off (on a copy)")
+        ax.set_title("Switching modules off (head recomputed)")
         top = max((row[c] * 100 for row in stats.ablation for c in ("miou_fused", "miou_pam_output",
                                                                       "miou_cam_output")), default=1.0)
         ax.set_ylim(0, (top if np.isfinite(top) and top > 0 else 1.0) * 1.25)   # room for the legend
@@ -192,6 +195,100 @@ def attention_stats_figure(stats) -> Figure:
         ax.set_xlabel("same-class mass (ground truth)")
         ax.set_ylabel("queries")
         ax.set_title(f"All {mass.size} queries")
+        ax.legend(frameon=False, fontsize=7)
+
+        ax = axes[2, 0]
+        lifts = np.array([row.get("lift_gt", np.nan) for row in summary], float)
+        shown = np.where(np.isfinite(lifts) & (lifts > 0), lifts, np.nan)
+        ax.bar(positions, shown, 0.6, label="mean mass / chance")
+        ax.axhline(1.0, color="red", linewidth=0.8, linestyle="--", label="no preference (1)")
+        if np.any(np.isfinite(shown)):
+            ax.set_yscale("log")
+        _class_axis(ax, names, "lift (log scale)", "Same-class mass over the class's area share")
+        ax.legend(frameon=False, fontsize=7)
+
+        ax = axes[2, 1]
+        for offset, column, label in ((-0.2, "js_from_mean", "JS from the mean row (bits)"),
+                                      (0.2, "mean_row_share", "share explained by the mean row")):
+            ax.bar(positions + offset, [row.get(column, np.nan) for row in summary], 0.4, label=label)
+        _class_axis(ax, names, "mean over queries", "Query specificity (JS 0 = every row alike)")
+        ax.set_ylim(0, 1.15)
+        ax.legend(frameon=False, fontsize=7, ncols=2, loc="upper center")
+
+        ax = axes[2, 2]
+        ax.bar(positions, [100 * row.get("pam_contribution", np.nan) for row in summary], 0.6)
+        overall = getattr(stats, "overall", {}) or {}
+        cam = overall.get("cam_contribution_mean", np.nan)
+        note = f" (CAM: {100 * cam:.2g}% per channel)" if np.isfinite(cam) else ""
+        _class_axis(ax, names, "|alpha| ||a V|| / ||A|| (%)", f"PAM contribution at the query{note}")
+    return fig
+
+
+def _changed_note(row: dict) -> str:
+    changed = row.get("changed_fraction_fused", np.nan)
+    if row["variant"] == "full model" or not np.isfinite(changed):
+        return ""
+    return f"\n{100 * changed:.2g}% px changed"
+
+
+def sinks_figure(image: np.ndarray, sinks: np.ndarray, cell_boxes: list[tuple[float, float, float, float]] = (),
+                 title: str = "Attention sinks: mean attention each cell receives") -> Figure:
+    """The image under the (h, w) sink map (mean attention received, in multiples of uniform 1/N,
+    drawn per cell), with the strongest cells outlined (``cell_boxes``: (x0, y0, x1, y1) in pixels)."""
+    from matplotlib.patches import Rectangle
+
+    values = np.asarray(sinks, float) * sinks.size
+    return _grid_overlay(image, values, title, "x uniform (1/N)", "magma",
+                         extra=lambda ax: [ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
+                                                                  edgecolor="cyan", linewidth=1.2))
+                                           for x0, y0, x1, y1 in cell_boxes])
+
+
+def contribution_figure(image: np.ndarray, pam: np.ndarray, title: str = "PAM contribution per cell") -> Figure:
+    """The image under PAM's per-cell contribution |alpha| ||a_i V|| / ||A_i|| (in %, NaN cells blank)."""
+    return _grid_overlay(image, 100 * np.asarray(pam, float), title, "PAM term / input norm (%)", "viridis")
+
+
+def _grid_overlay(image, values, title, label, cmap, extra=None) -> Figure:
+    height, width = image.shape[:2]
+    with rc_context(PUBLICATION_RC):
+        fig = Figure(figsize=(5.2, 5.2 * height / width + 0.6), layout="constrained")
+        ax = fig.add_subplot()
+        ax.imshow(image, interpolation="antialiased")
+        finite = values[np.isfinite(values)]
+        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, alpha=0.6, vmin=0.0, vmax=top,
+                          extent=(0, width, height, 0), interpolation="nearest")
+        if extra:
+            extra(ax)
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        _image_axis(ax, title)
+        fig.colorbar(shown, ax=ax, label=label, shrink=0.8)
+    return fig
+
+
+def deletion_curve_figure(knockout, title: str | None = None) -> Figure:
+    """Drop of the predicted class's logit against k for removing the top-, random- and least-attended
+    k cells of one query's PAM row (``danet.analysis.Knockout``), with the AUCs and the verdict."""
+    ks = np.asarray(knockout.ks)
+    auc = knockout.auc
+    with rc_context(PUBLICATION_RC):
+        fig = Figure(figsize=(5.0, 3.4), layout="constrained")
+        ax = fig.add_subplot()
+        for name, label in (("top", "top-k attended"), ("random", "random k"), ("least", "least-k attended")):
+            ax.plot(ks, knockout.drops[name], label=f"{label} (AUC {auc[name]:.3g})",
+                    linewidth=1.4 if name == "top" else 1.0)
+        spread = np.asarray(knockout.random_std)
+        ax.fill_between(ks, knockout.drops["random"] - spread, knockout.drops["random"] + spread,
+                        alpha=0.2, color="C1", linewidth=0)
+        if np.isfinite(knockout.pam_off_drop):
+            ax.axhline(knockout.pam_off_drop, color="grey", linestyle="--", linewidth=0.8,
+                       label=f"PAM term removed ({knockout.pam_off_drop:.3g})")
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_xlabel("k (cells removed from the row)")
+        ax.set_ylabel("drop of the predicted logit")
+        ax.set_title(title or f"Cell {tuple(knockout.cell)}: {knockout.verdict}")
         ax.legend(frameon=False, fontsize=7)
     return fig
 

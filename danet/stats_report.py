@@ -1,8 +1,9 @@
 """An attention-statistics run written to a folder (what ``danet attention-stats`` does): how much
 PAM attends to same-class pixels, how spread and how far its attention is, per class, and what
-switching PAM or CAM off costs in mIoU.
+switching PAM or CAM off costs in mIoU and changed pixels; plus the per-image measures of
+``danet.analysis`` (query specificity, contribution, CAM saturation) per query, per image and overall.
 
-The measures are defined in ``danet.attention_stats``. Files are written under temporary names
+The measures are defined in ``danet.attention_stats`` and docs/measures.md. Files are written under temporary names
 and renamed; ``summary.json`` comes last and marks a complete run.
 """
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .attention_stats import QUERY_COLUMNS, AttentionStats, compute_attention_stats, rows_to_csv, select_evenly
+from .analysis.contribution import percent
+from .attention_stats import (IMAGE_COLUMNS, QUERY_COLUMNS, AttentionStats, compute_attention_stats, rows_to_csv,
+                              select_evenly)
 from .batch import describe_model, prepare_output_dir, save_json, save_text
 from .checkpoints.meta import LoadedModel
 from .data.camvid import list_pairs
@@ -22,10 +25,11 @@ from .figures import attention_stats_figure, save as save_figure
 
 SUMMARY = "summary.json"
 SUMMARY_COLUMNS = ("class", "queries", "same_class_mass_gt", "same_class_mass_gt_median", "same_class_mass_gt_q25",
-                   "same_class_mass_gt_q75", "chance_gt", "lift_gt", "same_class_mass_pred", "chance_pred",
-                   "entropy", "entropy_normalised", "distance_cells", "distance_pixels",
-                   "uniform_distance_cells", "uniform_distance_pixels")
-FILES = ("attention_stats.csv", "queries.csv", "ablation.csv", "attention_stats.png")
+                   "same_class_mass_gt_q75", "chance_gt", "lift_gt", "lift_gt_median", "same_class_mass_pred",
+                   "chance_pred", "entropy", "entropy_normalised", "distance_cells", "distance_pixels",
+                   "uniform_distance_cells", "uniform_distance_pixels", "js_from_mean", "mean_row_share",
+                   "pam_contribution")
+FILES = ("attention_stats.csv", "queries.csv", "ablation.csv", "images.csv", "attention_stats.png")
 
 
 @dataclass
@@ -59,9 +63,31 @@ def write_attention_stats(loaded: LoadedModel, data: str | Path, out: str | Path
     save_text(out / "attention_stats.csv", rows_to_csv(stats.summary, SUMMARY_COLUMNS))
     save_text(out / "queries.csv", rows_to_csv(stats.query_rows(), QUERY_COLUMNS))
     save_text(out / "ablation.csv", rows_to_csv(stats.ablation))
+    save_text(out / "images.csv", rows_to_csv(stats.per_image, IMAGE_COLUMNS))
     save_figure(attention_stats_figure(stats), out / "attention_stats.png", dpi=150)
     summary = {"model": model_info, "data": str(data), "split": split, "images": len(pairs),
                "settings": stats.settings, "seconds": round(seconds, 1), "per_class": stats.summary,
-               "ablation": stats.ablation, "files": list(FILES)}
+               "ablation": stats.ablation, "overall": stats.overall, "per_image": stats.per_image,
+               "files": list(FILES)}
     save_json(out / SUMMARY, summary)
     return AttentionStatsReport(stats, summary, out)
+
+
+def overall_sentences(overall: dict) -> list[str]:
+    """The per-image measures' means over the images (``AttentionStats.overall``) in words; an
+    empty list when they were not measured."""
+    def number(key):
+        value = overall.get(key, float("nan"))
+        return float(value) if value is not None else float("nan")
+
+    if not overall or all(number(k) != number(k) for k in overall):
+        return []
+    changed = " / ".join(percent(number(k)) for k in ("changed_pam_off", "changed_cam_off", "changed_both_off"))
+    return [f"PAM changes the features by {percent(number('pam_contribution_mean'))} on average, "
+            f"CAM by {percent(number('cam_contribution_mean'))} (means over the images).",
+            f"Query rows differ from their image's mean row by {number('js_mean'):.3f} bits of JS divergence; "
+            f"the mean row explains {percent(number('mean_row_share'))} of a row; the strongest sink receives "
+            f"{number('sink_peak'):.3g} x uniform.",
+            f"CAM rows mix {number('cam_effective_channels_mean'):.2f} effective channels "
+            f"({percent(number('cam_one_hot_rows'))} of rows one-hot).",
+            f"Pixels whose class changes with PAM off / CAM off / both off: {changed}."]
