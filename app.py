@@ -18,6 +18,7 @@ st.set_page_config(page_title="danet-lens", page_icon=":material/visibility:", l
 
 PAGES = [
     st.Page("app_pages/inspector.py", title="DANet inspector", icon=":material/ads_click:", default=True),
+    st.Page("app_pages/measures.py", title="Does attention matter?", icon=":material/rule:"),
     st.Page("app_pages/channels.py", title="Channel attention", icon=":material/grid_on:"),
     st.Page("app_pages/model.py", title="Model details", icon=":material/info:"),
 ]

@@ -234,12 +234,13 @@ def _changed_note(row: dict) -> str:
 def sinks_figure(image: np.ndarray, sinks: np.ndarray, cell_boxes: list[tuple[float, float, float, float]] = (),
                  title: str = "Attention sinks: mean attention each cell receives") -> Figure:
     """The image under the (h, w) sink map (mean attention received, in multiples of uniform 1/N,
-    drawn per cell), with the strongest cells outlined (``cell_boxes``: (x0, y0, x1, y1) in pixels)."""
+    drawn per cell; cells below uniform are left clear so the photo shows), with the strongest
+    cells outlined (``cell_boxes``: (x0, y0, x1, y1) in pixels)."""
     from matplotlib.patches import Rectangle
 
     values = np.asarray(sinks, float) * sinks.size
-    return _grid_overlay(image, values, title, "x uniform (1/N)", "magma",
-                         extra=lambda ax: [ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
+    return _grid_overlay(image, np.where(values >= 1.0, values, np.nan), title, "x uniform (1/N)", "magma",
+                         vmin=1.0, extra=lambda ax: [ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
                                                                   edgecolor="cyan", linewidth=1.2))
                                            for x0, y0, x1, y1 in cell_boxes])
 
@@ -249,15 +250,15 @@ def contribution_figure(image: np.ndarray, pam: np.ndarray, title: str = "PAM co
     return _grid_overlay(image, 100 * np.asarray(pam, float), title, "PAM term / input norm (%)", "viridis")
 
 
-def _grid_overlay(image, values, title, label, cmap, extra=None) -> Figure:
+def _grid_overlay(image, values, title, label, cmap, vmin: float = 0.0, extra=None) -> Figure:
     height, width = image.shape[:2]
     with rc_context(PUBLICATION_RC):
         fig = Figure(figsize=(5.2, 5.2 * height / width + 0.6), layout="constrained")
         ax = fig.add_subplot()
         ax.imshow(image, interpolation="antialiased")
         finite = values[np.isfinite(values)]
-        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-        shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, alpha=0.6, vmin=0.0, vmax=top,
+        top = float(finite.max()) if finite.size and finite.max() > vmin else vmin + 1.0
+        shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, alpha=0.6, vmin=vmin, vmax=top,
                           extent=(0, width, height, 0), interpolation="nearest")
         if extra:
             extra(ax)

@@ -5,6 +5,10 @@
 record and files are all present is skipped. Consecutive images of one size are batched through
 the model (``batch_size``); on the CPU batch 1 is the default, as batching measured no faster
 there (the convolutions already use every core) while memory grows with the batch.
+
+Under ``torchrun`` each process predicts its share of the images (``danet.distributed.shard``),
+so each image is written once, by one rank; rank 0 gathers the reports and writes the one
+``manifest.json`` and the legend. Every rank returns the merged report.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .batch import (collect_images, describe_model, file_sha256, one_line, output_names, prepare_output_dir,
                     read_json, save_json, save_npz, save_png)
 from .checkpoints.meta import LoadedModel
@@ -107,12 +112,14 @@ def batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 def predict_images(loaded: LoadedModel, images: list[str | Path], out: str | Path, *, recursive: bool = False,
                    batch_size: int | None = None, save_logits: bool = False, logits_dtype: str = "float16",
-                   opacity: float = 0.5, force: bool = False, progress: bool = False) -> PredictReport:
+                   opacity: float = 0.5, force: bool = False, progress: bool = False,
+                   shard: bool | None = None) -> PredictReport:
     """Predict every image in ``images`` (files and/or folders) into ``out/<name>/``.
 
     Unreadable images are listed in the report (and ``out/manifest.json``) while the rest are
     processed; bad arguments (no images, ``out`` a file, an unknown ``logits_dtype``) raise
-    ``InputError`` before any work.
+    ``InputError`` before any work. ``shard`` (default: inside a process group of several ranks)
+    splits the images across ranks; every rank must then call this with the same arguments.
     """
     if logits_dtype not in LOGITS_DTYPES:
         raise InputError(f"logits dtype must be float16 or float32, not {logits_dtype!r}")
@@ -124,13 +131,18 @@ def predict_images(loaded: LoadedModel, images: list[str | Path], out: str | Pat
     meta, model = loaded.meta, loaded.model
     model_info = describe_model(loaded)
     palette = meta.palette
-    save_png(out / "legend.png", legend(meta.classes, palette))
+    sharded = distributed.is_active() if shard is None else shard and distributed.is_active()
+    main = distributed.is_main() or not sharded
+    if main:
+        save_png(out / "legend.png", legend(meta.classes, palette))
 
     device = next(model.parameters()).device
     report = PredictReport(out=out, images=files, device=str(device))
-    names = output_names(files)
+    names = output_names(files)                       # from the whole list: the same on every rank
+    mine = list(zip(files, names))
+    mine = distributed.shard(mine) if sharded else mine
     pending = []
-    for path, name in zip(files, names):
+    for path, name in mine:
         try:
             sha = file_sha256(path)
         except OSError as error:
@@ -142,7 +154,7 @@ def predict_images(loaded: LoadedModel, images: list[str | Path], out: str | Pat
             pending.append({"path": path, "name": name, "sha": sha})
 
     batch_size = batch_size or (8 if device.type == "cuda" else 1)
-    with tqdm(total=len(pending), desc="predict", unit="image", disable=not progress) as bar:
+    with tqdm(total=len(pending), desc="predict", unit="image", disable=not progress or not main) as bar:
         # Decode lazily, one batch at a time, so memory stays bounded for long lists.
         def decoded():
             for item in pending:
@@ -169,14 +181,31 @@ def predict_images(loaded: LoadedModel, images: list[str | Path], out: str | Pat
                           "size": [width, height], "original_size": list(item["original_size"]),
                           "notices": item["notices"], "classes": list(meta.classes),
                           "forward_seconds": round(seconds, 4), "batch": len(group)}
+                if sharded:
+                    record["rank"] = distributed.rank()
                 write_outputs(out / item["name"], item["image"], image_logits, palette, opacity,
                               wanted_dtype, record)
                 report.processed.append(item["name"])
                 bar.update(1)
 
+    if sharded:
+        report = merge_reports(report, distributed.all_gather(report), names)
+    if not main:
+        return report
     save_json(out / "manifest.json", {
         "model": model_info, "device": report.device, "save_logits": save_logits, "opacity": opacity,
         "images": {name: str(path) for path, name in zip(files, names)},
         "processed": report.processed, "skipped": report.skipped,
         "failed": {str(p): m for p, m in report.failed}})
     return report
+
+
+def merge_reports(own: PredictReport, reports: list[PredictReport], names: list[str]) -> PredictReport:
+    """The ranks' reports as one, in the order of the image list (each image is in one report)."""
+    order = {name: i for i, name in enumerate(names)}
+    position = {path: i for i, path in enumerate(own.images)}
+    processed = sorted((n for r in reports for n in r.processed), key=order.__getitem__)
+    skipped = sorted((n for r in reports for n in r.skipped), key=order.__getitem__)
+    failed = sorted((f for r in reports for f in r.failed), key=lambda f: position.get(f[0], len(position)))
+    return PredictReport(out=own.out, images=own.images, device=",".join(dict.fromkeys(r.device for r in reports)),
+                         processed=processed, skipped=skipped, failed=failed)

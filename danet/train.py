@@ -2,6 +2,12 @@
 
 Resume checkpoints are our own ``torch.save`` dicts of tensors, read back with
 ``weights_only=True``; the best model is exported as ``.safetensors`` with metadata.
+
+Under ``torchrun`` the same loop runs data-parallel (``docs/distributed.md``): DDP averages the
+gradients, a ``DistributedSampler`` gives each process its share of every epoch's permutation,
+validation is sharded and its confusion matrices summed, and rank 0 alone logs and writes files.
+``batch_size`` is per process and the learning rate is not scaled, so N processes with batch b
+train as one process with batch N*b at the same ``lr``.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from .checkpoints.load import OWN_META_KEY
 from .checkpoints.save import save_model
 from .data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
 from .data.palettes import CAMVID
-from .device import select_device
+from . import distributed
 from .errors import InputError
 from .evaluate import evaluate_model
 from .models import DANet, DANetConfig
@@ -53,6 +59,9 @@ class TrainConfig:
     max_steps: int | None = None           # stop early (tests, smoke runs)
     val_every: int = 1
     export: str | None = None              # where the best model's .safetensors goes
+    dropout: float = 0.1                   # before each classifier (DANetConfig.dropout)
+    freeze_bn: bool = False                # BatchNorm keeps its running statistics (small batches)
+    sync_bn: bool = False                  # SyncBatchNorm across processes (CUDA, torchrun only)
 
 
 def class_weights(dataset: SegmentationDataset, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -90,7 +99,8 @@ def poly_lr(step: int, total: int, warmup: int) -> float:
 def build(cfg: TrainConfig) -> DANet:
     config = DANetConfig(num_classes=CAMVID.num_classes, backbone=cfg.backbone,
                          head_channels=cfg.head_channels, output_stride=cfg.output_stride,
-                         align_corners=False, stem="7x7" if cfg.backbone.startswith("resnet") else None)
+                         align_corners=False, stem="7x7" if cfg.backbone.startswith("resnet") else None,
+                         dropout=cfg.dropout)
     model = DANet(config)
     if cfg.imagenet and not config.is_resnet:
         from .pretrained import load_imagenet_backbone
@@ -98,21 +108,70 @@ def build(cfg: TrainConfig) -> DANet:
     return model
 
 
+class EpochSeeded(torch.utils.data.Dataset):
+    """A ``SegmentationDataset`` whose item ``i`` in epoch ``e`` is augmented with a generator
+    seeded by (seed, e, i): the crops then depend neither on how many processes share the data
+    nor on the order they are read in, and a resumed run sees the same ones."""
+
+    def __init__(self, base: SegmentationDataset, seed: int):
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        self.base.rng.seed(f"{self.seed}-{self.epoch}-{index}")
+        return self.base[index]
+
+
+def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    """``model.train()``; with ``freeze_bn`` every BatchNorm stays in eval mode (running statistics
+    used and kept), the usual choice when per-process batches are too small for batch statistics."""
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
-    """Train (or resume from ``out/last.pt``); returns the best validation record."""
+    """Train (or resume from ``out/last.pt``); returns the best validation record.
+
+    Launched by ``torchrun`` with more than one process it joins the process group and trains
+    with DistributedDataParallel; ``log`` is then called on rank 0 only.
+    """
+    with distributed.process_group(cfg.device) as ctx:
+        return _train(cfg, ctx, distributed.main_only(log))
+
+
+def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.sync_bn and cfg.freeze_bn:
+        raise InputError("--sync-bn and --freeze-bn exclude each other: frozen BatchNorm has no statistics to sync")
+    device = ctx.device
+    if cfg.sync_bn and device.type != "cuda":
+        raise InputError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm syncs GPU tensors only "
+                         "(on the CPU use --freeze-bn or larger per-process batches)")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = select_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     mean, std = normalisation(cfg.backbone)
     dataset = SegmentationDataset(cfg.data, "train", SegmentationAugment(tuple(cfg.crop), tuple(cfg.scale)),
                                   seed=cfg.seed, mean=mean, std=std)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
+    seeded = EpochSeeded(dataset, cfg.seed)
+    # One sampler for one process and many: the epoch's permutation depends on (seed, epoch) only,
+    # and rank r reads positions r, r + N, ... of it, so N processes with batch b read, step by
+    # step, the same images as one process with batch N*b.
+    sampler = torch.utils.data.DistributedSampler(seeded, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                  shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+    if len(loader) == 0:
+        raise InputError(f"{len(dataset)} training images are too few for batch size {cfg.batch_size} "
+                         f"on {ctx.world_size} process(es)")
     weight = class_weights(dataset, CAMVID.num_classes, cfg.class_weights)
     weight = weight.to(device) if weight is not None else None
     model = build(cfg).to(device)
@@ -128,22 +187,40 @@ def train(cfg: TrainConfig, log=print) -> dict:
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    log(f"{ctx.world_size} process(es) on {device.type}: batch {cfg.batch_size} per process, effective batch "
+        f"{cfg.batch_size * ctx.world_size}; lr {cfg.lr:g} head, {cfg.lr * cfg.backbone_lr_scale:g} backbone "
+        f"(not scaled with the number of processes); {len(loader)} steps per epoch")
 
     step, epoch, best = 0, 0, {"miou": -1.0}
     last = out / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
+    # rank 0 reads the checkpoint and hands it to the others: only its --out needs to be readable
+    state = None
+    if ctx.is_main and last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    state = distributed.broadcast(state)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch = int(state["step"]), int(state["epoch"])
         best = json.loads(state["best"])
         torch.set_rng_state(state["torch_rng"])
-        dataset.rng.seed(cfg.seed + epoch)
         log(f"resumed from {last} at epoch {epoch}, step {step}")
+        del state
+    if ctx.distributed:
+        torch.manual_seed(cfg.seed + 1000 * epoch + ctx.rank)     # own dropout masks per process
+    net = model                                                   # the plain module: saving, evaluating
+    if ctx.distributed:
+        if cfg.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            net = model
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     history = out / "log.jsonl"
     while epoch < cfg.epochs and step < total:
-        model.train()
+        set_train_mode(model, cfg.freeze_bn)
+        sampler.set_epoch(epoch)
+        seeded.epoch = epoch
         started, losses = time.time(), []
         for images, labels in loader:
             if step >= total:
@@ -157,32 +234,38 @@ def train(cfg: TrainConfig, log=print) -> dict:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            losses.append(float(loss.detach()))
+            # the mean over processes is the loss of the global batch (when the batches hold as many
+            # labelled pixels), and every rank sees the same value, so all stop together on NaN
+            losses.append(float(distributed.mean_over_ranks(loss.detach().float())))
             step += 1
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"loss became {losses[-1]} at step {step}")
         epoch += 1
         record = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
                   "seconds": round(time.time() - started, 1),
-                  "alpha": float(model.head.pam.alpha.detach()), "beta": float(model.head.cam.beta.detach())}
+                  "alpha": float(net.head.pam.alpha.detach()), "beta": float(net.head.cam.beta.detach())}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs or step >= total:
-            model.eval()
-            result = evaluate_model(model, cfg.data, "val", device=device, mean=mean, std=std)
+            net.eval()
+            # sharded over the processes; the summed confusion matrix gives every rank the same scores
+            result = evaluate_model(net, cfg.data, "val", device=device, mean=mean, std=std)
             record.update(val_miou=result["miou"], val_pixel_accuracy=result["pixel_accuracy"],
                           val_iou=[None if np.isnan(v) else round(float(v), 4) for v in result["iou"]])
             if result["miou"] > best["miou"]:
                 best = {"miou": result["miou"], "epoch": epoch, "step": step,
                         "pixel_accuracy": result["pixel_accuracy"], "iou": record["val_iou"]}
-                export_best(model, cfg, best, out)
+                if ctx.is_main:
+                    export_best(net, cfg, best, out, processes=ctx.world_size)
         log(json.dumps(record))
-        with history.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        # the metadata makes last.pt load through danet.load with the config it was trained with
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "epoch": epoch, "best": json.dumps(best), "torch_rng": torch.get_rng_state(),
-                    OWN_META_KEY: run_meta(model, cfg).to_strings()},
-                   out / "last.tmp")
-        (out / "last.tmp").replace(last)
+        if ctx.is_main:
+            with history.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            # the metadata makes last.pt load through danet.load with the config it was trained with
+            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "epoch": epoch, "best": json.dumps(best), "torch_rng": torch.get_rng_state(),
+                        OWN_META_KEY: run_meta(net, cfg).to_strings()},
+                       out / "last.tmp")
+            (out / "last.tmp").replace(last)
+        distributed.barrier()        # no rank runs ahead of the checkpoint it could be resumed from
     return best
 
 
@@ -192,7 +275,7 @@ def run_meta(model: DANet, cfg: TrainConfig, **extra) -> ModelMeta:
     return ModelMeta(config=model.config, dataset=CAMVID, mean=mean, std=std, layout="danet-lens", extra=extra)
 
 
-def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path) -> Path:
+def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path, processes: int = 1) -> Path:
     """Write the best model as fp16 ``.safetensors`` with its measured accuracy."""
     meta = run_meta(model, cfg, **{
         "val_miou": round(best["miou"] * 100, 2),
@@ -200,7 +283,8 @@ def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path) -> Path:
         "val_iou": dict(zip(CAMVID.classes, [None if v is None else round(v * 100, 2) for v in best["iou"]])),
         "epoch": best["epoch"], "step": best["step"],
         "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
-                     if k not in ("data", "out", "export", "device", "threads")},
+                     if k not in ("data", "out", "export", "device", "threads")}
+                    | {"processes": processes, "effective_batch_size": cfg.batch_size * processes},
         "training_data": "CamVid train split (367 frames, SegNet 11-class version)",
         "input_size": [360, 480],
         "license": "Weights trained on CamVid: research and personal use only (CC BY-NC 4.0), "

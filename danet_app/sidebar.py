@@ -27,7 +27,7 @@ from danet.viz import legend
 from danet.weights import default_weights_path
 
 from .state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
-                    sha256_bytes)
+                    sha256_bytes, switch_image_points)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"       # a source checkout has them; an installed app offers uploads only
@@ -251,9 +251,7 @@ def build_selection() -> Selection | None:
                         f"{loaded.meta.dataset.name} classes, so it is not scored against it.")
         label_bytes = None
     labels = check_label_map(loaded, image, label_bytes)
-    if st.session_state.get("points_image") != digest:     # points belong to one image
-        st.session_state["points"] = []
-        st.session_state["points_image"] = digest
+    switch_image_points(st.session_state, f"{digest}@{image.array.shape[1]}x{image.array.shape[0]}")
     height, width = image.array.shape[:2]          # the same file at another size limit is another input
     key = result_key(identity, f"{digest}@{width}x{height}", DEVICE)
     failure = remembered_failure(key)

@@ -17,14 +17,17 @@ import numpy as np
 from danet.attention_stats import grid_labels
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
-from danet.errors import LabelMapError
+import json
+
+from danet.errors import InputError, LabelMapError
 from danet.inspection import InspectionResult
 from danet.metrics import confusion_matrix, scores
 
 __all__ = ["FORWARDS", "MAX_POINTS", "LabelMap", "LabelMapError", "PointStats", "RecordedScores", "Selection",
            "add_point", "apply_click", "attention_entropy", "branch_disagreement", "click_to_pixel", "drop_point",
            "file_sha256", "model_facts", "model_id", "point_statistics", "prepare_label_map", "recorded_scores",
-           "remove_point", "result_key", "score_outputs", "sha256_bytes"]
+           "points_from_param", "points_from_record", "points_to_param", "remove_point", "result_key",
+           "score_outputs", "sha256_bytes", "switch_image_points"]
 
 MAX_POINTS = 8                     # clicked points kept per image (the paper figure shows 2-6)
 OUTPUTS = ("fused", "pam", "cam")  # the three DANet outputs, in the order the model returns them
@@ -184,6 +187,66 @@ def apply_click(state: MutableMapping, value: dict | None, image_size: tuple[int
         state["point_notice"] = (f"At most {max_points} points are kept: the oldest "
                                  f"({dropped[0]}, {dropped[1]}) was removed.")
     return point
+
+
+# ---- points per image, in the URL, from a record -------------------------------------------------
+def switch_image_points(state: MutableMapping, digest: str) -> None:
+    """Make ``state["points"]`` the points of image ``digest``: the outgoing image's points are
+    kept under ``state["points_by_image"]`` and come back when that image is chosen again."""
+    by_image = state.setdefault("points_by_image", {})
+    current = state.get("points_image")
+    if current == digest:
+        return
+    if current is not None:
+        by_image[current] = list(state.get("points", []))
+    state["points"] = list(by_image.get(digest, []))
+    state["points_image"] = digest
+
+
+def points_to_param(points: list[tuple[int, int]]) -> str:
+    """Points as one URL query value: ``"x,y;x,y"`` (short, readable, shareable)."""
+    return ";".join(f"{int(x)},{int(y)}" for x, y in points)
+
+
+def points_from_param(text: str, image_size: tuple[int, int], max_points: int = MAX_POINTS) -> list[tuple[int, int]]:
+    """``points_to_param``'s text back to points inside an image of ``image_size`` (H, W).
+
+    A hand-edited or stale URL must not break the page: raises ``InputError`` naming what is wrong.
+    """
+    height, width = image_size
+    points: list[tuple[int, int]] = []
+    for part in filter(None, (p.strip() for p in str(text).split(";"))):
+        try:
+            x, y = (int(v) for v in part.split(","))
+        except ValueError:
+            raise InputError(f"bad point {part!r} in the URL (expected x,y)") from None
+        if not (0 <= x < width and 0 <= y < height):
+            raise InputError(f"point ({x}, {y}) in the URL lies outside the {width}x{height} image")
+        points, _ = add_point(points, (x, y), max_points)
+    return points
+
+
+def points_from_record(data: bytes | str, image_sha256: str, image_size: tuple[int, int],
+                       max_points: int = MAX_POINTS) -> list[tuple[int, int]]:
+    """The points of a downloaded JSON record, if it is a record of this image (same sha256 and size)."""
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("the file is not a JSON record") from None
+    if not isinstance(record, dict) or record.get("tool") != "danet-lens" or not isinstance(record.get("points"), list):
+        raise InputError("the file is not a danet-lens record (no tool/points)")
+    image = record.get("image") if isinstance(record.get("image"), dict) else {}
+    if image.get("sha256") != image_sha256:
+        raise InputError(f"the record is for another image ({image.get('name', 'unnamed')}); choose that image first")
+    height, width = image_size
+    if image.get("size") not in (None, {"height": height, "width": width}):
+        raise InputError(f"the record's image was {image['size']}, this one is {{'height': {height}, 'width': {width}}}"
+                         " (another size limit)")
+    try:
+        text = ";".join(f"{int(p['x'])},{int(p['y'])}" for p in record["points"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError("the record's points have no x/y") from None
+    return points_from_param(text, image_size, max_points)
 
 
 # ---- per-point attention statistics -----------------------------------------------------------

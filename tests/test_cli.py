@@ -84,7 +84,7 @@ def palette_only(image, palette):
 
 
 # ---- help ----------------------------------------------------------------------------------------
-READS_A_CHECKPOINT = ("predict", "attention", "figure", "attention-stats", "evaluate", "info")
+READS_A_CHECKPOINT = ("predict", "attention", "figure", "measures", "attention-stats", "evaluate", "info")
 COMMANDS = READS_A_CHECKPOINT + ("convert", "train")     # every one loads or trains a model
 
 

@@ -21,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 app.command()(predict.predict)
 app.command()(attention.attention)
 app.command()(attention.figure)
+app.command()(attention.measures)
 app.command("attention-stats")(stats.attention_stats)
 app.command()(evaluate.evaluate)
 app.command()(train.train)

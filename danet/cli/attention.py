@@ -1,14 +1,19 @@
-"""``danet attention`` (PAM maps, CAM matrix and channel maps as files) and ``danet figure`` (the
-paper-style figure), both for query points on one image; the work is in ``danet.attention_export``."""
+"""``danet attention`` (PAM maps, CAM matrix and channel maps as files), ``danet figure`` (the
+paper-style figure) and ``danet measures`` (does attention matter here, and is it specific?), all
+for one image and its query points; the work is in ``danet.attention_export`` and
+``danet.measures_export``."""
 from __future__ import annotations
 
 from pathlib import Path
+import json
 from typing import Annotated, List, Optional
 
 import typer
 
 from ..attention_export import check_figure_path, export_attention, export_figure, read_query
-from .errors import reports_errors
+from ..batch import prepare_output_dir
+from ..measures_export import measure_query, write_measures
+from .errors import reports_errors, warn
 from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 Image = Annotated[Path, typer.Argument(metavar="IMAGE", help="image file", show_default=False)]
@@ -57,3 +62,41 @@ def figure(
     loaded = load_chosen(checkpoint, device=device, dilation=dilation, dataset=dataset, align_corners=align_corners)
     export_figure(loaded, query, out, dpi=dpi, title=title, all_classes=all_classes, columns=columns)
     typer.echo(f"figure -> {out}")
+
+
+@reports_errors
+def measures(
+    image: Image,
+    point: Points = [],
+    out: Optional[Path] = typer.Option(None, "--out", help="also write measures.json and the PNGs into this folder"),
+    labels: Optional[Path] = typer.Option(None, "--labels", metavar="LABELMAP", show_default=False,
+                                          help="label map of the image (ids or the dataset's colours): "
+                                               "adds the fused mIoU change of each ablation"),
+    as_json: bool = typer.Option(False, "--json", help="print the record (measures.json) instead of sentences"),
+    max_k: int = typer.Option(64, min=1, help="knockout: remove up to this many cells of each point's row"),
+    draws: int = typer.Option(5, min=1, help="knockout: random removals averaged per k"),
+    seed: int = typer.Option(0, help="seed of the query sample (large grids) and the random removals"),
+    checkpoint: Checkpoint = None,
+    dilation: Dilation = None,
+    dataset: Dataset = None,
+    align_corners: AlignCorners = None,
+    device: Device = "auto",
+):
+    """Does attention matter here, and is it specific? Specificity, contribution, CAM saturation,
+    ablation and, per --point, the knockout verdict of its attention map."""
+    query = read_query(image, point, need_points=False)
+    if out is not None:
+        prepare_output_dir(out)                   # refuse a file in its place before the model loads
+    loaded = load_chosen(checkpoint, device=device, dilation=dilation, dataset=dataset, align_corners=align_corners)
+    report = measure_query(loaded, query, labels=labels, max_k=max_k, draws=draws, seed=seed)
+    if report.labels is not None:
+        for notice in report.labels.notices:
+            warn(notice)
+    record = write_measures(report, out) if out is not None else report.record()
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    for line in report.sentences() + report.point_lines():
+        typer.echo(line)
+    if out is not None:
+        typer.echo(f"-> {out}")

@@ -1,5 +1,6 @@
 """``danet evaluate``: scores of any loadable checkpoint on a CamVid-layout folder
-(``danet.evaluate.evaluate_loaded``), with the model options every other command takes."""
+(``danet.evaluate.evaluate_loaded``), with the model options every other command takes; under
+``torchrun`` the images are shared across the processes and rank 0 prints the merged scores."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from .. import distributed
 from ..batch import describe_model, save_json
 from ..errors import InputError
 from ..evaluate import evaluate_loaded, scores_record
@@ -43,9 +45,13 @@ def evaluate(
 ):
     """mIoU over the dataset's classes, per-class IoU, pixel accuracy and confusion matrix."""
     scale_values = parse_scales(scales)
-    loaded = load_chosen(checkpoint, device=device, dilation=dilation, dataset=dataset, align_corners=align_corners)
-    result = evaluate_loaded(loaded, data, split, flip=flip, scales=scale_values,
-                             progress=lambda items: tqdm(items, desc=f"evaluate {split}"))
+    with distributed.process_group(device) as ctx:
+        loaded = load_chosen(checkpoint, device=str(ctx.device), dilation=dilation, dataset=dataset,
+                             align_corners=align_corners)
+        result = evaluate_loaded(loaded, data, split, flip=flip, scales=scale_values,
+                                 progress=lambda items: tqdm(items, desc=f"evaluate {split}", disable=not ctx.is_main))
+    if not ctx.is_main:
+        return
     classes = loaded.meta.classes
     console = Console()
     table = Table(title=f"{split}: {result['images']} images")

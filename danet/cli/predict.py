@@ -1,4 +1,5 @@
-"""``danet predict``: colour masks and overlays for many images (``danet.predict.predict_images``)."""
+"""``danet predict``: colour masks and overlays for many images (``danet.predict.predict_images``);
+under ``torchrun`` the images are shared across the processes and rank 0 writes the manifest."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from .. import distributed
 from ..batch import collect_images
 from ..predict import predict_images
 from .errors import fail, reports_errors
@@ -32,9 +34,12 @@ def predict(
 ):
     """Colour masks and overlays of the fused, PAM and CAM predictions; resumable."""
     images = collect_images(inputs, recursive)           # bad paths fail before the model loads
-    loaded = load_chosen(checkpoint, device=device, dilation=dilation, dataset=dataset, align_corners=align_corners)
-    report = predict_images(loaded, images, out, batch_size=batch_size, save_logits=save_logits,
-                            logits_dtype=logits_dtype, opacity=opacity, force=force, progress=True)
-    typer.echo(report.summary())
+    with distributed.process_group(device) as ctx:
+        loaded = load_chosen(checkpoint, device=str(ctx.device), dilation=dilation, dataset=dataset,
+                             align_corners=align_corners)
+        report = predict_images(loaded, images, out, batch_size=batch_size, save_logits=save_logits,
+                                logits_dtype=logits_dtype, opacity=opacity, force=force, progress=True)
+    if ctx.is_main:
+        typer.echo(report.summary())
     if report.failed:
         fail(report.failure())

@@ -1,4 +1,5 @@
-"""``danet train``: DANet on a CamVid-layout folder (``danet.train.train``), resumable."""
+"""``danet train``: DANet on a CamVid-layout folder (``danet.train.train``), resumable; data-parallel
+when launched by ``torchrun`` (``docs/distributed.md``)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from .. import distributed
 from ..errors import InputError
 from ..train import TrainConfig, train as run_training
 from .errors import reports_errors
@@ -23,6 +25,16 @@ def parse_crop(text: str) -> tuple[int, int]:
     return height, width
 
 
+def parse_scale(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--scale {text!r} is not LOW,HIGH") from None
+    if not 0.1 <= low <= high <= 4:
+        raise InputError(f"--scale {text!r}: need 0.1 <= LOW <= HIGH <= 4")
+    return low, high
+
+
 @reports_errors
 def train(
     data: Path = typer.Option(..., help="CamVid-layout folder (train/, trainannot/, val/, valannot/)"),
@@ -32,9 +44,13 @@ def train(
     output_stride: int = typer.Option(8, help="8, 16 or 32"),
     imagenet: bool = typer.Option(True, help="initialise the backbone from the offline ImageNet weights"),
     epochs: int = typer.Option(30, min=1),
-    batch_size: int = typer.Option(8, min=1),
-    lr: float = typer.Option(1e-3, help="head learning rate (the backbone's is half)"),
+    batch_size: int = typer.Option(8, min=1, help="per process: under torchrun the effective batch is N times this"),
+    lr: float = typer.Option(1e-3, help="head learning rate (the backbone's is half); not scaled under torchrun"),
     crop: str = typer.Option("288,384", help="training crop H,W"),
+    scale: str = typer.Option("0.75,1.5", help="random rescale range LOW,HIGH before cropping"),
+    dropout: float = typer.Option(0.1, min=0.0, max=0.9, help="dropout before each classifier"),
+    freeze_bn: bool = typer.Option(False, help="BatchNorm keeps its running statistics (small per-process batches)"),
+    sync_bn: bool = typer.Option(False, help="SyncBatchNorm across torchrun processes (CUDA only)"),
     class_weights: str = typer.Option("sqrt-median", help="none | median | sqrt-median"),
     seed: int = typer.Option(0),
     device: Device = "auto",
@@ -45,7 +61,11 @@ def train(
     """Train DANet on CamVid (CUDA uses mixed precision); resumes from OUT/last.pt when it exists."""
     config = TrainConfig(data=str(data), out=str(out), backbone=backbone, head_channels=head_channels,
                          output_stride=output_stride, imagenet=imagenet, epochs=epochs, batch_size=batch_size,
-                         lr=lr, crop=parse_crop(crop), class_weights=class_weights, seed=seed, device=device,
-                         threads=threads, max_steps=max_steps, export=str(export) if export else None)
-    best = run_training(config, log=typer.echo)
-    typer.echo(json.dumps({"best_val_miou": best.get("miou"), "epoch": best.get("epoch")}))
+                         lr=lr, crop=parse_crop(crop), scale=parse_scale(scale), class_weights=class_weights,
+                         seed=seed, device=device, threads=threads, max_steps=max_steps,
+                         export=str(export) if export else None, dropout=dropout, freeze_bn=freeze_bn,
+                         sync_bn=sync_bn)
+    with distributed.process_group(device) as ctx:
+        best = run_training(config, log=typer.echo)
+        if ctx.is_main:
+            typer.echo(json.dumps({"best_val_miou": best.get("miou"), "epoch": best.get("epoch")}))

@@ -1,0 +1,96 @@
+"""The interactive attention view: a Streamlit Components v2 element that follows the cursor.
+
+Python sends, once per (model, image), what any attention row, column or region needs: the
+image (JPEG data URL), the PAM query and key projections (float16, base64), each row's
+log-sum-exp and the mean row (float32, computed here in chunks: O(N^2 d) time, O(N) memory),
+the predicted class of every grid cell, the class names and the colour lookup tables. The
+browser (``static/attention_view.js``) then computes and paints the row under the cursor with
+no round trip; only a click ("pin") comes back to Python. The maths it follows is
+``danet_app.display_modes``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from danet import viz
+from danet.attention_stats import grid_labels
+from danet.inspection import InspectionResult
+
+from . import display_modes
+
+STATIC = Path(__file__).resolve().parent / "static"
+COMPONENT_NAME = "danet_attention_view"
+JPEG_QUALITY = 90
+
+
+def image_data_url(image: np.ndarray, quality: int = JPEG_QUALITY) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[str, ...], key: str,
+                  chunk: int = display_modes.CHUNK) -> dict:
+    """Everything the browser needs for one (model, image), JSON-ready; ``key`` names it (the
+    component decodes a payload once per key, however often the page reruns)."""
+    query = result.pam_query.float().numpy()
+    keys = result.pam_key.float().numpy()
+    lse, mean_row = display_modes.row_statistics(query, keys, chunk)
+    cells = grid_labels(result.prediction("fused"), result.grid_size, len(classes)).ravel()
+    wide = len(classes) > 255
+    height, width = result.image_size
+    return {
+        "id": key, "W": int(width), "H": int(height),
+        "gh": int(result.grid_size[0]), "gw": int(result.grid_size[1]), "d": int(query.shape[1]),
+        "align_corners": bool(result.align_corners),
+        "image": image_data_url(image),
+        "q": display_modes.b64(query, np.float16), "k": display_modes.b64(keys, np.float16),
+        "lse": display_modes.b64(lse, np.float32), "mean_row": display_modes.b64(mean_row, np.float32),
+        "cell_classes": display_modes.b64(cells, np.uint16 if wide else np.uint8), "cell_classes_wide": wide,
+        "classes": list(classes),
+        "lut_diverging": display_modes.b64(display_modes.colour_lut(display_modes.DIVERGING_CMAP), np.uint8),
+    }
+
+
+def settings(mode: str, view: str, cmap: str, upsampling: str, opacity: float, fraction: float,
+             pinned: list[tuple[int, int]]) -> dict:
+    """The light part of the component's data: it changes with the controls, not with the image."""
+    return {"mode": mode, "view": view, "upsampling": upsampling, "opacity": float(opacity),
+            "fraction": float(fraction), "pinned": [list(map(int, p)) for p in pinned],
+            "lut": display_modes.b64(display_modes.colour_lut(cmap), np.uint8),
+            "colours": ["#%02x%02x%02x" % viz.point_colour(i) for i in range(8)]}
+
+
+def payload_bytes(payload: dict) -> int:
+    """Bytes of the component's JSON for this payload: what one image costs the browser."""
+    return len(json.dumps(payload).encode())
+
+
+_renderer = None
+
+
+def renderer():
+    """The registered component (once per process; Streamlit re-registers it on a new runtime)."""
+    global _renderer
+    if _renderer is None:
+        import streamlit as st
+
+        _renderer = st.components.v2.component(
+            COMPONENT_NAME,
+            html=(STATIC / "attention_view.html").read_text(),
+            css=(STATIC / "attention_view.css").read_text(),
+            js=(STATIC / "attention_view.js").read_text(),
+        )
+    return _renderer
+
+
+def attention_view(payload: dict, view_settings: dict, *, key: str, on_pin):
+    """Mount the view; ``on_pin`` runs (as a callback, before the rerun) when a point is pinned."""
+    return renderer()(data={**payload, "settings": view_settings}, key=key, on_pin_change=on_pin,
+                      width="stretch", height="content")

@@ -1,0 +1,172 @@
+"""The maths of the interactive attention view, in numpy: what the browser component computes.
+
+``danet_app/static/attention_view.js`` does the same sums in JavaScript at the cursor; this
+module is the reference it is tested against (``tests/test_display_modes.py`` on hand-made
+rows, ``tests/test_browser_attention.py`` in chromium). Nothing here imports Streamlit.
+
+Maps are flat float arrays over the N feature-grid cells, row-major. A *row* is one query's
+softmax(q_i . K) (no 1/sqrt(d), exactly like ``InspectionResult.rows``); a *column* is every
+query's weight on one key cell, exp(q_i . k_j - lse_i), which needs each row's log-sum-exp
+``lse_i``; a *region* is the mean of the rows of the cells inside a box.
+"""
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+from danet.errors import InputError
+
+MODES = {
+    "raw": "Raw weight",
+    "relative": "Relative to uniform (N x weight)",
+    "specific": "Query-specific (minus the mean map)",
+    "mass": "Smallest set holding x% of the mass",
+    "log": "Log scale (log10 weight)",
+}
+DIVERGING_CMAP = "RdBu_r"          # query-specific maps are signed: blue below, red above the mean
+LOG_DECADES = 4.0                  # a log map shows at most this many decades below its peak
+LOG_FLOOR = 1e-30                  # weights are clamped here before the log (a softmax can underflow)
+CHUNK = 256                        # queries per chunk when sweeping all rows: O(CHUNK * N) memory
+
+
+# ---- rows, columns, regions ---------------------------------------------------------------------
+def attention_row(query: np.ndarray, key: np.ndarray, cell: int) -> np.ndarray:
+    """softmax(q_cell . K) over the N cells (float64), as ``InspectionResult.rows`` computes it."""
+    energy = key.astype(np.float64) @ query[cell].astype(np.float64)
+    energy -= energy.max()
+    weights = np.exp(energy)
+    return weights / weights.sum()
+
+
+def row_statistics(query: np.ndarray, key: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(lse, mean_row) over all N queries in one sweep: O(N^2 d) time, O(chunk * N) memory.
+
+    ``lse[i]`` = log sum_j exp(q_i . k_j), what a column needs to normalise each of its entries;
+    ``mean_row`` = the mean of all N softmax rows (what every pixel sees), what the
+    query-specific mode subtracts. Float32 products, float64 sums.
+    """
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    key_t = np.ascontiguousarray(np.asarray(key, dtype=np.float32).T)
+    n = query.shape[0]
+    lse = np.empty(n, np.float64)
+    total = np.zeros(key_t.shape[1], np.float64)
+    for start in range(0, n, chunk):
+        energy = query[start:start + chunk] @ key_t                  # (c, N)
+        peak = energy.max(axis=1, keepdims=True)
+        np.subtract(energy, peak, out=energy)
+        np.exp(energy, out=energy)
+        sums = energy.sum(axis=1, dtype=np.float64)
+        lse[start:start + chunk] = np.log(sums) + peak[:, 0]
+        energy /= sums[:, None].astype(np.float32)
+        total += energy.sum(axis=0, dtype=np.float64)
+    return lse, total / n
+
+
+def attention_column(query: np.ndarray, key: np.ndarray, lse: np.ndarray, cell: int) -> np.ndarray:
+    """Every query's weight on key ``cell``: exp(q_i . k_cell - lse_i), "who looks here"."""
+    energy = query.astype(np.float64) @ key[cell].astype(np.float64)
+    return np.exp(energy - lse)
+
+
+def region_cells(box: tuple[int, int, int, int], grid_size: tuple[int, int]) -> np.ndarray:
+    """Flat indices of the cells in ``box`` = (row0, col0, row1, col1), inclusive corners in any order."""
+    r0, c0, r1, c1 = box
+    rows = np.arange(min(r0, r1), max(r0, r1) + 1)
+    cols = np.arange(min(c0, c1), max(c0, c1) + 1)
+    gh, gw = grid_size
+    if rows[0] < 0 or cols[0] < 0 or rows[-1] >= gh or cols[-1] >= gw:
+        raise InputError(f"box {box} reaches outside the {gh}x{gw} grid")
+    return (rows[:, None] * gw + cols[None, :]).ravel()
+
+
+def region_mean(query: np.ndarray, key: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Mean attention row of ``cells``: where the region looks, on average."""
+    return np.mean([attention_row(query, key, int(c)) for c in cells], axis=0)
+
+
+# ---- display modes ------------------------------------------------------------------------------
+def mass_set(values: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask of the smallest set of cells holding ``fraction`` of the map's total mass.
+
+    Cells are taken in decreasing weight (ties: lower index first, a stable sort) until the
+    running sum reaches ``fraction`` of the total, as DINO's attention figures do.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"mass fraction must be in (0, 1], got {fraction}")
+    values = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(-values, kind="stable")
+    running = np.cumsum(values[order])
+    count = min(int(np.searchsorted(running, fraction * running[-1], side="left")) + 1, values.size)
+    mask = np.zeros(values.size, bool)
+    mask[order[:count]] = True
+    return mask
+
+
+def display(values: np.ndarray, mode: str, *, baseline: np.ndarray | float | None = None,
+            fraction: float = 0.9) -> tuple[np.ndarray, float, float]:
+    """(shown values, vmin, vmax) of one attention map in ``mode``; NaN cells are left unpainted.
+
+    Every map gets its own scale (its own colour bar), so a weak map is as readable as a peaked one.
+    ``baseline`` is what "query-specific" subtracts: the image's mean row for a row or a region,
+    1/N for a column (a column's mean over the other index).
+    """
+    raw = np.asarray(values, dtype=np.float64).ravel()
+    if mode == "raw":
+        shown, lo, hi = raw, 0.0, float(raw.max())
+    elif mode == "relative":
+        shown = raw * raw.size
+        lo, hi = 0.0, float(shown.max())
+    elif mode == "specific":
+        if baseline is None:
+            raise InputError("the query-specific mode needs the mean map to subtract")
+        shown = raw - np.asarray(baseline, dtype=np.float64).ravel()
+        bound = float(np.abs(shown).max())
+        lo, hi = -bound, bound
+    elif mode == "mass":
+        shown = np.where(mass_set(raw, fraction), raw, np.nan)
+        lo, hi = 0.0, float(raw.max())
+    elif mode == "log":
+        shown = np.log10(np.maximum(raw, LOG_FLOOR))
+        hi = float(shown.max())
+        lo = max(float(shown.min()), hi - LOG_DECADES)
+    else:
+        raise InputError(f"unknown display mode {mode!r}; choose from {', '.join(MODES)}")
+    return shown, lo, hi
+
+
+def colour_index(shown: np.ndarray, vmin: float, vmax: float, levels: int = 256) -> np.ndarray:
+    """Index into a ``levels``-colour lookup table, as ``danet.viz.heatmap`` picks colours; -1 = NaN."""
+    shown = np.asarray(shown, dtype=np.float64)
+    scaled = np.clip((shown - vmin) / (vmax - vmin), 0, 1) if vmax > vmin else np.zeros_like(shown)
+    index = np.minimum((np.nan_to_num(scaled) * levels).astype(np.int64), levels - 1)
+    return np.where(np.isnan(shown), -1, index)
+
+
+def colour_lut(cmap: str) -> np.ndarray:
+    """(256, 3) uint8 colours of a matplotlib colour map, exactly those ``danet.viz.heatmap`` uses."""
+    from matplotlib import colormaps
+
+    try:
+        colours = colormaps[cmap].resampled(256)
+    except KeyError:
+        raise InputError(f"unknown colour map {cmap!r}") from None
+    return (colours(np.arange(256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def checksum(values: np.ndarray) -> float:
+    """A position-sensitive sum the browser reports for what it drew: sum_j v_j * w_j over finite v.
+
+    ``w_j = 0.5 + ((j * 7919) mod 1009) / 1009``: a permuted or shifted map changes it, float
+    rounding barely does.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    weights = 0.5 + ((np.arange(values.size, dtype=np.int64) * 7919) % 1009) / 1009
+    finite = np.isfinite(values)
+    return float((values[finite] * weights[finite]).sum())
+
+
+# ---- what the browser receives ------------------------------------------------------------------
+def b64(array: np.ndarray, dtype) -> str:
+    """Little-endian bytes of ``array`` as ``dtype``, base64 (what the component decodes)."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()

@@ -1,0 +1,487 @@
+// danet-lens attention view: a Streamlit Components v2 module (ES module, no build step).
+//
+// Python (danet_app/attention_view.py) sends, once per (model, image), the image, the PAM query
+// and key projections (float16, base64), each row's log-sum-exp and the mean row (float32), the
+// predicted class per grid cell and the class names/palette; the settings and pinned points
+// ride along. Everything the pointer does is computed here, with no round trip:
+//   row     softmax(q_i . K)               (no 1/sqrt(d), exactly like InspectionResult.rows)
+//   column  exp(q_i . k_j - lse_i) for all i ("who looks here")
+//   region  the mean of the rows (or columns) of the cells inside a dragged box
+// then the display mode of danet_app/display_modes.py, coloured with the same lookup tables as
+// danet.viz. A click (no drag) sends a "pin" trigger to Python; nothing else reruns the script.
+// What was drawn is exposed as data-* attributes on #danet-attention for the browser tests.
+
+const STORE = new WeakMap();
+const HALF = (() => {                      // float16 bit pattern -> float32 value, all 65,536 of them
+  const table = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1, exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
+    table[h] = exp === 0 ? sign * frac * 2 ** -24
+      : exp === 31 ? (frac ? NaN : sign * Infinity)
+      : sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  }
+  return table;
+})();
+const LOG_DECADES = 4.0, LOG_FLOOR = 1e-30, MAX_DISPLAY_WIDTH = 960, DRAG_PIXELS = 5;
+const UNITS = {
+  raw: "attention weight (a row sums to 1)",
+  relative: "× uniform (1 = 1/N)",
+  specific: "weight minus the mean map",
+  mass: "weight, cells in the set only",
+  log: "log10 attention weight",
+};
+
+function bytesOf(b64) {
+  const text = atob(b64), out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+function halfs(b64) {
+  const raw = bytesOf(b64), bits = new Uint16Array(raw.buffer, raw.byteOffset, raw.length >> 1);
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = HALF[bits[i]];
+  return out;
+}
+function floats(b64) { const raw = bytesOf(b64); return new Float32Array(raw.buffer, raw.byteOffset, raw.length >> 2); }
+
+// ---- the maths (mirrors danet_app/display_modes.py) ---------------------------------------------
+function softmaxInPlace(energy) {
+  let peak = -Infinity;
+  for (let j = 0; j < energy.length; j++) if (energy[j] > peak) peak = energy[j];
+  let sum = 0;
+  for (let j = 0; j < energy.length; j++) { const e = Math.exp(energy[j] - peak); energy[j] = e; sum += e; }
+  for (let j = 0; j < energy.length; j++) energy[j] /= sum;
+  return energy;
+}
+function rowOf(p, cell, out) {             // softmax(q_cell . K) into out (Float64Array N)
+  const { q, k, n, d } = p, base = cell * d;
+  for (let j = 0; j < n; j++) {
+    let e = 0; const kb = j * d;
+    for (let t = 0; t < d; t++) e += q[base + t] * k[kb + t];
+    out[j] = e;
+  }
+  return softmaxInPlace(out);
+}
+function columnOf(p, cell, out) {          // exp(q_i . k_cell - lse_i): every query's weight on cell
+  const { q, k, n, d, lse } = p, base = cell * d;
+  for (let i = 0; i < n; i++) {
+    let e = 0; const qb = i * d;
+    for (let t = 0; t < d; t++) e += q[qb + t] * k[base + t];
+    out[i] = Math.exp(e - lse[i]);
+  }
+  return out;
+}
+function massSet(values, fraction) {       // smallest set of cells holding `fraction` of the mass
+  const n = values.length, order = new Uint32Array(n);
+  for (let j = 0; j < n; j++) order[j] = j;
+  order.sort((a, b) => (values[b] - values[a]) || (a - b));
+  let total = 0;
+  for (let j = 0; j < n; j++) total += values[order[j]];
+  const target = fraction * total, mask = new Uint8Array(n);
+  let running = 0, count = 0;
+  for (; count < n; count++) {
+    running += values[order[count]];
+    mask[order[count]] = 1;
+    if (running >= target) { count++; break; }
+  }
+  return { mask, count: Math.min(count, n) };
+}
+function display(values, mode, baseline, fraction) {
+  const n = values.length, shown = new Float64Array(n);
+  let lo = 0, hi = -Infinity, cells = n;
+  if (mode === "relative") {
+    for (let j = 0; j < n; j++) { shown[j] = values[j] * n; if (shown[j] > hi) hi = shown[j]; }
+  } else if (mode === "specific") {
+    let bound = 0;
+    for (let j = 0; j < n; j++) {
+      shown[j] = values[j] - (typeof baseline === "number" ? baseline : baseline[j]);
+      bound = Math.max(bound, Math.abs(shown[j]));
+    }
+    lo = -bound; hi = bound;
+  } else if (mode === "mass") {
+    const { mask, count } = massSet(values, fraction);
+    for (let j = 0; j < n; j++) { shown[j] = mask[j] ? values[j] : NaN; if (values[j] > hi) hi = values[j]; }
+    cells = count;
+  } else if (mode === "log") {
+    let low = Infinity;
+    for (let j = 0; j < n; j++) {
+      shown[j] = Math.log10(Math.max(values[j], LOG_FLOOR));
+      if (shown[j] > hi) hi = shown[j];
+      if (shown[j] < low) low = shown[j];
+    }
+    lo = Math.max(low, hi - LOG_DECADES);
+  } else {
+    for (let j = 0; j < n; j++) { shown[j] = values[j]; if (values[j] > hi) hi = values[j]; }
+  }
+  return { shown, lo, hi, cells };
+}
+function checksum(values) {
+  let sum = 0;
+  for (let j = 0; j < values.length; j++) {
+    const v = values[j];
+    if (Number.isFinite(v)) sum += v * (0.5 + ((j * 7919) % 1009) / 1009);
+  }
+  return sum;
+}
+function argmax(values) {
+  let best = 0;
+  for (let j = 1; j < values.length; j++) if (values[j] > values[best]) best = j;
+  return best;
+}
+function colourIndex(v, lo, hi) {
+  if (Number.isNaN(v)) return -1;
+  const scaled = hi > lo ? Math.min(Math.max((v - lo) / (hi - lo), 0), 1) : 0;
+  return Math.min(Math.floor(scaled * 256), 255);
+}
+
+// ---- painting -----------------------------------------------------------------------------------
+// The map is painted at display resolution: nearest repeats grid cells, bilinear interpolates the
+// values (torch's F.interpolate, with the model's align_corners) before colouring, as the app's
+// PNGs do; NaN cells stay transparent.
+function sampler(size, out, alignCorners, bilinear) {
+  const i0 = new Int32Array(out), i1 = new Int32Array(out), w = new Float32Array(out);
+  for (let o = 0; o < out; o++) {
+    if (!bilinear) { i0[o] = i1[o] = Math.min(Math.floor((o * size) / out), size - 1); continue; }
+    let src = alignCorners ? (out > 1 ? (o * (size - 1)) / (out - 1) : 0) : Math.max(((o + 0.5) * size) / out - 0.5, 0);
+    const a = Math.min(Math.floor(src), size - 1);
+    i0[o] = a; i1[o] = Math.min(a + 1, size - 1); w[o] = src - a;
+  }
+  return { i0, i1, w };
+}
+function paintMap(ctx, image, shown, lo, hi, p, lut, opacity, bilinear, width, height) {
+  const gh = p.gh, gw = p.gw;
+  const key = `${width}x${height}:${bilinear}`;
+  if (p.samplerKey !== key) {
+    p.samplerKey = key;
+    p.sx = sampler(gw, width, p.alignCorners, bilinear);
+    p.sy = sampler(gh, height, p.alignCorners, bilinear);
+    p.heat = new ImageData(width, height);
+    p.heatCanvas = new OffscreenCanvas(width, height);
+  }
+  const { sx, sy, heat } = p, px = heat.data;
+  let o = 0;
+  for (let y = 0; y < height; y++) {
+    const r0 = sy.i0[y] * gw, r1 = sy.i1[y] * gw, wy = sy.w[y];
+    for (let x = 0; x < width; x++, o += 4) {
+      const c0 = sx.i0[x], c1 = sx.i1[x], wx = sx.w[x];
+      let v;
+      if (!bilinear) v = shown[r0 + c0];
+      else {
+        const top = shown[r0 + c0] * (1 - wx) + shown[r0 + c1] * wx;
+        const bottom = shown[r1 + c0] * (1 - wx) + shown[r1 + c1] * wx;
+        v = top * (1 - wy) + bottom * wy;
+      }
+      const index = colourIndex(v, lo, hi);
+      if (index < 0) { px[o + 3] = 0; continue; }
+      px[o] = lut[3 * index]; px[o + 1] = lut[3 * index + 1]; px[o + 2] = lut[3 * index + 2]; px[o + 3] = 255;
+    }
+  }
+  p.heatCanvas.getContext("2d").putImageData(heat, 0, 0);
+  ctx.globalAlpha = 1;
+  ctx.drawImage(image, 0, 0, width, height);
+  ctx.globalAlpha = opacity;
+  ctx.drawImage(p.heatCanvas, 0, 0);
+  ctx.globalAlpha = 1;
+}
+function paintBar(canvas, lut) {
+  const ctx = canvas.getContext("2d"), bar = ctx.createImageData(256, 1);
+  for (let i = 0; i < 256; i++) {
+    bar.data.set([lut[3 * i], lut[3 * i + 1], lut[3 * i + 2], 255], 4 * i);
+  }
+  canvas.width = 256; canvas.height = 1;
+  ctx.putImageData(bar, 0, 0);
+}
+function format(v) {
+  if (!Number.isFinite(v)) return "–";
+  const a = Math.abs(v);
+  return a !== 0 && (a < 1e-3 || a >= 1e4) ? v.toExponential(2) : v.toPrecision(3);
+}
+function marker(ctx, x, y, colour, label, radius) {
+  ctx.beginPath(); ctx.arc(x, y, radius, 0, 2 * Math.PI);
+  ctx.lineWidth = Math.max(2, radius / 3); ctx.strokeStyle = "black"; ctx.stroke();
+  ctx.lineWidth = Math.max(1, radius / 5); ctx.strokeStyle = colour; ctx.stroke();
+  if (label) {
+    ctx.font = `bold ${Math.round(radius * 1.6)}px sans-serif`;
+    ctx.lineWidth = 3; ctx.strokeStyle = "black"; ctx.strokeText(label, x + radius + 2, y - radius);
+    ctx.fillStyle = colour; ctx.fillText(label, x + radius + 2, y - radius);
+  }
+}
+
+// ---- the view -----------------------------------------------------------------------------------
+function mount(root) {
+  const $ = (id) => root.querySelector(`#${id}`);
+  const view = {
+    root, el: $("danet-attention"), input: $("input-canvas"), map: $("map-canvas"), bar: $("bar-canvas"),
+    barLo: $("bar-lo"), barHi: $("bar-hi"), barUnit: $("bar-unit"), barMark: $("bar-mark"),
+    readout: $("readout"), hint: $("map-title"), pinned: $("pinned"),
+    payload: null, image: null, settings: {}, query: null, region: null, drag: null, pending: false,
+    frames: 0, lastMap: null, hover: null,
+  };
+  const cellAt = (canvas, event) => {
+    const p = view.payload, rect = canvas.getBoundingClientRect();
+    if (!p || rect.width === 0) return null;
+    const x = Math.min(Math.max(Math.floor(((event.clientX - rect.left) / rect.width) * p.W), 0), p.W - 1);
+    const y = Math.min(Math.max(Math.floor(((event.clientY - rect.top) / rect.height) * p.H), 0), p.H - 1);
+    return { x, y, row: Math.min(Math.floor((y * p.gh) / p.H), p.gh - 1), col: Math.min(Math.floor((x * p.gw) / p.W), p.gw - 1) };
+  };
+  view.input.addEventListener("pointerdown", (event) => {
+    const at = cellAt(view.input, event);
+    if (!at) return;
+    view.drag = { start: at, x: event.clientX, y: event.clientY, moved: false };
+    view.input.setPointerCapture(event.pointerId);
+    view.el.focus({ preventScroll: true });
+  });
+  view.input.addEventListener("pointermove", (event) => {
+    const at = cellAt(view.input, event);
+    if (!at) return;
+    if (view.drag) {
+      if (Math.hypot(event.clientX - view.drag.x, event.clientY - view.drag.y) > DRAG_PIXELS) view.drag.moved = true;
+      if (view.drag.moved) { view.dragBox = [view.drag.start.row, view.drag.start.col, at.row, at.col]; schedule(view, "marks"); }
+      return;
+    }
+    if (view.region) return;                                  // a box holds the map until Esc
+    if (!view.query || view.query.cell !== at.row * view.payload.gw + at.col) {
+      view.query = { ...at, cell: at.row * view.payload.gw + at.col };
+      schedule(view, "map");
+    }
+  });
+  view.input.addEventListener("pointerup", (event) => {
+    const drag = view.drag, at = cellAt(view.input, event);
+    view.drag = null; view.dragBox = null;
+    if (!drag || !at) return;
+    if (drag.moved) {
+      view.region = [drag.start.row, drag.start.col, at.row, at.col];
+      schedule(view, "map");
+    } else {
+      view.region = null;
+      view.query = { ...at, cell: at.row * view.payload.gw + at.col };
+      schedule(view, "map");
+      view.setTrigger("pin", { x: at.x, y: at.y, nonce: Date.now() + Math.random() });
+    }
+  });
+  view.map.addEventListener("pointermove", (event) => {
+    const at = cellAt(view.map, event);
+    if (!at || !view.lastMap) return;
+    view.hover = at; writeReadout(view);
+  });
+  view.map.addEventListener("pointerleave", () => { view.hover = null; writeReadout(view); });
+  view.el.addEventListener("keydown", (event) => {
+    const p = view.payload;
+    if (!p) return;
+    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+    if (event.key === "Escape") {
+      view.query = null; view.region = null; schedule(view, "map"); event.preventDefault(); return;
+    }
+    if (event.key === "Enter" && view.query) {
+      view.setTrigger("pin", { x: view.query.x, y: view.query.y, nonce: Date.now() + Math.random() });
+      event.preventDefault(); return;
+    }
+    if (!(event.key in moves)) return;
+    event.preventDefault();
+    const [dr, dc] = moves[event.key];
+    const q = view.query || { row: p.gh >> 1, col: p.gw >> 1 };
+    const row = Math.min(Math.max(q.row + (view.query ? dr : 0), 0), p.gh - 1);
+    const col = Math.min(Math.max(q.col + (view.query ? dc : 0), 0), p.gw - 1);
+    // the centre pixel of the cell, so a pin from the keyboard lands in the cell it shows
+    const x = Math.min(Math.floor(((col + 0.5) * p.W) / p.gw), p.W - 1), y = Math.min(Math.floor(((row + 0.5) * p.H) / p.gh), p.H - 1);
+    view.region = null;
+    view.query = { x, y, row, col, cell: row * p.gw + col };
+    schedule(view, "map");
+  });
+  return view;
+}
+
+function schedule(view, what) {
+  view.dirty = view.dirty === "map" ? "map" : what;
+  if (view.pending) return;
+  view.pending = true;
+  requestAnimationFrame(() => { view.pending = false; const d = view.dirty; view.dirty = null; paint(view, d); });
+}
+
+function currentMap(view) {
+  const p = view.payload, s = view.settings, kind = s.view === "column" ? "column" : "row";
+  const start = performance.now();
+  let values = null, label = "", baseline = kind === "column" ? 1 / p.n : p.meanRow, cells = [];
+  if (view.region) {
+    const [r0, c0, r1, c1] = view.region;
+    for (let r = Math.min(r0, r1); r <= Math.max(r0, r1); r++)
+      for (let c = Math.min(c0, c1); c <= Math.max(c0, c1); c++) cells.push(r * p.gw + c);
+    values = new Float64Array(p.n);
+    const one = new Float64Array(p.n);
+    for (const cell of cells) {
+      (kind === "column" ? columnOf : rowOf)(p, cell, one);
+      for (let j = 0; j < p.n; j++) values[j] += one[j];
+    }
+    for (let j = 0; j < p.n; j++) values[j] /= cells.length;
+    label = `region of ${cells.length} cells (${Math.min(r0, r1)},${Math.min(c0, c1)})–(${Math.max(r0, r1)},${Math.max(c0, c1)})`;
+  } else if (view.query) {
+    values = (kind === "column" ? columnOf : rowOf)(p, view.query.cell, new Float64Array(p.n));
+    label = `cell (${view.query.row}, ${view.query.col})`;
+  }
+  return { values, kind: view.region ? `region-${kind}` : kind, label, baseline, ms: performance.now() - start };
+}
+
+function paint(view, what) {
+  const p = view.payload, s = view.settings, el = view.el;
+  if (!p || !view.image) return;
+  const ictx = view.input.getContext("2d"), mctx = view.map.getContext("2d");
+  const W = view.input.width, H = view.input.height, radius = Math.max(5, Math.round(W / 70));
+  // the input with pinned points, the query and any box being dragged
+  ictx.drawImage(view.image, 0, 0, W, H);
+  (s.pinned || []).forEach(([x, y], i) => marker(ictx, ((x + 0.5) * W) / p.W, ((y + 0.5) * H) / p.H, s.colours[i % s.colours.length], String(i + 1), radius));
+  const box = view.dragBox || view.region;
+  if (box) {
+    const [r0, c0, r1, c1] = box;
+    ictx.lineWidth = 2; ictx.strokeStyle = "white"; ictx.setLineDash([6, 4]);
+    ictx.strokeRect((Math.min(c0, c1) * W) / p.gw, (Math.min(r0, r1) * H) / p.gh,
+      ((Math.abs(c1 - c0) + 1) * W) / p.gw, ((Math.abs(r1 - r0) + 1) * H) / p.gh);
+    ictx.setLineDash([]);
+  }
+  if (view.query && !view.region) marker(ictx, ((view.query.col + 0.5) * W) / p.gw, ((view.query.row + 0.5) * H) / p.gh, "white", "", radius);
+  if (what === "marks") return;
+
+  const map = currentMap(view);
+  if (!map.values) {
+    mctx.drawImage(view.image, 0, 0, W, H);
+    view.lastMap = null;
+    Object.assign(el.dataset, { kind: "none", queryCell: "", argmax: "", checksum: "", displayChecksum: "" });
+    view.hint.textContent = "Move the pointer over the left image: its attention shows here.";
+    writeReadout(view);
+    return;
+  }
+  const shown = display(map.values, s.mode, map.baseline, s.fraction);
+  const lut = s.mode === "specific" ? p.lutDiverging : p.lut;
+  paintMap(mctx, view.image, shown.shown, shown.lo, shown.hi, p, lut, s.opacity, s.upsampling === "bilinear", W, H);
+  const peak = argmax(map.values);
+  mctx.strokeStyle = "white"; mctx.lineWidth = 2;
+  mctx.strokeRect(((peak % p.gw) * W) / p.gw, (Math.floor(peak / p.gw) * H) / p.gh, W / p.gw, H / p.gh);
+  paintBar(view.bar, lut);
+  view.barLo.textContent = format(shown.lo);
+  view.barHi.textContent = format(shown.hi);
+  view.barUnit.textContent = UNITS[s.mode] + (s.mode === "mass" ? ` (${Math.round(s.fraction * 100)}% of the mass in ${shown.cells} of ${p.n} cells)` : "");
+  view.lastMap = { ...map, shown };
+  view.frames += 1;
+  Object.assign(el.dataset, {
+    kind: map.kind, mode: s.mode, view: s.view,
+    queryCell: view.region ? "" : `${view.query.row},${view.query.col}`,
+    region: view.region ? view.region.join(",") : "",
+    argmax: `${Math.floor(peak / p.gw)},${peak % p.gw}`,
+    checksum: checksum(map.values).toPrecision(10), displayChecksum: checksum(shown.shown).toPrecision(10),
+    max: map.values[peak].toPrecision(8), vmin: shown.lo.toPrecision(8), vmax: shown.hi.toPrecision(8),
+    massCells: String(shown.cells), computeMs: map.ms.toFixed(2), frames: String(view.frames),
+  });
+  const name = map.kind.startsWith("region") ? "Mean attention of a" : map.kind === "column" ? "Who looks at" : "Where";
+  view.hint.textContent = map.kind === "row" ? `Where ${map.label} looks` : `${name} ${map.label}` + (map.kind === "column" ? ": every query's weight on it" : "");
+  writeReadout(view);
+}
+
+function writeReadout(view) {
+  const p = view.payload, m = view.lastMap, el = view.el;
+  if (!p) return;
+  const parts = [];
+  if (view.query && !view.region) {
+    const cls = p.cellClass[view.query.cell];
+    parts.push(`query <b>cell (${view.query.row}, ${view.query.col})</b>, pixel (${view.query.x}, ${view.query.y}), predicted <b>${p.classes[cls] ?? cls}</b>`);
+  } else if (m) parts.push(`<b>${m.label}</b> (Esc to release)`);
+  let value = null;
+  if (m) {
+    const at = view.hover || (view.query && !view.region ? view.query : null);
+    if (at) {
+      const cell = at.row * p.gw + at.col;
+      value = m.shown.shown[cell];
+      const where = view.hover ? `under the cursor, cell (${at.row}, ${at.col}) ${p.classes[p.cellClass[cell]] ?? ""}` : "at the query itself";
+      parts.push(`${where}: <b>${format(value)}</b> ${UNITS[view.settings.mode]} (weight ${format(m.values[cell])})`);
+      const f = m.shown.hi > m.shown.lo ? Math.min(Math.max((value - m.shown.lo) / (m.shown.hi - m.shown.lo), 0), 1) : 0;
+      view.barMark.style.left = `${(Number.isFinite(value) ? f : 0) * 100}%`;
+      view.barMark.style.display = Number.isFinite(value) ? "block" : "none";
+    } else view.barMark.style.display = "none";
+    parts.push(`computed in ${m.ms.toFixed(1)} ms`);
+  } else {
+    view.barMark.style.display = "none";
+    parts.push("Move the pointer over the image · drag a box for a region · click (or Enter) pins a point · arrows move one cell · Esc clears");
+  }
+  el.dataset.value = value === null ? "" : String(value);
+  view.readout.innerHTML = parts.join(" · ");
+}
+
+// pinned points side by side: each map in the current mode with its own scale and colour bar
+function paintPinned(view) {
+  const p = view.payload, s = view.settings, host = view.pinned;
+  host.replaceChildren();
+  const points = s.pinned || [];
+  view.el.dataset.pinnedCount = String(points.length);
+  const checks = [];
+  points.forEach(([x, y], i) => {
+    const row = Math.min(Math.floor((y * p.gh) / p.H), p.gh - 1), col = Math.min(Math.floor((x * p.gw) / p.W), p.gw - 1);
+    const cell = row * p.gw + col;
+    const values = s.view === "column" ? columnOf(p, cell, new Float64Array(p.n)) : rowOf(p, cell, new Float64Array(p.n));
+    const shown = display(values, s.mode, s.view === "column" ? 1 / p.n : p.meanRow, s.fraction);
+    checks.push(checksum(values).toPrecision(8));
+    const figure = document.createElement("figure"), canvas = document.createElement("canvas");
+    const width = Math.min(p.W, 320), height = Math.max(1, Math.round((p.H * width) / p.W));
+    canvas.width = width; canvas.height = height;
+    const lut = s.mode === "specific" ? p.lutDiverging : p.lut;
+    const own = { gh: p.gh, gw: p.gw, alignCorners: p.alignCorners };
+    paintMap(canvas.getContext("2d"), view.image, shown.shown, shown.lo, shown.hi, own, lut, s.opacity, s.upsampling === "bilinear", width, height);
+    marker(canvas.getContext("2d"), ((x + 0.5) * width) / p.W, ((y + 0.5) * height) / p.H, s.colours[i % s.colours.length], String(i + 1), 5);
+    const bar = document.createElement("canvas"); bar.className = "bar"; paintBar(bar, lut);
+    const caption = document.createElement("figcaption");
+    caption.innerHTML = `<span>${format(shown.lo)}</span><span>point ${i + 1} · ${p.classes[p.cellClass[cell]] ?? ""}</span><span>${format(shown.hi)}</span>`;
+    figure.append(canvas, bar, caption);
+    host.append(figure);
+  });
+  view.el.dataset.pinnedChecksums = checks.join(";");
+}
+
+function update(view, data) {
+  const s = data.settings || {};
+  if (!view.payload || view.payload.id !== data.id) {
+    const t0 = performance.now();
+    const n = data.gh * data.gw;
+    const payload = {
+      id: data.id, W: data.W, H: data.H, gh: data.gh, gw: data.gw, n, d: data.d, alignCorners: !!data.align_corners,
+      q: halfs(data.q), k: halfs(data.k), lse: floats(data.lse), meanRow: floats(data.mean_row),
+      cellClass: data.cell_classes_wide ? new Uint16Array(bytesOf(data.cell_classes).buffer) : bytesOf(data.cell_classes),
+      classes: data.classes, lut: null, lutDiverging: bytesOf(data.lut_diverging),
+    };
+    view.payload = payload;
+    view.query = null; view.region = null; view.lastMap = null;
+    const width = Math.min(data.W, MAX_DISPLAY_WIDTH), height = Math.max(1, Math.round((data.H * width) / data.W));
+    for (const canvas of [view.input, view.map]) { canvas.width = width; canvas.height = height; canvas.style.aspectRatio = `${data.W} / ${data.H}`; }
+    const image = new Image();
+    image.onload = () => {
+      view.image = image; view.el.dataset.ready = "1";
+      view.el.dataset.decodeMs = (performance.now() - t0).toFixed(1);
+      const q = s.query;
+      if (q && !view.query) {                                  // restore the query after a rerun
+        const row = Math.min(Math.floor((q[1] * data.gh) / data.H), data.gh - 1), col = Math.min(Math.floor((q[0] * data.gw) / data.W), data.gw - 1);
+        view.query = { x: q[0], y: q[1], row, col, cell: row * data.gw + col };
+      }
+      schedule(view, "map"); paintPinned(view);
+    };
+    view.el.dataset.ready = "0";
+    view.el.dataset.payloadId = data.id;
+    view.el.dataset.cells = String(n);
+    image.src = data.image;
+  }
+  view.payload.lut = bytesOf(s.lut);
+  view.settings = {
+    mode: s.mode || "raw", view: s.view || "row", fraction: s.fraction || 0.9, opacity: s.opacity ?? 0.6,
+    upsampling: s.upsampling || "bilinear", pinned: s.pinned || [], colours: s.colours || ["#e69f00"],
+  };
+  if (view.image) { schedule(view, "map"); paintPinned(view); }
+}
+
+export default function (component) {
+  const { data, parentElement, setTriggerValue } = component;
+  // Streamlit calls this again whenever the data change, on the same DOM: keep one view per
+  // mounted element (decoded arrays, listeners, query) and only update it.
+  let view = STORE.get(parentElement);
+  if (!view || !view.el.isConnected || view.el !== parentElement.querySelector("#danet-attention")) {
+    view = mount(parentElement);
+    STORE.set(parentElement, view);
+  }
+  view.setTrigger = setTriggerValue;
+  if (data) update(view, data);
+  return undefined;        // nothing to tear down: listeners live on elements that go with the view
+}
