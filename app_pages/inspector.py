@@ -1,34 +1,44 @@
-"""The inspector page: the three DANet predictions and, for clicked points, their position-attention
-(PAM) maps with per-point statistics, and the downloads.
+"""The inspector page: where a pixel looks, at the speed of the cursor, then the predictions.
 
-Runs inside ``app.py`` after the sidebar made the selection; clicks and sliders only recompute
-attention rows and overlays, never the network.
+The attention tab is one ``st.fragment`` around a Components v2 view (``danet_app.attention_view``):
+the browser computes and paints the attention row under the cursor itself, so moving the pointer
+never reruns anything; a click pins a point (a trigger), which reruns only the fragment to add the
+point's statistics. Display settings rerun only the fragment too. Points are kept per image, live
+in the URL (``?image=...&points=x,y;x,y``) and can be loaded back from a downloaded record.
+Nothing here runs the network: the sidebar did, once per (model, image).
 """
 from __future__ import annotations
 
+import base64
 import time
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-from streamlit_image_coordinates import streamlit_image_coordinates
 
 from danet import viz
-from danet_app import sidebar
-from danet_app.exports import (compose_panels, encode_png, image_summary, json_record, metrics_for_json,
-                               model_summary, npz_bundle)
-from danet_app.state import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, drop_point,
-                             point_statistics, score_outputs)
+from danet.errors import DanetError
+from danet_app import display_modes, sidebar
+from danet_app.attention_view import attention_view, build_payload, payload_bytes, settings
+from danet_app.exports import (compose_panels, encode_png, figure_with_key, image_summary, json_record,
+                               metrics_for_json, model_summary, npz_bundle)
+from danet_app.state import (MAX_POINTS, OUTPUTS, add_point, branch_disagreement, drop_point,
+                             point_statistics, points_from_param, points_from_record, points_to_param,
+                             score_outputs)
 
-CLICK_KEY = "attention_click"          # fixed: the clickable image is redrawn whenever points change
+VIEW_KEY = "attention_view"
 OUTPUT_TITLES = {"fused": "Fused (DANet output)", "pam": "PAM branch", "cam": "CAM branch"}
 COLOUR_MAPS = ["jet", "turbo", "inferno", "viridis", "magma", "hot"]
+VIEWS = {"row": "Where it looks (row)", "column": "Who looks here (column)"}
 
 
-def accept_click() -> None:
-    """on_click of the image: fires once per real click (the component re-sends old clicks on reruns)."""
-    if apply_click(st.session_state, st.session_state.get(CLICK_KEY), st.session_state.get("click_image_size")):
-        st.session_state["click_started"] = time.perf_counter()
+@st.cache_resource(max_entries=4, show_spinner=False)
+def view_payload(result_key: str, _result, _image: np.ndarray, _classes: tuple[str, ...]) -> dict:
+    """The component's per-(model, image) data, shared read-only by all sessions: Q, K, each row's
+    log-sum-exp and the mean row (one chunked O(N^2 d) sweep), the image, the cell classes."""
+    payload = build_payload(_result, _image, _classes, result_key)
+    payload["bytes"] = payload_bytes(payload)
+    return payload
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
@@ -60,175 +70,239 @@ def attention_rows(points: list[tuple[int, int]]) -> np.ndarray:
     return np.stack([cache[p] for p in points])
 
 
+def pin_point() -> None:
+    """on_pin_change of the view (a trigger: fires once per click, before the fragment reruns)."""
+    value = (st.session_state.get(VIEW_KEY) or {}).get("pin")
+    if not isinstance(value, dict):
+        return
+    height, width = st.session_state.get("click_image_size", (0, 0))
+    try:
+        point = (int(value["x"]), int(value["y"]))
+    except (KeyError, TypeError, ValueError):
+        return
+    if not (0 <= point[0] < width and 0 <= point[1] < height):
+        return
+    points, dropped = add_point([tuple(p) for p in st.session_state.get("points", [])], point, MAX_POINTS)
+    st.session_state["points"] = points
+    st.session_state["click_started"] = time.perf_counter()
+    if dropped is not None:
+        st.session_state["point_notice"] = (f"At most {MAX_POINTS} points are kept: the oldest "
+                                            f"({dropped[0]}, {dropped[1]}) was removed.")
+
+
 def clear_points() -> None:
     st.session_state["points"] = []
 
 
-selection = sidebar.current()
-st.title("DANet inspector")
+def sync_url(points: list[tuple[int, int]]) -> None:
+    """The URL carries the image and its points, so a view can be shared and reloaded."""
+    tag, text = selection.image_sha256[:12], points_to_param(points)
+    if st.query_params.get("image") != tag:
+        st.query_params["image"] = tag
+    if text and st.query_params.get("points") != text:
+        st.query_params["points"] = text
+    elif not text and "points" in st.query_params:
+        del st.query_params["points"]
 
+
+def restore_from_url() -> None:
+    """On a fresh session (or a pasted link) for this image, take the points from the URL once."""
+    done = st.session_state.setdefault("url_restored", set())
+    if selection.result_key in done:
+        return
+    done.add(selection.result_key)
+    if st.query_params.get("image") != selection.image_sha256[:12] or not st.query_params.get("points"):
+        return
+    try:
+        st.session_state["points"] = points_from_param(st.query_params["points"], result.image_size)
+    except DanetError as error:
+        st.session_state["point_notice"] = f"Points in the URL not used: {error}"
+
+
+def load_record() -> None:
+    """on_change of the record uploader: a downloaded JSON record's points, for this image."""
+    upload = st.session_state.get("record_upload")
+    if upload is None:
+        return
+    try:
+        st.session_state["points"] = points_from_record(upload.getvalue(), selection.image_sha256,
+                                                        result.image_size)
+        st.session_state["point_notice"] = f"Loaded {len(st.session_state['points'])} points from {upload.name}."
+    except DanetError as error:
+        st.session_state["point_notice"] = f"Record not loaded: {error}"
+
+
+def heat_panel(row: np.ndarray, point: tuple[int, int], index: int, mode: str, fraction: float, cmap: str,
+               opacity: float, upsampling: str, baseline: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """One pinned point's map as the view paints it (for the PNG): (RGB, vmin, vmax)."""
+    shown, lo, hi = display_modes.display(row.ravel(), mode, baseline=baseline, fraction=fraction)
+    upsampled = result.upsample_maps(shown.reshape(1, *result.grid_size).astype(np.float32), upsampling)[0]
+    used = display_modes.DIVERGING_CMAP if mode == "specific" else cmap
+    lut = display_modes.colour_lut(used)
+    index_map = display_modes.colour_index(upsampled, lo, hi)
+    heat = lut[np.maximum(index_map, 0)]
+    blended = viz.blend(image, heat, opacity)
+    blended[index_map < 0] = image[index_map < 0]                   # cells outside a mass set: unpainted
+    marker = max(6, round(min(height, width) / 40))
+    return viz.mark_points(blended, [point], radius=marker, first_index=index), lo, hi
+
+
+selection = sidebar.current()
 result, image, classes, palette = selection.result, selection.image, selection.classes, selection.palette
 height, width = result.image_size
-cached = " (just now)" if selection.computed_now else " (cached)"
+st.session_state["click_image_size"] = (height, width)
+restore_from_url()
+
+st.title("DANet inspector")
+cached = "just now" if selection.computed_now else "cached"
 st.caption(f"**{selection.image_name}** ({width}x{height}) · forward **{result.seconds:.2f} s** on "
-           f"**{result.device}**{cached} · feature grid {result.grid_size[0]}x{result.grid_size[1]} · "
-           f"PAM alpha {result.alpha:.3f}, CAM beta {result.beta:.3f}")
+           f"**{result.device}** ({cached}) · feature grid {result.grid_size[0]}x{result.grid_size[1]} "
+           f"= {result.num_positions} cells · PAM alpha {result.alpha:.3f}, CAM beta {result.beta:.3f}")
+
+attention_tab, predictions_tab = st.tabs(["Position attention", "Predictions and scores"])
+
+
+@st.fragment
+def attention_panel() -> None:
+    """Everything a pin or a display setting changes: reruns alone, never the page."""
+    started = time.perf_counter()
+    controls = st.columns([1.6, 1.5, 1, 1.2, 1, 1])
+    mode = controls[0].selectbox("Display", list(display_modes.MODES), key="attention_display",
+                                 format_func=display_modes.MODES.get, persist_state="session",
+                                 help="Every map has its own scale and colour bar.")
+    view = controls[1].radio("Map", list(VIEWS), key="attention_view_kind", format_func=VIEWS.get,
+                             persist_state="session", help="column: every query's weight on the cell "
+                             "under the cursor (needs each row's normaliser, sent once per image)")
+    cmap = controls[2].selectbox("Colour map", COLOUR_MAPS, key="attention_cmap", persist_state="session")
+    upsampling = controls[3].radio("Upsampling", ["bilinear", "nearest"], key="attention_mode", horizontal=True,
+                                   help="nearest shows the feature-grid cells as they are", persist_state="session")
+    opacity = controls[4].slider("Opacity", 0.0, 1.0, 0.6, step=0.05, key="attention_opacity",
+                                 persist_state="session")
+    fraction = controls[5].slider("Mass %", 10, 100, 90, step=5, key="attention_mass", persist_state="session",
+                                  disabled=mode != "mass", help="the smallest set of cells holding this "
+                                  "share of the map's mass") / 100
+
+    notice = st.session_state.pop("point_notice", None)
+    if notice:
+        st.warning(notice)
+    points = [tuple(p) for p in st.session_state.get("points", [])]
+    payload = view_payload(selection.result_key, result, image, classes)
+    attention_view({k: v for k, v in payload.items() if k != "bytes"},
+                   settings(mode, view, cmap, upsampling, opacity, fraction, points), key=VIEW_KEY, on_pin=pin_point)
+    sync_url(points)
+
+    top = st.columns([3, 1])
+    top[0].markdown(f"**{len(points)} point{'s' if len(points) != 1 else ''}** pinned (max {MAX_POINTS}) · "
+                    f"the view received {payload['bytes'] / 1e6:.2f} MB for this image")
+    top[1].button("Clear all points", on_click=clear_points, disabled=not points, key="clear_points")
+
+    stats, rows = [], None
+    if points:
+        rows = attention_rows(points)                             # (P, h, w), O(P N d)
+        stats = point_statistics(result, points, rows, classes)
+        per_row = 4
+        for start in range(0, len(points), per_row):
+            columns = st.columns(per_row)
+            for column, index in zip(columns, range(start, min(start + per_row, len(points)))):
+                s = stats[index]
+                with column:
+                    st.markdown(
+                        f"**{index + 1}** · ({s.x}, {s.y}) · cell ({s.cell[0]}, {s.cell[1]})  \n"
+                        f"class **{s.class_name}**  \n"
+                        f"entropy **{s.entropy_bits:.2f} bits** ({s.entropy_fraction:.0%} of uniform)  \n"
+                        f"same-class mass **{s.same_class_share:.1%}**  \n"
+                        f"most attended: {s.top_class_name} ({s.top_class_share:.0%})")
+                    st.button("Remove", key=f"remove_{s.x}_{s.y}", on_click=drop_point,
+                              args=(st.session_state, (s.x, s.y)))
+        with st.expander("Point statistics as a table"):
+            st.dataframe(pd.DataFrame([s.to_dict() for s in stats]).set_index("index"), width="stretch")
+            st.caption("Entropy of the attention row in bits (uniform over the grid = 100%); same-class mass = "
+                       "attention on grid cells whose majority fused prediction is the point's class.")
+
+    timings = st.session_state.setdefault("timings", {})
+    timings["attention panel (this run)"] = time.perf_counter() - started
+    click_started = st.session_state.pop("click_started", None)
+    if click_started is not None:
+        timings["last pin -> statistics ready (server)"] = time.perf_counter() - click_started
+
+    # ---- downloads and records (in the fragment: they follow the pinned points) -----------------
+    with st.expander("Downloads, and loading a record back", expanded=False):
+        view_settings = {"display": mode, "map": view, "colour_map": cmap, "heatmap_opacity": opacity,
+                         "upsampling": upsampling, "mass_fraction": fraction}
+        original_width, original_height = selection.original_size
+        image_info = image_summary(selection.image_name, selection.image_sha256, (height, width),
+                                   (original_height, original_width))
+        model_info = model_summary(selection.loaded, selection.model_sha256, selection.model_id)
+        stem = selection.image_name.rsplit(".", 1)[0]
+
+        def figure_png() -> bytes:
+            views = prediction_views(selection.result_key, 0.55, result, image, palette)
+            panels = [("Input", image)] + [(OUTPUT_TITLES[w], views[w]) for w in OUTPUTS]
+            bars = [None] * len(panels)
+            if points:
+                mean_row = np.frombuffer(base64.b64decode(payload["mean_row"]), "<f4")
+                for i, (s, row) in enumerate(zip(stats, rows)):
+                    panel, lo, hi = heat_panel(row, points[i], i, mode, fraction, cmap, opacity, upsampling,
+                                               mean_row)
+                    panels.append((f"point {i + 1} ({s.x}, {s.y}) {s.class_name}", panel))
+                    bars.append((display_modes.DIVERGING_CMAP if mode == "specific" else cmap, lo, hi))
+            figure = compose_panels(panels, columns=4, colour_bars=bars,
+                                    bar_label=display_modes.MODES[mode])
+            legend = viz.legend(classes, palette, present=views["present"])
+            return encode_png(figure_with_key(figure, f"{selection.loaded.source} · {selection.image_name}",
+                                              legend))
+
+        def maps_npz() -> bytes:
+            labels = selection.labels.labels if selection.labels is not None else None
+            return npz_bundle(result, points, rows, classes, labels)
+
+        def record_json() -> str:
+            scored = score_outputs(result, selection.labels, len(classes)) if selection.labels is not None else None
+            metrics = metrics_for_json(scored, classes) if scored else None
+            return json_record(model_info, image_info, result, [s.to_dict() for s in stats], view_settings, metrics)
+
+        columns = st.columns(3)
+        columns[0].download_button("Figures (PNG)", figure_png, f"{stem}_danet.png", "image/png", on_click="ignore",
+                                   key="download_png")
+        columns[1].download_button("Maps + CAM matrix (.npz)", maps_npz, f"{stem}_danet_maps.npz",
+                                   "application/octet-stream", on_click="ignore", key="download_npz")
+        columns[2].download_button("Record (JSON)", record_json, f"{stem}_danet.json", "application/json",
+                                   on_click="ignore", key="download_json")
+        st.file_uploader("Load the points of a downloaded record (JSON) for this image", type=["json"],
+                         key="record_upload", on_change=load_record)
+
+
+with attention_tab:
+    attention_panel()
 
 # ---- predictions ----------------------------------------------------------------------------------
-st.subheader("Predictions")
-opacity = st.slider("Class colour opacity", 0.0, 1.0, 0.55, step=0.05, key="mask_opacity", persist_state="session")
-views = prediction_views(selection.result_key, opacity, result, image, palette)
-overlays = {which: views[which] for which in OUTPUTS}
-columns = st.columns(4)
-columns[0].image(image, caption="Input", width="stretch")
-for column, which in zip(columns[1:], OUTPUTS):
-    column.image(overlays[which], caption=OUTPUT_TITLES[which], width="stretch")
-
-disagreement_view = views["disagreement"]
-shares = branch_disagreement(result)
-columns = st.columns(4)
-columns[0].image(disagreement_view, caption="Where the branches disagree with the fused output",
-                 width="stretch")
-columns[1].image(viz.legend(viz.DISAGREEMENT_LABELS, viz.DISAGREEMENT_PALETTE), width="content")
-columns[1].markdown(f"PAM differs from fused on **{shares['pam']:.1%}** of pixels, "
-                    f"CAM on **{shares['cam']:.1%}**.")
-columns[2].image(viz.legend(classes, palette, present=views["present"]), caption="Predicted classes", width="content")
-if selection.labels is not None:
-    truth = viz.mask_overlay(image, selection.labels.labels, palette, opacity)
-    columns[3].image(truth, caption="Ground truth (label map)", width="stretch")
-
-scored = None
-if selection.labels is not None:
-    scored = score_outputs(result, selection.labels, len(classes))
-    st.subheader("Scores against the label map")
-    metric_columns = st.columns(3)
-    for column, which in zip(metric_columns, OUTPUTS):
-        column.metric(f"{OUTPUT_TITLES[which]}: mIoU", f"{scored[which]['miou']:.1%}",
-                      help="Mean over classes present in the label map or the prediction")
-        column.caption(f"pixel accuracy {scored[which]['pixel_accuracy']:.1%}")
-    table = pd.DataFrame({f"{which} IoU %": np.round(scored[which]["iou"] * 100, 1) for which in OUTPUTS},
-                         index=list(classes))
-    st.dataframe(table, width="stretch", height=35 * (len(table) + 1) + 3)
-
-# ---- position attention --------------------------------------------------------------------------
-st.subheader("Position attention: click on the image")
-st.caption("Each click picks a query pixel; its PAM row (softmax over all feature-grid positions, "
-           f"{result.num_positions} of them) is shown as a heatmap. Up to {MAX_POINTS} points.")
-notice = st.session_state.pop("point_notice", None)
-if notice:
-    st.warning(notice)
-
-render_start = time.perf_counter()
-controls = st.columns([1, 1, 1, 1, 1])
-# persist_state="session": a control keeps its value while another page is shown
-cmap = controls[0].selectbox("Colour map", COLOUR_MAPS, key="attention_cmap", persist_state="session")
-heat_opacity = controls[1].slider("Heatmap opacity", 0.0, 1.0, 0.6, step=0.05, key="attention_opacity",
-                                  persist_state="session")
-mode = controls[2].radio("Upsampling", ["bilinear", "nearest"], key="attention_mode", horizontal=True,
-                         help="nearest shows the feature-grid cells as they are", persist_state="session")
-scale = controls[3].radio("Colour scale", ["each map", "shared"], key="attention_scale", horizontal=True,
-                          help="shared: one maximum for all points, so their maps are comparable",
-                          persist_state="session")
-background = controls[4].radio("Click on", ["input", "fused overlay"], key="click_background", horizontal=True,
-                               persist_state="session")
-
-points = [tuple(p) for p in st.session_state.get("points", [])]
-base = image if background == "input" else overlays["fused"]
-left, right = st.columns(2)
-with left:
-    st.session_state["click_image_size"] = (height, width)
-    streamlit_image_coordinates(viz.mark_points(base, points), key=CLICK_KEY, on_click=accept_click,
-                                width="stretch", cursor="crosshair", image_format="JPEG", jpeg_quality=92)
-    buttons = st.columns([2, 1])
-    buttons[0].markdown(f"**{len(points)} point{'s' if len(points) != 1 else ''}** selected "
-                        f"(max {MAX_POINTS})")
-    buttons[1].button("Clear all points", on_click=clear_points, disabled=not points, key="clear_points")
-
-stats, heat_panels, rows = [], [], None
-if points:
-    rows = attention_rows(points)                             # (P, h, w), O(P N d)
-    maps = result.upsample_maps(rows, mode)                   # (P, H, W)
-    stats = point_statistics(result, points, rows, classes)
-    shared_max = float(maps.max()) if scale == "shared" else None
-    marker = max(6, round(min(height, width) / 40))              # panels are shown small
-    for index, (point, values) in enumerate(zip(points, maps)):
-        heat = viz.heatmap_overlay(image, values, heat_opacity, cmap, vmin=0.0,
-                                   vmax=shared_max if shared_max is not None else float(values.max()))
-        heat_panels.append(viz.mark_points(heat, [point], radius=marker, first_index=index))
-    with right:
-        latest = len(points) - 1
-        st.image(heat_panels[latest], width="stretch",
-                 caption=f"Attention of point {latest + 1} (latest click)")
-        s = stats[latest]
-        st.markdown(f"point **{latest + 1}** at ({s.x}, {s.y}) · cell {s.cell} · predicted "
-                    f"**{s.class_name}** · same-class mass **{s.same_class_share:.1%}**")
-else:
-    with right:
-        st.info("Click anywhere on the image to see where that pixel attends.")
-
-if points:
-    st.markdown("##### All points, side by side")
-    per_row = 4
-    for start in range(0, len(points), per_row):
-        columns = st.columns(per_row)
-        for column, index in zip(columns, range(start, min(start + per_row, len(points)))):
-            s = stats[index]
-            with column:
-                st.image(heat_panels[index], width="stretch", caption=f"point {index + 1}")
-                st.markdown(
-                    f"**{index + 1}** · ({s.x}, {s.y}) · cell ({s.cell[0]}, {s.cell[1]})  \n"
-                    f"class **{s.class_name}**  \n"
-                    f"entropy **{s.entropy_bits:.2f} bits** ({s.entropy_fraction:.0%} of uniform)  \n"
-                    f"same-class mass **{s.same_class_share:.1%}**  \n"
-                    f"most attended: {s.top_class_name} ({s.top_class_share:.0%})")
-                st.button("Remove", key=f"remove_{s.x}_{s.y}", on_click=drop_point,
-                          args=(st.session_state, (s.x, s.y)))
-    with st.expander("Point statistics as a table"):
-        st.dataframe(pd.DataFrame([s.to_dict() for s in stats]).set_index("index"), width="stretch")
-        st.caption("Entropy of the attention row in bits (uniform over the grid = 100%); same-class mass = "
-                   "attention on grid cells whose majority fused prediction is the point's class.")
-
-render_seconds = time.perf_counter() - render_start
-timings = st.session_state.setdefault("timings", {})
-timings["attention rows + overlays (this run)"] = render_seconds
-click_started = st.session_state.pop("click_started", None)
-if click_started is not None:
-    timings["last click -> heatmaps ready (server)"] = time.perf_counter() - click_started
-
-# ---- downloads ------------------------------------------------------------------------------------
-st.subheader("Downloads")
-settings = {"class_opacity": opacity, "colour_map": cmap, "heatmap_opacity": heat_opacity,
-            "upsampling": mode, "colour_scale": scale}
-original_width, original_height = selection.original_size
-image_info = image_summary(selection.image_name, selection.image_sha256, (height, width),
-                           (original_height, original_width))
-points_info = [s.to_dict() for s in stats]
-metrics_info = metrics_for_json(scored, classes) if scored else None
-model_info = model_summary(selection.loaded, selection.model_sha256, selection.model_id)
-stem = selection.image_name.rsplit(".", 1)[0]
-
-
-def figure_png() -> bytes:
-    panels = [("Input", image)] + [(OUTPUT_TITLES[w], overlays[w]) for w in OUTPUTS]
-    panels.append(("Disagreement (PAM orange, CAM blue, both red)", disagreement_view))
-    panels += [(f"point {i + 1} ({s.x}, {s.y}) {s.class_name}", panel)
-               for i, (s, panel) in enumerate(zip(stats, heat_panels))]
-    return encode_png(compose_panels(panels, columns=4))
-
-
-def maps_npz() -> bytes:
-    labels = selection.labels.labels if selection.labels is not None else None
-    return npz_bundle(result, points, rows, classes, labels)
-
-
-def record_json() -> str:
-    return json_record(model_info, image_info, result, points_info, settings, metrics_info)
-
-
-columns = st.columns(3)
-columns[0].download_button("Figures (PNG)", figure_png, f"{stem}_danet.png", "image/png", on_click="ignore",
-                           key="download_png")
-columns[1].download_button("Maps + CAM matrix (.npz)", maps_npz, f"{stem}_danet_maps.npz",
-                           "application/octet-stream", on_click="ignore", key="download_npz")
-columns[2].download_button("Record (JSON)", record_json, f"{stem}_danet.json", "application/json",
-                           on_click="ignore", key="download_json")
+with predictions_tab:
+    opacity = st.slider("Class colour opacity", 0.0, 1.0, 0.55, step=0.05, key="mask_opacity",
+                        persist_state="session")
+    views = prediction_views(selection.result_key, opacity, result, image, palette)
+    columns = st.columns(4)
+    columns[0].image(image, caption="Input", width="stretch")
+    for column, which in zip(columns[1:], OUTPUTS):
+        column.image(views[which], caption=OUTPUT_TITLES[which], width="stretch")
+    shares = branch_disagreement(result)
+    columns = st.columns(4)
+    columns[0].image(views["disagreement"], caption="Where the branches disagree with the fused output",
+                     width="stretch")
+    columns[1].image(viz.legend(viz.DISAGREEMENT_LABELS, viz.DISAGREEMENT_PALETTE), width="content")
+    columns[1].markdown(f"PAM differs from fused on **{shares['pam']:.1%}** of pixels, "
+                        f"CAM on **{shares['cam']:.1%}**.")
+    columns[2].image(viz.legend(classes, palette, present=views["present"]), caption="Predicted classes",
+                     width="content")
+    if selection.labels is not None:
+        truth = viz.mask_overlay(image, selection.labels.labels, palette, opacity)
+        columns[3].image(truth, caption="Ground truth (label map)", width="stretch")
+        scored = score_outputs(result, selection.labels, len(classes))
+        st.subheader("Scores against the label map")
+        metric_columns = st.columns(3)
+        for column, which in zip(metric_columns, OUTPUTS):
+            column.metric(f"{OUTPUT_TITLES[which]}: mIoU", f"{scored[which]['miou']:.1%}",
+                          help="Mean over classes present in the label map or the prediction")
+            column.caption(f"pixel accuracy {scored[which]['pixel_accuracy']:.1%}")
+        table = pd.DataFrame({f"{which} IoU %": np.round(scored[which]["iou"] * 100, 1) for which in OUTPUTS},
+                             index=list(classes))
+        st.dataframe(table, width="stretch", height=35 * (len(table) + 1) + 3)

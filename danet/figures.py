@@ -212,7 +212,7 @@ def attention_stats_figure(stats) -> Figure:
                                       (0.2, "mean_row_share", "share explained by the mean row")):
             ax.bar(positions + offset, [row.get(column, np.nan) for row in summary], 0.4, label=label)
         _class_axis(ax, names, "mean over queries", "Query specificity (JS 0 = every row alike)")
-        ax.set_ylim(0, 1.15)
+        ax.set_ylim(0, 1.25)                                               # room for the legend
         ax.legend(frameon=False, fontsize=7, ncols=2, loc="upper center")
 
         ax = axes[2, 2]
@@ -228,7 +228,7 @@ def _changed_note(row: dict) -> str:
     changed = row.get("changed_fraction_fused", np.nan)
     if row["variant"] == "full model" or not np.isfinite(changed):
         return ""
-    return f"\n{100 * changed:.2g}% px changed"
+    return f"\n{100 * changed:.2g}% changed"
 
 
 def sinks_figure(image: np.ndarray, sinks: np.ndarray, cell_boxes: list[tuple[float, float, float, float]] = (),

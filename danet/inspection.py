@@ -13,13 +13,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+from .memory import check_inspection_fits
 from .models import IMAGENET_MEAN, IMAGENET_STD, DANet
 
 
 def to_tensor(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """HxWx3 uint8 RGB -> normalised (1, 3, H, W) float tensor."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
+        raise InputError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
     x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
     mean = torch.tensor(mean).view(3, 1, 1)
     std = torch.tensor(std).view(3, 1, 1)
@@ -121,16 +123,21 @@ class InspectionResult:
 
 @torch.inference_mode()
 def inspect_image(model: DANet, image: np.ndarray | torch.Tensor, mean=IMAGENET_MEAN,
-                  std=IMAGENET_STD) -> InspectionResult:
+                  std=IMAGENET_STD, *, check_memory: bool = True) -> InspectionResult:
     """Run ``model`` once on ``image`` (HxWx3 uint8, or a normalised (1,3,H,W) tensor).
 
     The model must already be in eval mode on its device; it is not modified, so
-    concurrent calls on one model are safe.
+    concurrent calls on one model are safe. Before anything is allocated, the forward's memory
+    (class scores included) is estimated and a forward that will not fit is refused with an
+    ``InputError`` (``check_memory=False`` skips the estimate, e.g. in tight benchmark loops).
     """
     if model.training:
-        raise ValueError("inspect_image needs a model in eval mode (call model.eval() once after loading)")
-    x = to_tensor(image, mean, std) if isinstance(image, np.ndarray) else image
+        raise InputError("inspect_image needs a model in eval mode (call model.eval() once after loading)")
     device = next(model.parameters()).device
+    if check_memory:   # before the input tensor itself is made
+        height, width = image.shape[:2] if isinstance(image, np.ndarray) else image.shape[-2:]
+        check_inspection_fits(model.config, (width, height), device.type)
+    x = to_tensor(image, mean, std) if isinstance(image, np.ndarray) else image
     start = time.perf_counter()
     x = x.to(device)
     features = model.backbone(x)

@@ -8,4 +8,10 @@ Install with ``pip install "danet-lens[app]"``; run with ``streamlit run app.py`
 - ``viz_plotly``: pure Plotly figures of channel attention.
 - ``sidebar``: Streamlit: the shared sidebar (model, image, label map), the cached model,
   image and forward pass, the diagnostics panel.
+- ``attention_view`` (+ ``static/``): the Components v2 view that paints attention at the cursor;
+  ``display_modes``: its maths in numpy (the reference the browser is tested against).
+- ``warmup``: loads the default model in a background thread once per process.
 """
+from . import warmup
+
+warmup.start()

@@ -21,18 +21,46 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def colour_bar(cmap: str, vmin: float, vmax: float, width: int, label: str = "") -> np.ndarray:
+    """An RGB colour bar ``width`` wide with its end values (and a unit label) under it."""
+    from .display_modes import colour_lut
+
+    font = ImageFont.load_default(size=12)
+    strip = np.repeat(colour_lut(cmap)[np.linspace(0, 255, width).astype(int)][None], 10, axis=0)
+    canvas = Image.new("RGB", (width, 28), (255, 255, 255))
+    canvas.paste(Image.fromarray(strip), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    low, high = f"{vmin:.3g}", f"{vmax:.3g}"
+    draw.text((0, 12), low, fill=(0, 0, 0), font=font)
+    draw.text((width - draw.textlength(high, font=font), 12), high, fill=(0, 0, 0), font=font)
+    if label:
+        draw.text(((width - draw.textlength(label, font=font)) / 2, 12), label, fill=(60, 60, 60), font=font)
+    return np.asarray(canvas)
+
+
 def compose_panels(panels: list[tuple[str, np.ndarray]], columns: int = 4, panel_width: int = 360,
-                   background=(255, 255, 255)) -> np.ndarray:
-    """Lay titled RGB panels out on a grid (each scaled to ``panel_width``), like the page shows them."""
+                   background=(255, 255, 255), colour_bars: list | None = None, bar_label: str = "") -> np.ndarray:
+    """Lay titled RGB panels out on a grid (each scaled to ``panel_width``), like the page shows them.
+
+    ``colour_bars[i]`` = (cmap, vmin, vmax) puts panel i's own colour bar under it (None: no bar).
+    """
     if not panels:
         raise ValueError("nothing to compose")
     font = ImageFont.load_default(size=15)
     title_h = 24
+    bars = list(colour_bars or []) + [None] * len(panels)
     scaled = []
-    for title, array in panels:
+    for (title, array), bar in zip(panels, bars):
         image = Image.fromarray(np.asarray(array, dtype=np.uint8))
         height = max(1, round(image.height * panel_width / image.width))
-        scaled.append((title, image.resize((panel_width, height), Image.BILINEAR)))
+        image = image.resize((panel_width, height), Image.BILINEAR)
+        if bar is not None:
+            strip = Image.fromarray(colour_bar(bar[0], bar[1], bar[2], panel_width, bar_label))
+            stacked = Image.new("RGB", (panel_width, height + strip.height + 2), background)
+            stacked.paste(image, (0, 0))
+            stacked.paste(strip, (0, height + 2))
+            image = stacked
+        scaled.append((title, image))
     columns = max(1, min(columns, len(scaled)))
     rows = -(-len(scaled) // columns)
     row_heights = [max(img.height for _, img in scaled[r * columns:(r + 1) * columns]) + title_h
@@ -48,6 +76,22 @@ def compose_panels(panels: list[tuple[str, np.ndarray]], columns: int = 4, panel
             draw.text((x, y + 3), title, fill=(0, 0, 0), font=font)
             canvas.paste(image, (x, y + title_h))
         y += row_heights[r] + gap
+    return np.asarray(canvas)
+
+
+def figure_with_key(figure: np.ndarray, title: str, legend: np.ndarray | None = None,
+                    background=(255, 255, 255)) -> np.ndarray:
+    """``figure`` with a title line on top (the model's name) and the class legend on its right."""
+    font = ImageFont.load_default(size=16)
+    body = Image.fromarray(np.asarray(figure, dtype=np.uint8))
+    key = Image.fromarray(np.asarray(legend, dtype=np.uint8)) if legend is not None else None
+    width = body.width + (key.width + 16 if key is not None else 0)
+    height = 30 + max(body.height, key.height + 8 if key is not None else 0)
+    canvas = Image.new("RGB", (width, height), background)
+    ImageDraw.Draw(canvas).text((8, 7), title, fill=(0, 0, 0), font=font)
+    canvas.paste(body, (0, 30))
+    if key is not None:
+        canvas.paste(key, (body.width + 8, 38))
     return np.asarray(canvas)
 
 

