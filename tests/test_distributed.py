@@ -26,7 +26,7 @@ from danet.data.camvid import SegmentationAugment, SegmentationDataset
 from danet.errors import InputError
 from danet.evaluate import evaluate_loaded
 from danet.predict import PredictReport, merge_reports
-from danet.train import EpochSeeded, TrainConfig, train
+from danet.train import EpochSeeded, TrainConfig, build, train
 
 
 # ---- one process: the helpers are exact no-ops, the sharding rule holds ----------------------------
@@ -182,6 +182,10 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume(tmp_path):
     assert weights_one.keys() == weights_two.keys()
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    torch.manual_seed(0)                                             # train() seeds so before building
+    initial = build(TrainConfig(data=str(data), **TRAIN)).state_dict()
+    moved = max(float((weights_one[k].float() - v.float()).abs().max()) for k, v in initial.items())
+    assert 1e-4 < moved < 1e-2                  # the steps did move the weights, far beyond the tolerance
     exported = danet.load(two / "best.safetensors").meta.extra["training"]
     assert (exported["processes"], exported["effective_batch_size"]) == (2, 2)
 

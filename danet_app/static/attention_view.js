@@ -1,7 +1,7 @@
 // danet-lens attention view: a Streamlit Components v2 module (ES module, no build step).
 //
 // Python (danet_app/attention_view.py) sends, once per (model, image), the image, the PAM query
-// and key projections (float16, base64), each row's log-sum-exp and the mean row (float32), the
+// and key projections (base64: float32, or float16 for large grids), each row's log-sum-exp and the mean row (float32), the
 // predicted class per grid cell and the class names/palette; the settings and pinned points
 // ride along. Everything the pointer does is computed here, with no round trip:
 //   row     softmax(q_i . K)               (no 1/sqrt(d), exactly like InspectionResult.rows)
@@ -440,7 +440,8 @@ function update(view, data) {
     const n = data.gh * data.gw;
     const payload = {
       id: data.id, W: data.W, H: data.H, gh: data.gh, gw: data.gw, n, d: data.d, alignCorners: !!data.align_corners,
-      q: halfs(data.q), k: halfs(data.k), lse: floats(data.lse), meanRow: floats(data.mean_row),
+      q: data.qk_dtype === "float32" ? floats(data.q) : halfs(data.q),
+      k: data.qk_dtype === "float32" ? floats(data.k) : halfs(data.k), lse: floats(data.lse), meanRow: floats(data.mean_row),
       cellClass: data.cell_classes_wide ? new Uint16Array(bytesOf(data.cell_classes).buffer) : bytesOf(data.cell_classes),
       classes: data.classes, lut: null, lutDiverging: bytesOf(data.lut_diverging),
     };
