@@ -98,7 +98,8 @@ st.markdown(f"**Here {contrib.sentence()}** "
             + contribution_reading(contrib.pam_mean, contrib.cam_mean, contrib.alpha, contrib.beta))
 left, right = st.columns(2)
 left.image(grid_overlay(image, result, contrib.pam), width="stretch",
-           caption="PAM contribution per cell over the image (brighter = PAM changes that cell's features more)")
+           caption="PAM contribution per cell over the image (colours span its min to max; brighter = PAM "
+                   "changes that cell's features more)")
 with right:
     finite = contrib.pam[np.isfinite(contrib.pam)]
     if finite.size:

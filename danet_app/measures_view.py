@@ -110,10 +110,14 @@ def changed_overlay(image: np.ndarray, changed: np.ndarray, dim: float = 0.45) -
 
 def grid_overlay(image: np.ndarray, result, grid_map: np.ndarray, opacity: float = 0.6,
                  cmap: str = "inferno") -> np.ndarray:
-    """An (h, w) feature-grid map (NaN = no value) upsampled and laid over the image."""
-    values = np.nan_to_num(np.asarray(grid_map, dtype=np.float32), nan=0.0)
-    full = result.upsample_maps(values[None], "bilinear")[0]
-    return viz.heatmap_overlay(image, full, opacity, cmap, vmin=0.0, vmax=float(full.max()) or 1.0)
+    """An (h, w) feature-grid map upsampled and laid over the image, its colours spanning the map's
+    own range (so a map that is 5-18% everywhere is not one flat colour); NaN cells take the minimum."""
+    values = np.asarray(grid_map, dtype=np.float32)
+    finite = values[np.isfinite(values)]
+    low = float(finite.min()) if finite.size else 0.0
+    full = result.upsample_maps(np.where(np.isfinite(values), values, low)[None], "bilinear")[0]
+    high = float(full.max())
+    return viz.heatmap_overlay(image, full, opacity, cmap, vmin=low, vmax=high if high > low else low + 1.0)
 
 
 def js_histogram(spec: Specificity, bins: int = 40) -> go.Figure:

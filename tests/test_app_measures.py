@@ -240,3 +240,22 @@ def test_class_transitions_count_only_changed_pixels():
 def test_hidden_note_says_what_is_left_out():
     assert hidden_note(1, 127, 0, 0.01) == "1 channel shown; 127 channels with weight below 0.01 hidden."
     assert hidden_note(6, 0, 2, 0.01) == "6 channels shown; 2 more above the threshold beyond the top-k."
+
+
+@pytest.mark.app
+@pytest.mark.slow
+def test_specificity_of_a_large_grid_waits_for_its_button(tiny_checkpoint):
+    from danet.analysis.specificity import MAX_QUERIES
+
+    big = np.asarray(Image.fromarray(small_image()).resize((1200, 900)))     # ~1 MP: 113 x 150 cells
+    at = tiny_app(tiny_checkpoint, big)
+    assert ok(at) and at.session_state["selection"].result.num_positions > 4096
+    labels = [m.label for m in at.metric]
+    assert "JS from the mean row (mean)" not in labels and "PAM alpha (learned)" in labels
+    assert any("seeded sample" in i.value for i in at.info)
+    at.button(key="measure_specificity").click().run()
+    assert ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["queries measured"] == f"{MAX_QUERIES:,} (sample)"
+    at.run()                                                          # stays measured on reruns
+    assert "JS from the mean row (mean)" in [m.label for m in at.metric]

@@ -137,7 +137,7 @@ class View:
 
     def choose(self, label: str, option: str) -> None:
         """Pick ``option`` in the selectbox or radio labelled ``label``; waits for the view to redraw."""
-        frames = self.attr("frames")
+        updates = self.attr("updates")
         widget = self.page.locator("[data-testid='stSelectbox'], [data-testid='stRadio']").filter(has_text=label).first
         if widget.get_attribute("data-testid") == "stSelectbox":
             widget.click()
@@ -145,8 +145,8 @@ class View:
         else:
             widget.get_by_text(option).click()
         deadline = time.monotonic() + WAIT_MS / 1000
-        while self.attr("frames") == frames:
-            assert time.monotonic() < deadline, f"the view did not redraw after choosing {option}"
+        while self.attr("updates") == updates:
+            assert time.monotonic() < deadline, f"the view did not get the setting {option}"
             time.sleep(0.05)
 
     def pinned_cards(self, count: int) -> list[str]:
@@ -206,6 +206,7 @@ def test_rows_display_modes_regions_and_the_reverse_view_match_python(server, br
                         ("log", "Log scale"), ("mass", "Smallest set")]:
         view.choose("Display", dm.MODES[mode])
         view.hover(cell, grid)
+        view.wait_attr("mode", mode)
         shown, lo, hi = dm.display(row, mode, baseline=reference["mean_row"], fraction=0.9)
         assert view.attr("mode") == mode
         assert float(view.attr("display-checksum")) == pytest.approx(dm.checksum(shown), rel=1e-3, abs=1e-4)

@@ -470,6 +470,8 @@ function update(view, data) {
     mode: s.mode || "raw", view: s.view || "row", fraction: s.fraction || 0.9, opacity: s.opacity ?? 0.6,
     upsampling: s.upsampling || "bilinear", pinned: s.pinned || [], colours: s.colours || ["#e69f00"],
   };
+  view.updates = (view.updates || 0) + 1;
+  Object.assign(view.el.dataset, { updates: String(view.updates), mode: view.settings.mode, view: view.settings.view });
   if (view.image) { schedule(view, "map"); paintPinned(view); }
 }
 
