@@ -251,15 +251,48 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_per_image: int = 20,
-                            seed: int = 0, ablation: bool = True, ignore_index: int | None = None,
-                            progress: Callable[[Iterable], Iterable] | None = None,
-                            measures: bool = True) -> AttentionStats:
-    """Sample queries on every (image, label) pair, gather their statistics, and score the ablations.
+@dataclass
+class StatsPart:
+    """Statistics of some of the images (one image, or one rank's share under ``torchrun``): the
+    counts that add up exactly, and each image's rows under its index in the whole list, so that
+    parts merge (``merge_parts``) into exactly what one pass over all the images gives."""
 
-    ``model`` must be in eval mode; it is never modified. One backbone forward per image: the
-    ablations recompute the head only. ``measures=False`` skips the per-image specificity and
-    contribution passes (their columns are then NaN).
+    confusions: dict[str, dict[str, np.ndarray]]     # variant -> output -> (K, K) int64
+    changed: dict[str, int]                          # variant -> pixels whose fused class changes
+    pixels: int = 0
+    images: dict[int, tuple[dict, dict[str, list]]] = field(default_factory=dict)  # index -> (row, query columns)
+
+    @classmethod
+    def empty(cls, variants, num_classes: int) -> "StatsPart":
+        return cls({name: {o: np.zeros((num_classes, num_classes), np.int64) for o in ("fused", "pam", "cam")}
+                    for name, _, _ in variants}, {name: 0 for name, _, _ in variants})
+
+    def add(self, other: "StatsPart") -> "StatsPart":
+        """Add ``other``'s counts and images into this part (in place); an image index seen twice is
+        a bug in the sharding, so it raises."""
+        overlap = self.images.keys() & other.images.keys()
+        if overlap:
+            raise ValueError(f"image index {min(overlap)} counted twice")
+        for name, outputs in other.confusions.items():
+            for output, matrix in outputs.items():
+                self.confusions[name][output] += matrix
+            self.changed[name] += other.changed[name]
+        self.pixels += other.pixels
+        self.images.update(other.images)
+        return self
+
+
+def _variants(ablation: bool):
+    return ABLATIONS if ablation else ABLATIONS[:1]
+
+
+def image_attention_stats(model, meta, index: int, image_path: Path, label_path: Path, *,
+                          points_per_image: int = 20, seed: int = 0, ablation: bool = True,
+                          ignore_index: int | None = None, measures: bool = True) -> StatsPart:
+    """One image's queries, per-image row, confusion matrices and changed pixels.
+
+    ``index`` is the image's position in the whole list: the query sampling is seeded by
+    ``(seed, index)``, so an image gets the same queries whichever process handles it.
     """
     from .analysis import head_logits, measure_image
     from .data.camvid import read_pair
@@ -268,60 +301,106 @@ def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_
     num_classes = meta.config.num_classes
     if ignore_index is None:
         ignore_index = meta.dataset.ignore_index
-    variants = ABLATIONS if ablation else ABLATIONS[:1]
-    confusions = {name: {o: np.zeros((num_classes, num_classes), np.int64) for o in ("fused", "pam", "cam")}
-                  for name, _, _ in variants}
-    changed = {name: 0 for name, _, _ in variants}
-    pixels = 0
+    variants = _variants(ablation)
+    part = StatsPart.empty(variants, num_classes)
     columns: dict[str, list] = {c: [] for c in QUERY_COLUMNS}
-    per_image: list[dict] = []
-    for index, (image_path, label_path) in enumerate(progress(pairs) if progress else pairs):
-        image, label = read_pair(image_path, label_path)
-        if label.shape != image.shape[:2]:
-            raise LabelMapError(f"{label_path.name}: label {label.shape} does not match image {image.shape[:2]}")
-        result = inspect_image(model, image, meta.mean, meta.std)
-        image_row = {c: float("nan") for c in IMAGE_COLUMNS}
-        image_row["image"] = image_path.name
-        mean_row = contribution_map = None
-        if measures:
-            measured = measure_image(result, seed=seed)
-            mean_row, contribution_map = measured.specificity.sinks, measured.contribution.pam
-            image_row.update({k: v for k, v in measured.summary().items() if k in image_row})
-        grid_gt = grid_labels(label, result.grid_size, num_classes, ignore_index)
-        grid_pred = grid_labels(result.prediction("fused"), result.grid_size, num_classes)
-        queries = sample_queries(grid_gt, points_per_image, np.random.default_rng([seed, index]))
-        if queries.size:
-            _, in_pixels = cell_centres(result.grid_size, result.image_size)
-            points = [tuple(p) for p in in_pixels[queries]]
-            stats = query_statistics(result.rows(points).reshape(len(points), -1), queries, grid_gt,
-                                     grid_pred, result.image_size, mean_row=mean_row,
-                                     pam_contribution=contribution_map)
-            gw = result.grid_size[1]
-            columns["image"] += [image_path.name] * len(queries)
-            columns["row"] += list(queries // gw)
-            columns["col"] += list(queries % gw)
-            columns["x"] += [float(x) for x, _ in points]
-            columns["y"] += [float(y) for _, y in points]
-            columns["gt_class"] += list(grid_gt.ravel()[queries])
-            columns["pred_class"] += list(grid_pred.ravel()[queries])
-            for name, values in stats.items():
-                columns[name] += list(values)
-        full = result.prediction("fused")
-        pixels += full.size
-        for name, pam_off, cam_off in variants:
-            if not (pam_off or cam_off):
-                outputs = {o: result.prediction(o) for o in ("fused", "pam", "cam")}
-            else:
-                grid = head_logits(model, result, pam=not pam_off, cam=not cam_off)
-                outputs = {o: model.upsample(t[None], result.image_size)[0].argmax(0).numpy()
-                           for o, t in grid.items()}
-                count = int((outputs["fused"] != full).sum())
-                changed[name] += count
-                image_row[_CHANGED[pam_off, cam_off]] = count / full.size
-            for output, prediction in outputs.items():
-                confusions[name][output] += confusion_matrix(prediction, label, num_classes, ignore_index)
+    image, label = read_pair(image_path, label_path)
+    if label.shape != image.shape[:2]:
+        raise LabelMapError(f"{label_path.name}: label {label.shape} does not match image {image.shape[:2]}")
+    result = inspect_image(model, image, meta.mean, meta.std)
+    image_row = {c: float("nan") for c in IMAGE_COLUMNS}
+    image_row["image"] = image_path.name
+    mean_row = contribution_map = None
+    if measures:
+        measured = measure_image(result, seed=seed)
+        mean_row, contribution_map = measured.specificity.sinks, measured.contribution.pam
+        image_row.update({k: v for k, v in measured.summary().items() if k in image_row})
+    grid_gt = grid_labels(label, result.grid_size, num_classes, ignore_index)
+    grid_pred = grid_labels(result.prediction("fused"), result.grid_size, num_classes)
+    queries = sample_queries(grid_gt, points_per_image, np.random.default_rng([seed, index]))
+    if queries.size:
+        _, in_pixels = cell_centres(result.grid_size, result.image_size)
+        points = [tuple(p) for p in in_pixels[queries]]
+        stats = query_statistics(result.rows(points).reshape(len(points), -1), queries, grid_gt,
+                                 grid_pred, result.image_size, mean_row=mean_row,
+                                 pam_contribution=contribution_map)
+        gw = result.grid_size[1]
+        columns["image"] += [image_path.name] * len(queries)
+        columns["row"] += list(queries // gw)
+        columns["col"] += list(queries % gw)
+        columns["x"] += [float(x) for x, _ in points]
+        columns["y"] += [float(y) for _, y in points]
+        columns["gt_class"] += list(grid_gt.ravel()[queries])
+        columns["pred_class"] += list(grid_pred.ravel()[queries])
+        for name, values in stats.items():
+            columns[name] += list(values)
+    full = result.prediction("fused")
+    part.pixels += full.size
+    for name, pam_off, cam_off in variants:
+        if not (pam_off or cam_off):
+            outputs = {o: result.prediction(o) for o in ("fused", "pam", "cam")}
+        else:
+            grid = head_logits(model, result, pam=not pam_off, cam=not cam_off)
+            outputs = {o: model.upsample(t[None], result.image_size)[0].argmax(0).numpy()
+                       for o, t in grid.items()}
+            count = int((outputs["fused"] != full).sum())
+            part.changed[name] += count
+            image_row[_CHANGED[pam_off, cam_off]] = count / full.size
+        for output, prediction in outputs.items():
+            part.confusions[name][output] += confusion_matrix(prediction, label, num_classes, ignore_index)
+    part.images[index] = (image_row, columns)
+    return part
+
+
+def merge_parts(parts: Iterable[StatsPart]) -> StatsPart:
+    """The parts added up (counts summed in int64, so exactly; images keyed by their index)."""
+    parts = list(parts)
+    total = StatsPart({n: {o: m.copy() for o, m in outs.items()} for n, outs in parts[0].confusions.items()},
+                      dict(parts[0].changed), parts[0].pixels, dict(parts[0].images))
+    for part in parts[1:]:
+        total.add(part)
+    return total
+
+
+def gather_parts(part: StatsPart) -> StatsPart:
+    """Under ``torchrun``: every rank's part merged, on every rank. The confusion matrices and pixel
+    counts are summed with an int64 ``all_reduce``; the per-image rows (small) are gathered."""
+    from . import distributed
+
+    if not distributed.is_active():
+        return part
+    names = list(part.confusions)
+    stacked = np.stack([np.stack([part.confusions[n][o] for o in ("fused", "pam", "cam")]) for n in names])
+    stacked = distributed.sum_array(stacked)
+    counts = distributed.sum_array(np.array([part.changed[n] for n in names] + [part.pixels], np.int64))
+    images: dict[int, tuple[dict, dict[str, list]]] = {}
+    for rank_images in distributed.all_gather(part.images):
+        overlap = images.keys() & rank_images.keys()
+        if overlap:
+            raise ValueError(f"image index {min(overlap)} counted by two ranks")
+        images.update(rank_images)
+    return StatsPart({n: dict(zip(("fused", "pam", "cam"), stacked[i])) for i, n in enumerate(names)},
+                     {n: int(counts[i]) for i, n in enumerate(names)}, int(counts[-1]), images)
+
+
+def finish_attention_stats(part: StatsPart, model, meta, pairs: list[tuple[Path, Path]], *, points_per_image: int,
+                           seed: int, ignore_index: int | None, measures: bool) -> AttentionStats:
+    """``AttentionStats`` from the merged part of every image: query and per-image rows in image
+    order, then the per-class summary, the ablation scores and the overall means."""
+    if sorted(part.images) != list(range(len(pairs))):
+        raise ValueError(f"statistics of {len(part.images)} images, expected {len(pairs)}")
+    if ignore_index is None:
+        ignore_index = meta.dataset.ignore_index
+    columns: dict[str, list] = {c: [] for c in QUERY_COLUMNS}
+    per_image = []
+    for index in range(len(pairs)):
+        image_row, image_columns = part.images[index]
         per_image.append(image_row)
+        for name in QUERY_COLUMNS:
+            columns[name] += image_columns[name]
     queries_table = {c: np.asarray(v) for c, v in columns.items()}
+    variants = [(name, pam_off, cam_off) for name, pam_off, cam_off in ABLATIONS if name in part.confusions]
+    confusions, changed, pixels = part.confusions, part.changed, part.pixels
     full_miou = scores(confusions[variants[0][0]]["fused"])["miou"]
     alpha, beta = model.head.pam.alpha.item(), model.head.cam.beta.item()
     ablation_rows = []
@@ -340,6 +419,38 @@ def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_
     return AttentionStats(queries=queries_table, summary=summary, ablation=ablation_rows,
                           images=[str(p) for p, _ in pairs],
                           settings={"points_per_image": points_per_image, "seed": seed,
-                                    "ignore_index": ignore_index, "num_classes": num_classes,
+                                    "ignore_index": ignore_index, "num_classes": meta.config.num_classes,
                                     "classes": list(meta.classes), "measures": measures},
                           per_image=per_image, overall=overall)
+
+
+def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_per_image: int = 20,
+                            seed: int = 0, ablation: bool = True, ignore_index: int | None = None,
+                            progress: Callable[[Iterable], Iterable] | None = None,
+                            measures: bool = True, distributed: bool | None = None) -> AttentionStats:
+    """Sample queries on every (image, label) pair, gather their statistics, and score the ablations.
+
+    ``model`` must be in eval mode; it is never modified. One backbone forward per image: the
+    ablations recompute the head only. ``measures=False`` skips the per-image specificity and
+    contribution passes (their columns are then NaN). ``progress`` wraps this process's pairs.
+
+    ``distributed`` (default: inside a process group of several ranks, ``torchrun``) shares the
+    images out by ``danet.distributed.shard`` and merges the parts on every rank; every rank must
+    then call this with the same arguments. Queries are seeded by each image's index in ``pairs``,
+    so the result equals one process's.
+    """
+    from . import distributed as dist_helpers
+
+    sharded = dist_helpers.is_active() if distributed is None else distributed and dist_helpers.is_active()
+    indices = list(range(len(pairs)))
+    mine = dist_helpers.shard(indices) if sharded else indices
+    part = StatsPart.empty(_variants(ablation), meta.config.num_classes)
+    my_pairs = [pairs[i] for i in mine]
+    for index, (image_path, label_path) in zip(mine, progress(my_pairs) if progress else my_pairs):
+        part.add(image_attention_stats(model, meta, index, image_path, label_path,
+                                       points_per_image=points_per_image, seed=seed, ablation=ablation,
+                                       ignore_index=ignore_index, measures=measures))
+    if sharded:
+        part = gather_parts(part)
+    return finish_attention_stats(part, model, meta, pairs, points_per_image=points_per_image, seed=seed,
+                                  ignore_index=ignore_index, measures=measures)

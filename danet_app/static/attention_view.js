@@ -224,6 +224,8 @@ function mount(root) {
     const y = Math.min(Math.max(Math.floor(((event.clientY - rect.top) / rect.height) * p.H), 0), p.H - 1);
     return { x, y, row: Math.min(Math.floor((y * p.gh) / p.H), p.gh - 1), col: Math.min(Math.floor((x * p.gw) / p.W), p.gw - 1) };
   };
+  // over the image the arrow keys and Esc act on the view (no click needed first)
+  view.input.addEventListener("pointerenter", () => view.el.focus({ preventScroll: true }));
   view.input.addEventListener("pointerdown", (event) => {
     const at = cellAt(view.input, event);
     if (!at) return;
