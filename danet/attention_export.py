@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .batch import (check_points, describe_model, file_sha256, parse_point, prepare_output_dir, save_json, save_npy,
-                    save_png, save_text)
+from .batch import (OutputError, check_points, clean_stale_partials, describe_model, file_sha256, output_lock,
+                    parse_point, prepare_output_dir, save_json, save_npy, save_png, save_text)
 from .checkpoints.meta import LoadedModel
 from .data.images import ImageLoadError, LoadedImage, load_image
 from .errors import InputError
@@ -58,10 +58,13 @@ def read_query(image: str | Path, points: list[str | tuple[float, float]], *, ne
 
 
 def check_figure_path(path: str | Path) -> str:
-    """The figure format ``path``'s suffix asks for; anything but png/pdf/svg is an ``InputError``."""
+    """The figure format ``path``'s suffix asks for; anything but png/pdf/svg is an ``InputError``,
+    and so is a path that is an existing folder (checked before any work)."""
     suffix = Path(path).suffix.lstrip(".").lower()
     if suffix not in FIGURE_FORMATS:
         raise InputError(f"unsupported figure format {suffix or '(none)'!r}; use .png, .pdf or .svg")
+    if Path(path).is_dir():
+        raise InputError(f"--out {path} is a folder; name the figure file to write (e.g. {Path(path) / 'figure.png'})")
     return suffix
 
 
@@ -82,7 +85,19 @@ def export_attention(loaded: LoadedModel, query: Query, out: str | Path, *, chan
     if bad:
         raise InputError(f"channel {bad[0]} does not exist; the CAM has channels 0..{channels_total - 1}")
     out = prepare_output_dir(out)
-    (out / MANIFEST).unlink(missing_ok=True)       # the old manifest must not vouch for new files
+    with output_lock(out):
+        return _write_attention(loaded, query, result, out, model_info, channels, channels_total, opacity, top_k,
+                                progress)
+
+
+def _write_attention(loaded, query, result, out, model_info, channels, channels_total, opacity, top_k,
+                     progress) -> dict:
+    from . import __version__
+
+    try:
+        (out / MANIFEST).unlink(missing_ok=True)   # the old manifest must not vouch for new files
+    except OSError as error:
+        raise OutputError(f"cannot replace {out / MANIFEST}: {error.strerror or error}") from None
     array, points, picture = query.picture.array, query.used, query.picture
     rows = result.rows(points)                      # (P, h, w), each sums to 1
     upsampled = result.upsample_maps(rows)
@@ -145,6 +160,9 @@ def export_attention(loaded: LoadedModel, query: Query, out: str | Path, *, chan
                 "meaning": "row i: weights with which channel i gathers every channel j (rows sum to 1)"},
         "channels": channel_entries,
         "files": files,
+        "settings": {"model_sha256": model_info["sha256"], "config": loaded.meta.config.to_dict(),
+                     "dataset": loaded.meta.dataset.name, "opacity": float(opacity), "top_k": int(top_k),
+                     "channels": list(channels), "version": __version__},
     }
     save_json(out / MANIFEST, manifest)
     return manifest
@@ -160,5 +178,6 @@ def export_figure(loaded: LoadedModel, query: Query, out: str | Path, *, dpi: in
     predictions = {which: result.prediction(which) for which in ("fused", "pam", "cam")}
     figure = attention_figure(query.picture.array, query.used, maps, predictions, loaded.meta.classes,
                               loaded.meta.palette, all_classes=all_classes, title=title, columns=columns)
+    clean_stale_partials(Path(out))
     save_figure(figure, out, dpi=dpi)
     return Path(out)

@@ -7,9 +7,13 @@ here into one-line ``error: ...`` messages. Models are loaded with ``danet.load`
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import stat
+import unicodedata
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,12 +21,22 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import InputError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
+from .data.images import IMAGE_SUFFIXES
+from .errors import DanetError, InputError
 
 BatchInputError = InputError   # the name the batch commands grew up with
+LOCK_NAME = ".danet.lock"
+RESERVED_NAMES = ("legend.png", "manifest.json", LOCK_NAME)   # what the output root itself holds
+MAX_NAME_BYTES = 120            # per-image folder names (file systems allow 255 bytes)
+PARTIAL = re.compile(r"^\..*\.(\d+)-[0-9a-f]{8}\.partial(\.[^.]*)?$")
+
+
+class OutputError(DanetError):
+    """An output that cannot be written (disk full, read-only, a folder in the way, locked)."""
+
+
+class OutputBusyError(OutputError):
+    """The output folder is locked by another danet run."""
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -30,7 +44,9 @@ def collect_images(inputs: list[str | Path], recursive: bool = False) -> list[Pa
     """Image files named directly or found in the named folders, sorted per folder, no duplicates.
 
     A missing path, a file that is not an image by its suffix, or no image at all is a
-    ``BatchInputError`` raised before any work starts.
+    ``BatchInputError`` raised before any work starts. Suffixes are ``IMAGE_SUFFIXES`` (what
+    ``load_image`` opens). ``recursive`` walks sub-folders iteratively (any depth), entering each
+    real folder once, so a symlink loop ends the walk instead of running it forever.
     """
     found: list[Path] = []
     seen: set[Path] = set()
@@ -39,9 +55,9 @@ def collect_images(inputs: list[str | Path], recursive: bool = False) -> list[Pa
         if not path.exists():
             raise BatchInputError(f"{path} does not exist")
         if path.is_dir():
-            pattern = path.rglob("*") if recursive else path.iterdir()
-            candidates = sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            candidates = sorted(_walk(path) if recursive else
+                                (p for p in path.iterdir() if _is_image_name(p.name) and p.is_file()))
+        elif _is_image_name(path.name):
             candidates = [path]
         else:
             raise BatchInputError(f"{path} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
@@ -55,21 +71,76 @@ def collect_images(inputs: list[str | Path], recursive: bool = False) -> list[Pa
     return found
 
 
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Image files under ``root``: a stack, not recursion; each folder entered once by (device, inode)."""
+    visited: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in visited:
+                continue
+            visited.add((info.st_dev, info.st_ino))
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue                      # unreadable or vanished: nothing to collect there
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif _is_image_name(entry.name) and entry.is_file():
+                    yield Path(entry.path)
+            except OSError:
+                continue
+
+
+def safe_name(stem: str) -> str:
+    """``stem`` as one harmless folder name: no separators or control characters, not '.', '..'
+    or hidden, at most ``MAX_NAME_BYTES`` bytes (a too-long stem keeps a hash of the rest)."""
+    cleaned = "".join("_" if ch in "/\\" or unicodedata.category(ch).startswith("C") else ch for ch in stem)
+    cleaned = cleaned.strip()
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned.lstrip(".")
+    cleaned = cleaned or "image"
+    encoded = cleaned.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(encoded).hexdigest()[:8]
+        head = encoded[:MAX_NAME_BYTES - 9].decode("utf-8", "ignore")
+        cleaned = f"{head}-{digest}"
+    if cleaned.casefold() in RESERVED_NAMES:
+        cleaned = "_" + cleaned
+    return cleaned
+
+
 def output_names(images: list[Path]) -> list[str]:
-    """One output name per image: its stem, plus a short path hash where two stems collide.
+    """One output folder name per image: its stem made safe (``safe_name``), plus a short path hash
+    where two names collide (compared case-insensitively, as some file systems do).
 
     Deterministic for the same inputs, so a rerun finds the outputs of an earlier run.
     """
-    stems = [image.stem for image in images]
+    stems = [safe_name(image.stem) for image in images]
     counts: dict[str, int] = {}
     for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
+        counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
     names = []
     for image, stem in zip(images, stems):
-        if counts[stem] > 1:
-            digest = hashlib.sha1(str(image.resolve()).encode()).hexdigest()[:8]
+        if counts[stem.casefold()] > 1:
+            digest = hashlib.sha1(str(image.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
             stem = f"{stem}-{digest}"
         names.append(stem)
+    taken: set[str] = set()
+    for index, name in enumerate(names):      # a hashed name meeting a natural one (vanishingly rare)
+        unique, n = name, 1
+        while unique.casefold() in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        taken.add(unique.casefold())
+        names[index] = unique
     return names
 
 
@@ -126,20 +197,63 @@ def describe_model(loaded) -> dict:
 
 
 # ---- atomic writes -------------------------------------------------------------------------------
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the folder is read-only or not writable" + (f" ({error.strerror})" if error.strerror else "")
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return one_line(error) or type(error).__name__
+
+
+def write_error(path: str | Path, error: BaseException) -> OutputError:
+    """The one-line ``OutputError`` for a failed write of ``path`` (disk full, read-only, ...)."""
+    return OutputError(f"cannot write {path}: {_reason(error)}")
+
+
+def partial_name(path: Path) -> Path:
+    """A hidden, unique temporary name next to ``path`` (same suffix, so writers pick the format);
+    ``clean_partials`` recognises it by its pattern."""
+    return path.with_name(f".{path.stem[:80]}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix, so writers pick the right format);
-    it is renamed onto ``path`` only when the block finishes without an exception."""
+    """Yield a temporary path next to ``path``; when the block finishes it is fsynced and renamed
+    onto ``path`` (a symlink at ``path`` is replaced, never written through).
+
+    A failure to write (disk full, read-only folder, a folder in the way) is an ``OutputError``
+    naming ``path``, and the temporary file is removed: nothing half-written looks complete.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden, unique per writer; created by the writer itself so the usual permissions apply.
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    if path.is_dir() and not path.is_symlink():
+        raise OutputError(f"cannot write {path}: it is a folder")
     try:
-        yield temporary
-        os.replace(temporary, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(path, error) from None
+    temporary = partial_name(path)
+    try:
+        try:
+            yield temporary
+            _fsync(temporary)
+            os.replace(temporary, path)
+        except OSError as error:
+            raise write_error(path, error) from None
     finally:
-        if temporary.exists():
-            temporary.unlink()
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
 
 
 def save_png(path: str | Path, array: np.ndarray) -> None:
@@ -208,6 +322,141 @@ def prepare_output_dir(path: str | Path) -> Path:
     except OSError as error:
         raise BatchInputError(f"cannot create {path}: {one_line(error)}") from error
     return path
+
+
+def child_folder(out: Path, name: str) -> Path:
+    """``out/name`` as a real folder directly inside ``out``.
+
+    ``name`` must be one plain component (``safe_name`` makes it so); a symlink in its place is
+    removed (never followed), a file in its place is an ``OutputError``.
+    """
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise OutputError(f"refusing the output name {name!r}: it would leave {out}")
+    folder = out / name
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        info = None
+    except OSError as error:
+        raise write_error(folder, error) from None
+    try:
+        if info is not None and stat.S_ISLNK(info.st_mode):
+            os.unlink(folder)                     # replace the link, do not write through it
+            info = None
+        if info is None:
+            os.mkdir(folder)
+        elif not stat.S_ISDIR(info.st_mode):
+            raise OutputError(f"cannot write into {folder}: it is a file, not a folder")
+    except FileExistsError:
+        return child_folder(out, name)            # another writer made it in between: check it again
+    except OSError as error:
+        raise write_error(folder, error) from None
+    return folder
+
+
+def clean_partials(out: Path) -> int:
+    """Remove the hidden temporary files killed runs left in ``out`` and its sub-folders (not
+    following links); only call it while holding ``output_lock(out)``. Returns how many."""
+    removed = 0
+    folders = [out]
+    try:
+        folders += [Path(e.path) for e in os.scandir(out) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return 0
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if PARTIAL.match(entry.name) and not entry.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+def clean_stale_partials(path: Path) -> None:
+    """Remove temporary files of ``path`` left by processes that no longer run (for single-file
+    outputs such as ``convert`` and ``figure``, which take no folder lock)."""
+    prefix = f".{path.stem[:80]}."
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = PARTIAL.match(entry.name)
+        if match and entry.name.startswith(prefix) and not _pid_alive(int(match.group(1))):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on the folder ``out`` (``out/.danet.lock``, ``fcntl.flock``).
+
+    A second run raises ``OutputBusyError`` ("... is in use by another danet run (pid N)"). The
+    kernel drops the lock when its process dies, so a killed run's lock file is simply taken
+    over. Leftover temporary files of killed runs are removed once the lock is held.
+    """
+    import fcntl
+
+    out = Path(out)
+    lock = out / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+        except OSError as error:
+            if error.errno == errno.ELOOP:            # a symlink planted as the lock file
+                os.unlink(lock)
+                continue
+            raise OutputError(f"cannot write to {out}: {_reason(error)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise OutputBusyError(f"{out} is in use by another danet run "
+                                  f"(pid {holder if holder.isdigit() else 'unknown'}); wait for it to finish "
+                                  "or choose another --out") from None
+        except OSError as error:
+            os.close(fd)
+            raise write_error(lock, error) from None
+        try:                                          # the file we locked may have been removed meanwhile
+            same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        clean_partials(out)
+        yield out
+    finally:
+        try:
+            os.unlink(lock)                           # still holding it, so nobody else has it
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def one_line(error: BaseException | str) -> str:

@@ -21,7 +21,7 @@ from .analysis.contribution import percent
 from .analysis.knockout import DRAWS, MAX_K
 from .analysis.specificity import MAX_QUERIES
 from .attention_export import Query
-from .batch import describe_model, file_sha256, prepare_output_dir, save_json
+from .batch import OutputError, describe_model, file_sha256, output_lock, prepare_output_dir, save_json
 from .checkpoints.meta import LoadedModel
 from .data.labels import load_label_map
 from .errors import InputError, LabelMapError
@@ -169,7 +169,15 @@ def write_measures(report: MeasuresReport, out: str | Path, *, dpi: int = 150) -
     strongest outlined), ``pam_contribution.png``, ``deletion_pointN.png`` per point, and last
     ``measures.json`` (the record, with the file list). Returns the record."""
     out = prepare_output_dir(out)
-    (out / RECORD).unlink(missing_ok=True)        # an old record must not vouch for new files
+    with output_lock(out):
+        return _write_measures(report, out, dpi)
+
+
+def _write_measures(report: MeasuresReport, out: Path, dpi: int) -> dict:
+    try:
+        (out / RECORD).unlink(missing_ok=True)    # an old record must not vouch for new files
+    except OSError as error:
+        raise OutputError(f"cannot replace {out / RECORD}: {error.strerror or error}") from None
     image, result, measures = report.query.picture.array, report.result, report.measures
     files = []
 

@@ -4,7 +4,8 @@ switching PAM or CAM off costs in mIoU and changed pixels; plus the per-image me
 ``danet.analysis`` (query specificity, contribution, CAM saturation) per query, per image and overall.
 
 The measures are defined in ``danet.attention_stats`` and docs/measures.md. Files are written under temporary names
-and renamed; ``summary.json`` comes last and marks a complete run.
+and renamed; ``summary.json`` comes last and marks a complete run. Under ``torchrun`` the images are shared
+across the processes, merged on every rank, and rank 0 alone writes the folder.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import distributed
 from .analysis.contribution import percent
 from .attention_stats import (IMAGE_COLUMNS, QUERY_COLUMNS, AttentionStats, compute_attention_stats, rows_to_csv,
                               select_evenly)
@@ -46,18 +48,24 @@ def write_attention_stats(loaded: LoadedModel, data: str | Path, out: str | Path
     """Statistics of ``loaded`` on the labelled folder ``data`` (CamVid layout), into ``out``.
 
     ``max_images`` images are spread evenly over the split; ``ignore_index`` defaults to the
-    model's dataset's void label.
+    model's dataset's void label. Inside a process group (``torchrun``) every rank must call this
+    with the same arguments: each computes its share of the images, and only rank 0 writes ``out``
+    (the others return the same statistics with nothing written).
     """
     pairs = select_evenly(list_pairs(data, split), max_images)
-    model_info = describe_model(loaded)          # hash now: the file may be replaced later
-    out = prepare_output_dir(out)
+    main = distributed.is_main()
+    model_info = describe_model(loaded) if main else None     # hash now: the file may be replaced later
+    if main:
+        out = prepare_output_dir(out)
     start = time.perf_counter()
     stats = compute_attention_stats(loaded.model, loaded.meta, pairs, points_per_image, seed, ablation, ignore_index,
                                     progress=lambda items: tqdm(items, desc="attention-stats", unit="image",
-                                                                disable=not progress))
+                                                                disable=not (progress and main)))
     if not stats.summary:
         raise InputError(f"no non-void query cells in {len(pairs)} image(s); check the ignore index and the labels")
     seconds = time.perf_counter() - start
+    if not main:
+        return AttentionStatsReport(stats, {"images": len(pairs), "settings": stats.settings}, Path(out))
 
     (out / SUMMARY).unlink(missing_ok=True)
     save_text(out / "attention_stats.csv", rows_to_csv(stats.summary, SUMMARY_COLUMNS))

@@ -136,7 +136,8 @@ def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
     at.slider(key="mask_opacity").set_value(0.9).run()
     at.slider(key="attention_opacity").set_value(0.3).run()
     at.radio(key="attention_mode").set_value("nearest").run()
-    at.radio(key="attention_scale").set_value("shared").run()
+    at.selectbox(key="attention_display").set_value("specific").run()
+    at.radio(key="attention_view_kind").set_value("column").run()
     at.selectbox(key="attention_cmap").set_value("viridis").run()
     at.session_state["points"] = at.session_state["points"] + [(60, 40)]
     at.run()
@@ -154,6 +155,7 @@ def test_clicks_sliders_and_pages_never_rerun_the_network(tiny_checkpoint):
     assert len(point_cards(at)) == 3                                   # points survive page changes
     assert at.slider(key="mask_opacity").value == 0.9                  # and so do the controls
     assert at.radio(key="attention_mode").value == "nearest"
+    assert at.selectbox(key="attention_display").value == "specific"
     at.switch_page(CHANNELS).run()
     assert at.toggle(key="cam_cluster").value is True and at.number_input(key="cam_channel").value == 7
     assert FORWARDS.total - start == 0                                 # the one forward was before `start`
@@ -187,10 +189,13 @@ def test_points_are_per_session_and_per_image(tiny_checkpoint):
     second.run()
     assert len(point_cards(first)) == 2 and len(point_cards(second)) == 1
     assert "(100, 80)" in point_cards(second)[0]
-    # a new image clears this session's points
+    # a new image starts without points; going back to the first image brings its points back
     first.sidebar.file_uploader(key="image_upload").set_value(
         ("other.png", png(small_image()[::-1].copy()), "image/png")).run()
     assert point_cards(first) == [] and first.session_state["points"] == []
+    first.sidebar.file_uploader(key="image_upload").set_value(("crop.png", png(small_image()), "image/png")).run()
+    assert first.session_state["points"] == [(5, 5), (50, 50)] and len(point_cards(first)) == 2
+    assert first.query_params["points"] == "5,5;50,50"                # shareable: the points are in the URL
 
 
 def test_remove_and_clear_points(tiny_checkpoint):

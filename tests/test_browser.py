@@ -1,10 +1,9 @@
 """The real app in a real browser: ``streamlit run app.py`` driven by Playwright + Debian chromium.
 
-Clicks two points on a sample, checks two different attention maps and per-point statistics
-appear while the network ran once, then checks a second browser session only sees its own
-point. Before every screenshot each heatmap <img> must have loaded (the second click runs with
-extra HTTP latency to force the image fetch to finish after the text). Screenshots and timings
-go to ``test-artifacts/``.
+Pins two points on a sample through the attention view, checks two different maps and per-point
+statistics appear while the network ran once, checks the downloads, then checks a second browser
+session only sees its own point. The view's own maths is checked in test_browser_attention.py.
+Screenshots and timings go to ``test-artifacts/``.
 """
 from __future__ import annotations
 
@@ -93,29 +92,27 @@ def browser():
 
 
 def open_inspector(browser, url: str):
-    """A new browser context (= a new Streamlit session) on the inspector, with its image loaded."""
-    context = browser.new_context(viewport={"width": 1500, "height": 3000})
+    """A new browser context (= a new Streamlit session) on the inspector, its attention view ready."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1400})
     page = context.new_page()
     page.goto(url)
-    page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=LOAD_TIMEOUT_MS)
-    image = page.frame_locator("iframe[title*='streamlit_image_coordinates']").locator("#image")
-    image.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
-    page.wait_for_function(
-        "() => { const f = document.querySelector(\"iframe[title*='streamlit_image_coordinates']\");"
-        " const i = f && f.contentDocument && f.contentDocument.getElementById('image');"
-        " return i && i.complete && i.naturalWidth > 0; }", timeout=LOAD_TIMEOUT_MS)
-    return context, page, image
+    root = page.locator("#danet-attention")
+    root.wait_for(state="attached", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function("() => true")
+    deadline = time.monotonic() + LOAD_TIMEOUT_MS / 1000
+    while root.get_attribute("data-ready") != "1":
+        assert time.monotonic() < deadline, "the attention view never got its data"
+        time.sleep(0.1)
+    return context, page, page.locator("#input-canvas")
 
 
 def click_at(page, image, fx: float, fy: float, expected_points: int) -> float:
-    """Click at a fraction of the displayed image; seconds until the new point's card is shown."""
+    """Click (pin) at a fraction of the displayed image; seconds until the new point's card is shown."""
     box = image.bounding_box()
     start = time.perf_counter()
-    image.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+    page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
     label = f"{expected_points} point{'s' if expected_points != 1 else ''}"
-    page.get_by_text(re.compile(rf"^{label} selected")).wait_for(timeout=CLICK_TIMEOUT_MS)
-    page.locator("[data-testid='stImageCaption'], [data-testid='stCaptionContainer']").get_by_text(
-        f"point {expected_points}", exact=True).first.wait_for(timeout=CLICK_TIMEOUT_MS)
+    page.get_by_text(re.compile(rf"^{label} pinned")).wait_for(timeout=CLICK_TIMEOUT_MS)
     cards(page, expected_points)
     return time.perf_counter() - start
 
@@ -140,46 +137,10 @@ def forward_passes(page) -> int:
     return int(re.search(r"forward passes:\s*(\d+)", text.inner_text()).group(1))
 
 
-# The heatmaps are <img>s whose JPEGs the browser fetches from /media/ after the text of the
-# rerun has arrived. Waiting on text alone once gave a screenshot with point 1's map still painted
-# in the re-used "latest click" <img> (captioned "point 2") and an empty point-2 column.
-POINT_IMAGES_JS = """n => {
-  const figures = [...document.querySelectorAll("[data-testid='stImage']")];
-  const state = f => { const i = f && f.querySelector('img');
-    return i ? {src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0} : null; };
-  const points = [];
-  for (let k = 1; k <= n; k++) points.push(state(figures.find(f => f.innerText.trim() === `point ${k}`)));
-  const latest = state(figures.find(f => f.innerText.includes(`Attention of point ${n} (latest click)`)));
-  return {points, latest};
-}"""
-
-
-def loaded_point_images(page, count: int) -> list[str]:
-    """Wait until the latest-click panel and every side-by-side point show a loaded heatmap
-    (naturalWidth > 0), the latest panel being the newest point's; returns the points' srcs."""
-    ready = ("n => { const s = (" + POINT_IMAGES_JS + ")(n); return s.latest && s.latest.loaded && "
-             "s.points.every(p => p && p.loaded) && s.latest.src === s.points[n - 1].src; }")
-    try:
-        page.wait_for_function(ready, arg=count, timeout=CLICK_TIMEOUT_MS)
-    except sync_api.TimeoutError:
-        pass                                                          # the assertions below say what is wrong
-    state = page.evaluate(POINT_IMAGES_JS, count)
-    assert all(p is not None for p in state["points"]), f"a side-by-side point has no <img>: {state}"
-    assert all(p["loaded"] for p in state["points"]), f"a side-by-side heatmap did not load: {state}"
-    assert state["latest"] and state["latest"]["loaded"], f"the latest-click heatmap did not load: {state}"
-    assert state["latest"]["src"] == state["points"][-1]["src"], f"latest panel is not point {count}: {state}"
-    return [p["src"] for p in state["points"]]
-
-
-def point_image_sources(page) -> list[str]:
-    sources = []
-    for index in (1, 2):
-        figure = page.locator("[data-testid='stImage']").filter(has_text=f"point {index}").last
-        sources.append(figure.locator("img").get_attribute("src"))
-    return sources
-
-
 def download(page, label: str) -> bytes:
+    expander = page.locator("[data-testid='stExpander']").filter(has_text="Downloads, and loading a record back")
+    if not page.locator("[data-testid='stDownloadButton']").first.is_visible():
+        expander.get_by_text("Downloads, and loading a record back").click()
     with page.expect_download(timeout=CLICK_TIMEOUT_MS) as info:
         page.locator("[data-testid='stDownloadButton']").get_by_text(label).click()
     return Path(info.value.path()).read_bytes()
@@ -205,31 +166,17 @@ def check_downloads(page) -> None:
     assert figure.format == "PNG" and figure.width > 1000
 
 
-def http_latency(page, seconds: float) -> None:
-    """Delay every HTTP response (not the websocket) in this tab, as a slow or busy server does."""
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": seconds * 1000,
-                                                  "downloadThroughput": -1, "uploadThroughput": -1})
-
-
 def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
     timings = {}
     first_context, first, first_image = open_inspector(browser, server)
     timings["click_1_to_card_s"] = click_at(first, first_image, 0.30, 0.25, 1)
-    loaded_point_images(first, 1)
-    # the second click with 1.5 s of HTTP latency: its cards (websocket) arrive before its heatmap
-    # (HTTP), the race the screenshot once lost; the images must still all be there before it
-    http_latency(first, 1.5)
     timings["click_2_to_card_s"] = click_at(first, first_image, 0.65, 0.80, 2)
-    started = time.perf_counter()
-    sources = loaded_point_images(first, 2)
-    timings["click_2_card_to_heatmaps_loaded_s"] = time.perf_counter() - started
-    http_latency(first, 0)
+    root = first.locator("#danet-attention")
+    first.wait_for_function("() => true")
     first_cards = cards(first, 2)
     assert first_cards[0] != first_cards[1], first_cards
-    assert point_image_sources(first) == sources
-    assert all(sources) and sources[0] != sources[1]              # two different heatmap images
+    checks = (root.get_attribute("data-pinned-checksums") or "").split(";")
+    assert len(checks) == 2 and checks[0] != checks[1]                # two different maps side by side
     assert forward_passes(first) == 1
     first.screenshot(path=str(ARTIFACTS / "browser_session_1_two_points.png"))
     check_downloads(first)
@@ -241,22 +188,15 @@ def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
     x, y = map(int, re.search(r"\((\d+), (\d+)\)", only).groups())
     assert abs(x - 0.80 * 480) <= 3 and abs(y - 0.40 * 360) <= 3      # displayed -> image pixels
     assert forward_passes(second) == 1                                # same image + model: cached
-    loaded_point_images(second, 1)
     second.screenshot(path=str(ARTIFACTS / "browser_session_2_one_point.png"))
 
-    # the first session reruns (a slider moves: new heatmaps) and still has exactly its own two points
-    block = first.locator("[data-testid='stSlider']").filter(has_text="Heatmap opacity")
+    # the first session reruns its fragment (a slider moves) and still has exactly its own two points
+    block = first.locator("[data-testid='stSlider']").filter(has_text="Opacity").first
     block.locator("input[type='range']").first.focus()
     first.keyboard.press("ArrowLeft")
     block.get_by_text("0.55", exact=True).wait_for(timeout=CLICK_TIMEOUT_MS)
-    deadline = time.monotonic() + CLICK_TIMEOUT_MS / 1000
-    while point_image_sources(first) == sources:
-        assert time.monotonic() < deadline, "the heatmaps were not redrawn after the slider moved"
-        time.sleep(0.2)
     assert cards(first, 2) == first_cards
-    assert first.get_by_text(re.compile(r"^2 points selected")).is_visible()
-    redrawn = loaded_point_images(first, 2)                           # the new heatmaps are shown
-    assert all(a != b for a, b in zip(redrawn, sources))
+    assert first.get_by_text(re.compile(r"^2 points pinned")).is_visible()
 
     # the other pages reuse the cached forward
     first.locator("[data-testid='stSidebar']").get_by_text("Channel attention").click()

@@ -3,7 +3,7 @@
 The slow tests launch the real ``danet`` command line with ``python -m torch.distributed.run``
 (torchrun) and compare with one plain process: the same losses and weights after a few steps
 (2 processes x batch 1 against 1 process x batch 2), the same confusion matrix, each predicted
-image written once.
+image written once, the same attention statistics.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ import torch.multiprocessing as mp
 import danet
 from conftest import make_camvid_like, make_tiny_model, save_tiny
 from danet import distributed
-from danet.data.camvid import SegmentationAugment, SegmentationDataset
+from danet.data.camvid import SegmentationAugment, SegmentationDataset, list_pairs
+from danet.attention_stats import (ABLATIONS, StatsPart, compute_attention_stats, finish_attention_stats,
+                                  image_attention_stats, merge_parts)
 from danet.errors import InputError
 from danet.evaluate import evaluate_loaded
 from danet.predict import PredictReport, merge_reports
@@ -224,3 +226,82 @@ def test_sharded_predict_writes_each_image_once(tmp_path, scored_checkpoint):
     assert (out / "legend.png").is_file()
     again = torchrun("predict", data / "train", "--out", out, "--checkpoint", scored_checkpoint, "--device", "cpu")
     assert again.stdout.count("0 predicted, 5 already done, 0 failed") == 1
+
+
+# ---- attention-stats: shards merge into exactly one process's result ---------------------------------
+def test_attention_stats_parts_of_two_shards_merge_to_the_whole(tmp_path):
+    """The per-image pass keyed by the global index, merged, gives the one-pass result (the shards
+    are computed in reverse order, so nothing depends on the order the parts arrive in)."""
+    data = make_camvid_like(tmp_path / "data", n_train=1, n_val=5)
+    pairs = list_pairs(data, "val")
+    loaded = danet.load(save_tiny(make_tiny_model(11), tmp_path / "tiny.safetensors"), device="cpu")
+    model, meta = loaded.model, loaded.meta
+    settings = dict(points_per_image=4, seed=2, ignore_index=11)
+    whole = compute_attention_stats(model, meta, pairs, measures=False, **settings)
+    shards = []
+    for rank in (1, 0):
+        part = StatsPart.empty(ABLATIONS, 11)
+        for index in distributed.shard(range(len(pairs)), rank, 2):
+            part.add(image_attention_stats(model, meta, index, *pairs[index], measures=False, **settings))
+        shards.append(part)
+    merged = finish_attention_stats(merge_parts(shards), model, meta, pairs, measures=False, **settings)
+    assert len(whole.query_rows()) == 20
+    for name in ("query_rows", "summary", "ablation", "per_image", "overall", "settings"):
+        expected = whole.query_rows() if name == "query_rows" else getattr(whole, name)
+        got = merged.query_rows() if name == "query_rows" else getattr(merged, name)
+        _numbers_close(expected, got, name, rel=0.0)               # exactly: the same numbers, in the same order
+    with pytest.raises(ValueError, match="counted twice"):
+        merge_parts([shards[0], shards[0]])
+    with pytest.raises(ValueError, match="expected 5"):
+        finish_attention_stats(shards[0], model, meta, pairs, measures=False, **settings)
+
+
+def _numbers_close(a, b, path="summary", rel=1e-9):
+    """``a`` and ``b`` (JSON-like values) equal, floats to ``rel`` (NaN equals NaN)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _numbers_close(a[key], b[key], f"{path}.{key}", rel)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _numbers_close(x, y, f"{path}[{i}]", rel)
+    elif isinstance(a, float) or isinstance(b, float):
+        assert b == pytest.approx(a, rel=rel, abs=1e-12 if rel else 0.0, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.slow
+def test_sharded_attention_stats_equal_one_process(tmp_path, scored_checkpoint):
+    from danet.stats_report import FILES, write_attention_stats
+
+    data = make_camvid_like(tmp_path / "data", n_train=1, n_val=5)   # shards of 3 and 2 images
+    options = dict(points_per_image=6, seed=1, ignore_index=11)
+    alone = tmp_path / "alone"
+    write_attention_stats(danet.load(scored_checkpoint, device="cpu"), data, alone, **options)
+    two = tmp_path / "two"
+    result = torchrun("attention-stats", "--data", data, "--out", two, "--checkpoint", scored_checkpoint,
+                      "--device", "cpu", "--points-per-image", 6, "--seed", 1, "--ignore-index", 11, timeout=300)
+    assert result.stdout.count("PAM attention over 5 val images") == 1        # rank 0 prints, once
+    assert result.stdout.count(f"-> {two}") == 1
+    for name in FILES[:-1]:                                                  # the CSVs, byte for byte
+        assert (two / name).read_text() == (alone / name).read_text(), name
+    assert len((two / "queries.csv").read_text().splitlines()) == 1 + 5 * 6
+    one_summary, two_summary = (json.loads((folder / "summary.json").read_text()) for folder in (alone, two))
+    one_summary.pop("seconds"), two_summary.pop("seconds")
+    _numbers_close(one_summary, two_summary)
+    assert two_summary["images"] == 5 and [row["image"] for row in two_summary["per_image"]] == \
+        [f"f{i}.png" for i in range(5)]
+    assert (two / "attention_stats.png").is_file()
+
+
+@pytest.mark.slow
+def test_model_warnings_are_printed_by_rank_zero_only(tmp_path):
+    model = make_tiny_model(11)
+    with torch.no_grad():
+        model.head.cam_classifier[1].bias[0] = float("nan")             # a warning at load, not a refusal
+    checkpoint = save_tiny(model, tmp_path / "nan.safetensors")
+    data = make_camvid_like(tmp_path / "data", n_train=1, n_val=2)
+    result = torchrun("evaluate", "--data", data, "--checkpoint", checkpoint, "--device", "cpu")
+    assert (result.stdout + result.stderr).count("contain NaN or Inf values") == 1

@@ -1,12 +1,16 @@
 """``convert``: any supported checkpoint -> our ``.safetensors`` with full metadata."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
+from ..batch import atomic_path, clean_stale_partials, write_error
 from ..data.palettes import DatasetInfo
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from .load import load_model
 from .meta import LoadedModel
 from .save import save_model
@@ -19,15 +23,26 @@ def convert(source: str | Path | bytes, destination: str | Path, *, dilation: st
     destination = Path(destination)
     if destination.suffix != ".safetensors":
         raise CheckpointError(f"the output must end in .safetensors, got {destination.name}")
+    if destination.is_dir():
+        raise InputError(f"{destination} is a folder; name the .safetensors file to write")
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
                  "fp16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype.lower()) or _bad_dtype(dtype)
     loaded = load_model(source, dilation=dilation, dataset=dataset, align_corners=align_corners, device=device)
     loaded.meta.extra = {k: v for k, v in loaded.meta.extra.items() if k != "container"}
-    partial = destination.with_name(destination.name + ".part")
-    save_model(loaded.model, loaded.meta, partial, dtype=dtype)
-    partial.replace(destination)
+    clean_stale_partials(destination)
+    with atomic_path(destination) as partial:     # hidden temporary, fsynced, renamed; removed on failure
+        try:
+            save_model(loaded.model, loaded.meta, partial, dtype=dtype)
+        except SafetensorError as error:          # the library's wrapper around an I/O failure
+            raise write_error(destination, _as_os_error(error)) from None
     return loaded
+
+
+def _as_os_error(error: Exception) -> Exception:
+    """safetensors reports I/O failures as text ("... code: 28, kind: StorageFull ..."): recover the errno."""
+    match = re.search(r"code: (\d+)", str(error))
+    return OSError(int(match.group(1)), os.strerror(int(match.group(1)))) if match else error
 
 
 def _bad_dtype(value: str):

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import distributed
 from ..checkpoints.layouts import DILATION_ALIASES, DILATIONS
 from ..checkpoints.meta import LoadedModel
 from ..data.palettes import DATASETS
@@ -40,7 +41,8 @@ Device = Annotated[str, typer.Option(
 
 def load_chosen(checkpoint: Path | None, *, device: str = "auto", dilation: str | None = None,
                 dataset: str | None = None, align_corners: bool | None = None) -> LoadedModel:
-    """``danet.load`` with the shared options; its warnings go to stderr, a refusal ends the command."""
+    """``danet.load`` with the shared options; its warnings go to stderr (from rank 0 only under
+    ``torchrun``), a refusal ends the command."""
     with_device = select_device(device)          # a bad --device is its own error, not a load failure
     if checkpoint is not None and not checkpoint.exists():
         raise InputError(f"checkpoint {checkpoint} does not exist")
@@ -50,6 +52,6 @@ def load_chosen(checkpoint: Path | None, *, device: str = "auto", dilation: str 
     except DanetError as error:
         fail(f"could not load {f'checkpoint {checkpoint}' if checkpoint is not None else 'the embedded model'}: "
              f"{error}")
-    for message in loaded.warnings:
-        warn(message)
+    for message in loaded.warnings:             # under torchrun: once, not once per process
+        distributed.main_only(warn)(message)
     return loaded

@@ -1,6 +1,7 @@
 """``danet attention-stats``: same-class attention mass and lift, entropy, distance, specificity and PAM
 contribution per class, a module ablation, and the per-image measures' means
-(``danet.stats_report.write_attention_stats``), shown as two tables and a few sentences."""
+(``danet.stats_report.write_attention_stats``), shown as two tables and a few sentences; under ``torchrun``
+the images are shared across the processes and rank 0 writes and prints the merged result."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .. import distributed
 from ..stats_report import overall_sentences, write_attention_stats
 from .errors import reports_errors
 from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
@@ -33,10 +35,14 @@ def attention_stats(
 ):
     """Same-class attention mass and lift, entropy, distance, specificity and PAM contribution per class,
     plus a module ablation."""
-    loaded = load_chosen(checkpoint, device=device, dilation=dilation, dataset=dataset, align_corners=align_corners)
-    report = write_attention_stats(loaded, data, out, split=split, points_per_image=points_per_image,
-                                   max_images=max_images, seed=seed, ablation=ablation, ignore_index=ignore_index,
-                                   progress=True)
+    with distributed.process_group(device) as ctx:
+        loaded = load_chosen(checkpoint, device=str(ctx.device), dilation=dilation, dataset=dataset,
+                             align_corners=align_corners)
+        report = write_attention_stats(loaded, data, out, split=split, points_per_image=points_per_image,
+                                       max_images=max_images, seed=seed, ablation=ablation,
+                                       ignore_index=ignore_index, progress=True)
+    if not ctx.is_main:
+        return
     print_tables(report.stats, report.summary["images"], split)
     for sentence in overall_sentences(report.stats.overall):
         typer.echo(sentence)

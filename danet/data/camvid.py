@@ -9,9 +9,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ImageLoadError, LabelMapError
 from ..models import IMAGENET_MEAN, IMAGENET_STD
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_first_frame, load_image, read_source
 
 IGNORE_INDEX = 11
+DATASET_MAX_PIXELS = DEFAULT_MAX_PIXELS
+"""Largest frame evaluate, attention-stats and train take (predict downscales instead; a dataset
+frame must keep its label map's size, so a larger one is refused before it is decoded)."""
 
 
 def find_camvid() -> Path | None:
@@ -32,7 +37,7 @@ def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
         raise FileNotFoundError(f"{root} has no '{split}/' and '{split}annot/' folders (CamVid layout)")
     pairs = []
     for image in sorted(images.iterdir()):
-        if image.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+        if image.suffix.lower() in IMAGE_SUFFIXES:
             label = labels / image.name
             if not label.exists():
                 label = labels / (image.stem + ".png")
@@ -44,8 +49,48 @@ def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_pair(image: Path, label: Path) -> tuple[np.ndarray, np.ndarray]:
-    return (np.array(Image.open(image).convert("RGB")), np.array(Image.open(label)))
+def _named(error: Exception, path: Path) -> str:
+    message = str(error)
+    return message if str(path) in message else f"{path}: {message}"
+
+
+def read_image(path: str | Path, max_pixels: int = DATASET_MAX_PIXELS) -> np.ndarray:
+    """A dataset frame as (H, W, 3) uint8 through the guarded loader (``load_image``: file type and
+    size, decode-time and bomb rules), never resized: a frame over ``max_pixels`` is refused
+    before decoding. Any failure is an ``ImageLoadError`` naming the path."""
+    path = Path(path)
+    try:
+        return load_image(path, max_pixels=max_pixels, min_side=1, max_decode_pixels=max_pixels).array
+    except ImageLoadError as error:
+        raise ImageLoadError(_named(error, path)) from None
+
+
+def read_label_ids(path: str | Path, max_pixels: int = DATASET_MAX_PIXELS) -> np.ndarray:
+    """A label map's stored ids (palette index or grey value, dtype as stored) through the same
+    guarded reading as images; a colour image or any decode failure is a ``LabelMapError``."""
+    path = Path(path)
+    try:
+        name, data = read_source(path, error=LabelMapError)
+        image, _, _ = decode_first_frame(data, name, max_pixels, error=LabelMapError)
+        with image:
+            if image.mode in ("1", "L", "P", "I") or image.mode.startswith("I;16"):
+                return np.array(image)
+            if image.mode == "LA":
+                return np.array(image)[..., 0]
+    except LabelMapError as error:
+        raise LabelMapError(_named(error, path)) from None
+    raise LabelMapError(f"{path}: label map has pixel format {image.mode!r}; it needs one class id per pixel "
+                        "(a greyscale or palette PNG)")
+
+
+def read_pair(image: Path, label: Path, max_pixels: int = DATASET_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB frame, label ids) of one dataset pair, both read through the guarded loader; a damaged,
+    truncated, oversized or bomb file is a one-line ``ImageLoadError``/``LabelMapError`` naming it."""
+    array, ids = read_image(image, max_pixels), read_label_ids(label, max_pixels)
+    if ids.shape != array.shape[:2]:
+        raise LabelMapError(f"{label}: label map {ids.shape[1]}x{ids.shape[0]} does not match its image "
+                            f"{Path(image).name} ({array.shape[1]}x{array.shape[0]})")
+    return array, ids
 
 
 class SegmentationAugment:

@@ -45,6 +45,8 @@ MAX_DECODE_PIXELS = 64 * 1024 * 1024      # 8192 x 8192: above this a file is tr
 MIN_SIDE = 32                              # short side after loading (output stride 32 -> 1 cell)
 MAX_ASPECT = 64                            # longest side / shortest side
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+"""File suffixes of ``ALLOWED_FORMATS``: the one list every folder scan (predict, datasets) uses."""
 BACKGROUND = (255, 255, 255)               # what transparent pixels are shown on
 MAX_FILE_BYTES = 600 << 20                 # an uncompressed 64 MP 16-bit RGBA TIFF is 512 MiB
 MAX_JPEG_SCAN_PIXELS = 1 << 31
@@ -301,17 +303,27 @@ def to_rgb_array(image: Image.Image) -> tuple[np.ndarray, list[str]]:
             "16-bit greyscale image scaled to 8 bits"]
     if mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
+        notices: list[str] = []
+        finite = np.isfinite(values)
+        if not finite.all():
+            # NaN/inf would make min/max NaN and the whole picture black; map them explicitly.
+            if not finite.any():
+                raise ImageLoadError("the image has no finite pixel values (every pixel is NaN or infinite)")
+            bad = int(values.size - finite.sum())
+            values = np.where(finite, values, values[finite].min())
+            notices.append(f"{bad} pixel{'s' if bad != 1 else ''} ({100 * bad / values.size:.2g}%) were NaN or "
+                           "infinite: shown as the lowest value")
         lo, hi = float(values.min()), float(values.max())
         if mode == "I" and lo >= 0 and hi <= 255:
-            return _grey_to_rgb(values.astype(np.uint8)), []
+            return _grey_to_rgb(values.astype(np.uint8)), notices
         if mode == "I" and lo >= 0 and hi <= 65535:
-            return _grey_to_rgb(_scale_16_to_8(values.astype(np.uint16))), [
+            return _grey_to_rgb(_scale_16_to_8(values.astype(np.uint16))), notices + [
                 "16-bit greyscale image scaled to 8 bits"]
         if mode == "F" and lo >= 0 and hi <= 1:
-            return _grey_to_rgb(np.round(values * 255).astype(np.uint8)), [
+            return _grey_to_rgb(np.round(values * 255).astype(np.uint8)), notices + [
                 "floating-point image (0-1) scaled to 8 bits"]
         span = hi - lo if hi > lo else 1.0
-        return _grey_to_rgb(np.round((values - lo) / span * 255).astype(np.uint8)), [
+        return _grey_to_rgb(np.round((values - lo) / span * 255).astype(np.uint8)), notices + [
             f"{'32-bit integer' if mode == 'I' else 'floating-point'} image stretched from "
             f"[{lo:g}, {hi:g}] to 8 bits"]
     notices = []

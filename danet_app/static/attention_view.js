@@ -465,6 +465,7 @@ function update(view, data) {
     view.el.dataset.ready = "0";
     view.el.dataset.payloadId = data.id;
     view.el.dataset.cells = String(n);
+    view.el.dataset.grid = `${data.gh},${data.gw}`;
     image.src = data.image;
   }
   view.payload.lut = bytesOf(s.lut);

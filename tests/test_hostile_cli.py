@@ -1,0 +1,608 @@
+"""Hostile inputs and conditions for the commands that write files (issue 16, output side): every
+case is built here and run through the command line; the outcome is one ``error:`` line and exit
+code 1, or a correct result, and nothing is written outside ``--out``.
+
+Covered: image names that would leave ``--out`` (``..``, ``.``, hidden, control characters,
+over-long, reserved, colliding); symlinked per-image folders and files; a locked output folder
+(in-process, stale, and two real concurrent runs); disk full and read-only (simulated, and on a
+real tmpfs where this machine may mount one); killed runs (no completion record for an incomplete
+result, leftovers cleaned, the rerun completes); resume keys (opacity, align-corners, dilation,
+logits, version, old records); a very deep folder tree with a symlink loop; ``.gif``; float TIFFs
+with NaN; ``convert``/``figure`` onto a folder; damaged frames in a dataset for ``evaluate``,
+``train`` and ``attention-stats``.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_camvid_like, make_tiny_model, save_tiny  # noqa: E402
+
+import danet  # noqa: E402
+from danet import batch  # noqa: E402
+from danet.cli import app  # noqa: E402
+from danet.data import camvid, images as image_module  # noqa: E402
+from danet.predict import expected_files  # noqa: E402
+
+pytestmark = pytest.mark.fuzz
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def write_image(path: Path, height: int = 48, width: int = 64, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny(make_tiny_model(5, alpha=0.7, beta=0.3), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def predict(inputs, out, checkpoint, *extra):
+    return run("predict", *([inputs] if not isinstance(inputs, list) else inputs), "--out", out,
+               "--checkpoint", checkpoint, "--device", "cpu", *extra)
+
+
+def complete_folders(out: Path) -> list[Path]:
+    """Per-image folders holding a completion record; each must hold every output, readable."""
+    done = []
+    for record in out.glob("*/prediction.json"):
+        folder = record.parent
+        data = json.loads(record.read_text())
+        for name in expected_files(bool(data.get("logits_dtype"))):
+            assert (folder / name).is_file(), f"{folder.name} has a record but no {name}"
+        for name in expected_files(False)[:-1]:
+            with Image.open(folder / name) as picture:
+                picture.load()                        # a truncated PNG would fail here
+        done.append(folder)
+    return done
+
+
+def partials(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".partial" in p.name or p.name.endswith(".part")]
+
+
+# ---- the write audit --------------------------------------------------------------------------
+_AUDIT: dict = {"on": False, "writes": []}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _audit_hook(event, args):
+    if not _AUDIT["on"]:
+        return
+    try:
+        if event == "open":
+            path, mode, flags = args
+            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS)
+            if not writes or path is None or isinstance(path, int):
+                return
+            _AUDIT["writes"].append(os.path.realpath(os.fsdecode(os.fspath(path))))
+        elif event in ("os.rename", "os.replace", "os.link", "os.symlink"):
+            target = os.fsdecode(os.fspath(args[1]))
+            _AUDIT["writes"].append(os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(target))),
+                                                 os.path.basename(target)))
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod"):
+            if isinstance(args[0], int):
+                return
+            target = os.fsdecode(os.fspath(args[0]))
+            _AUDIT["writes"].append(os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(target))),
+                                                 os.path.basename(target)))
+    except Exception:       # an audit hook must never break the code it watches
+        pass
+
+
+sys.addaudithook(_audit_hook)
+
+
+class audited:
+    """Record every write this process makes; ``outside(out, root)``: those under ``root`` that
+    are not inside ``out`` (writes elsewhere are caches of the libraries, not outputs)."""
+
+    def __enter__(self):
+        _AUDIT["writes"] = []
+        _AUDIT["on"] = True
+        return self
+
+    def __exit__(self, *exc):
+        _AUDIT["on"] = False
+        self.writes = list(_AUDIT["writes"])
+
+    def outside(self, out: Path, root: Path) -> list[str]:
+        out, root = os.path.realpath(out), os.path.realpath(root)
+        return [w for w in self.writes if (w + os.sep).startswith(root + os.sep)
+                and not (w + os.sep).startswith(out + os.sep)]
+
+
+def listing(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of everything under ``root`` except ``skip``, not following links."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == skip or skip in Path(dirpath).parents:
+            continue
+        for name in dirnames + filenames:
+            info = os.lstat(os.path.join(dirpath, name))
+            found[os.path.join(dirpath, name)] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+# ---- 1. names that would leave --out ---------------------------------------------------------
+HOSTILE_NAMES = ["...png", "..png", ".hidden.png", "a\x1b[31mred.png", "new\nline.png", "tab\there.png",
+                 "x" * 240 + ".png", "legend.png.png", "manifest.json.png", ".danet.lock.png", "back\\slash.png",
+                 "A.png", "a.png", "a.jpg", " .png"]
+
+
+def test_image_names_that_would_leave_out_stay_inside(tmp_path, checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, name in enumerate(HOSTILE_NAMES):
+        write_image(folder / name, seed=index)
+    out = tmp_path / "work" / "out"
+    out.parent.mkdir()
+    (out.parent / "prediction.json").write_text("decoy: must survive")
+    (out.parent / "legend.png").write_text("decoy: must survive")
+    before = listing(tmp_path, out)
+    with audited() as audit:
+        result = predict(folder, out, checkpoint)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert f"{len(HOSTILE_NAMES)} predicted" in result.output
+    assert audit.outside(out, tmp_path) == []
+    assert listing(tmp_path, out) == before                    # nothing beside --out changed
+    folders = [p for p in out.iterdir() if p.is_dir()]
+    assert len(folders) == len(HOSTILE_NAMES)                  # distinct, none merged
+    assert len(complete_folders(out)) == len(HOSTILE_NAMES)
+    for folder_path in folders:
+        name = folder_path.name
+        assert not name.startswith(".") and name not in ("legend.png", "manifest.json")
+        assert all(ch.isprintable() for ch in name) and "\\" not in name
+        assert len(name.encode()) <= batch.MAX_NAME_BYTES
+    assert (out / "legend.png").is_file() and (out / "manifest.json").is_file()
+    again = predict(folder, out, checkpoint)                   # the same names again: all resumed
+    assert again.exit_code == 0 and f"0 predicted, {len(HOSTILE_NAMES)} already done" in again.output
+
+
+def test_output_names_are_deterministic_and_distinct(tmp_path):
+    paths = [tmp_path / "p" / name for name in HOSTILE_NAMES] + [tmp_path / "q" / "a.png", tmp_path / "q" / "a-1.png"]
+    names = batch.output_names(paths)
+    assert names == batch.output_names(list(paths))
+    assert len({n.casefold() for n in names}) == len(names)
+    for name in names:
+        assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+# ---- 2. symlinks inside --out -----------------------------------------------------------------
+def test_symlinked_output_folder_and_file_are_never_followed(tmp_path, checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "a.png", seed=1)
+    write_image(folder / "b.png", seed=2)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "fused_mask.png").write_text("victim file")
+    (victim / "prediction.json").write_text("victim record")
+    (tmp_path / "victim.txt").write_text("victim target")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(victim, out / "a")                              # the per-image folder is a link
+    (out / "b").mkdir()
+    os.symlink(tmp_path / "victim.txt", out / "b" / "fused_mask.png")   # an output file is a link
+    os.symlink(tmp_path / "victim.txt", out / "legend.png")
+    with audited() as audit:
+        result = predict(folder, out, checkpoint)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert audit.outside(out, tmp_path) == []
+    assert (victim / "fused_mask.png").read_text() == "victim file"
+    assert (victim / "prediction.json").read_text() == "victim record"
+    assert (tmp_path / "victim.txt").read_text() == "victim target"
+    assert not (out / "a").is_symlink() and (out / "a").is_dir()
+    assert not (out / "b" / "fused_mask.png").is_symlink() and not (out / "legend.png").is_symlink()
+    assert len(complete_folders(out)) == 2
+
+
+def test_a_file_in_place_of_an_image_folder_is_an_error_not_overwritten(tmp_path, checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("user data")
+    assert_one_line_error(predict(folder, out, checkpoint), "it is a file, not a folder", str(out / "a"))
+    assert (out / "a").read_text() == "user data"
+
+
+# ---- 3. locking -------------------------------------------------------------------------------
+def test_a_locked_output_folder_is_refused_with_the_holders_pid(tmp_path, checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    with batch.output_lock(out):
+        result = predict(folder, out, checkpoint)
+        assert_one_line_error(result, f"is in use by another danet run (pid {os.getpid()})", str(out))
+        attention = run("attention", folder / "a.png", "--point", "3,3", "--out", out, "--checkpoint", checkpoint,
+                        "--device", "cpu")
+        assert_one_line_error(attention, "in use by another danet run")
+    assert not (out / "a").exists() and not (out / "manifest.json").exists()
+    assert not (out / batch.LOCK_NAME).exists()              # released and removed
+    assert predict(folder, out, checkpoint).exit_code == 0
+
+
+def test_a_stale_lock_from_a_killed_run_is_taken_over(tmp_path, checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / batch.LOCK_NAME).write_text("999999\n")           # written, but nobody holds the flock
+    result = predict(folder, out, checkpoint)
+    assert result.exit_code == 0, result.stderr
+    assert not (out / batch.LOCK_NAME).exists() and len(complete_folders(out)) == 1
+
+
+def cli_process(*args, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "danet.cli", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def many_images(folder: Path, count: int, size: int = 160) -> Path:
+    folder.mkdir()
+    for index in range(count):
+        write_image(folder / f"img{index:03d}.png", size, size, seed=index)
+    return folder
+
+
+def wait_for(condition, seconds: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the run ended early ({process.returncode}): {out} {err}")
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_one_proceeds_the_other_exits_with_the_lock_message(tmp_path, checkpoint):
+    folder = many_images(tmp_path / "images", 12)
+    out = tmp_path / "out"
+    first = cli_process("predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu")
+    try:
+        wait_for(lambda: (out / batch.LOCK_NAME).exists() and (out / batch.LOCK_NAME).read_text().strip(), 120, first)
+        second = cli_process("predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu")
+        stdout, stderr = second.communicate(timeout=120)
+        assert second.returncode == 1, stdout + stderr
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert lines[-1] == (f"error: {out} is in use by another danet run (pid {first.pid}); wait for it to "
+                             "finish or choose another --out"), stderr
+        assert "Traceback" not in stderr
+        stdout, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr
+        assert "12 predicted" in stdout
+    finally:
+        first.kill()
+    assert len(complete_folders(out)) == 12 and not partials(out)
+
+
+# ---- 4. killed runs ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_record_for_an_incomplete_result_and_the_rerun_completes(tmp_path, checkpoint):
+    folder = many_images(tmp_path / "images", 16, size=224)
+    out = tmp_path / "out"
+    process = cli_process("predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu",
+                          "--save-logits")
+    try:
+        wait_for(lambda: len(list(out.glob("*/prediction.json"))) >= 2, 180, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    done = complete_folders(out)                          # each record vouches for complete files
+    assert 2 <= len(done) < 16
+    leftover = out / done[0].name / ".fused_mask.4194304-0123abcd.partial.png"
+    leftover.write_bytes(b"half a png")                   # as a kill during a write leaves it
+    rerun = predict(folder, out, checkpoint, "--save-logits")
+    assert rerun.exit_code == 0, rerun.stderr
+    assert f"{16 - len(done)} predicted, {len(done)} already done" in rerun.output
+    assert len(complete_folders(out)) == 16
+    assert not partials(out) and not (out / batch.LOCK_NAME).exists()
+
+
+# ---- 5. disk full and read-only ---------------------------------------------------------------
+def test_disk_full_is_one_line_naming_the_path_and_leaves_no_record_or_partial(tmp_path, checkpoint, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in "abc":
+        write_image(folder / f"{name}.png", seed=ord(name))
+    out = tmp_path / "out"
+    real_fsync = batch._fsync
+
+    def full(path):
+        if path.name.startswith(".cam_overlay") and path.parent.name == "b":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(path)
+
+    monkeypatch.setattr(batch, "_fsync", full)
+    line = assert_one_line_error(predict(folder, out, checkpoint), "no space left on device",
+                                 str(out / "b" / "cam_overlay.png"))
+    assert "cannot write" in line
+    assert not (out / "b" / "prediction.json").exists() and not (out / "b" / "cam_overlay.png").exists()
+    assert [p.name for p in complete_folders(out)] == ["a"] and not partials(out)
+    monkeypatch.setattr(batch, "_fsync", real_fsync)
+    rerun = predict(folder, out, checkpoint)
+    assert rerun.exit_code == 0 and "2 predicted, 1 already done" in rerun.output
+    assert "redid 1 of 3 images: an earlier run did not finish" in rerun.output
+
+
+def test_read_only_output_is_one_line_naming_the_path(tmp_path, checkpoint, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "a.png")
+    out = tmp_path / "out"
+
+    def read_only(source, target):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(batch.os, "replace", read_only)
+    assert_one_line_error(predict(folder, out, checkpoint), "read-only", str(out / "legend.png"))
+    assert not partials(out) and not (out / batch.LOCK_NAME).exists()
+
+
+def test_a_file_too_large_for_the_process_limit_is_one_line(tmp_path, checkpoint):
+    """A real kernel write failure (RLIMIT_FSIZE: EFBIG) in a child process."""
+    import resource
+
+    folder = many_images(tmp_path / "images", 1, size=200)
+    out = tmp_path / "out"
+    process = cli_process("predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu",
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    stdout, stderr = process.communicate(timeout=180)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert process.returncode == 1 and lines[-1].startswith(f"error: cannot write {out}"), stderr
+    assert "File too large" in lines[-1] and "Traceback" not in stderr
+    assert not partials(out) and not list(out.glob("*/prediction.json"))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 96 KiB tmpfs mounted under tmp_path (skips where this process may not mount)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk_is_one_line_and_no_record_vouches_for_partial_files(tmp_path, checkpoint, small_tmpfs):
+    folder = many_images(tmp_path / "images", 6, size=96)
+    out = small_tmpfs / "out"
+    result = predict(folder, out, checkpoint)
+    assert_one_line_error(result, "no space left on device", f"cannot write {out}")
+    complete_folders(out)
+    assert not partials(out) and not (out / batch.LOCK_NAME).exists()
+
+
+def test_a_real_read_only_folder_is_one_line(tmp_path, checkpoint, small_tmpfs):
+    folder = many_images(tmp_path / "images", 1, size=64)
+    out = small_tmpfs / "out"
+    out.mkdir()
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], capture_output=True).returncode == 0
+    assert_one_line_error(predict(folder, out, checkpoint), f"cannot write to {out}", "read-only")
+    assert_one_line_error(predict(folder, small_tmpfs / "new", checkpoint), "cannot create", str(small_tmpfs / "new"))
+
+
+# ---- 6. convert / figure onto a folder --------------------------------------------------------
+def test_convert_and_figure_onto_a_folder_are_clean_errors_without_part_files(tmp_path, checkpoint):
+    image = write_image(tmp_path / "a.png")
+    taken = tmp_path / "taken.safetensors"
+    taken.mkdir()
+    assert_one_line_error(run("convert", checkpoint, taken), "is a folder")
+    figure = tmp_path / "figure.png"
+    figure.mkdir()
+    assert_one_line_error(run("figure", image, "--point", "3,3", "--out", figure, "--checkpoint", checkpoint),
+                          "is a folder")
+    assert not partials(tmp_path) and not any(taken.iterdir()) and not any(figure.iterdir())
+
+
+def test_convert_writes_atomically_and_clears_a_dead_runs_partial(tmp_path, checkpoint):
+    destination = tmp_path / "out" / "model.safetensors"
+    destination.parent.mkdir()
+    stale = destination.parent / ".model.4194304-0123abcd.partial.safetensors"    # pid beyond pid_max
+    stale.write_bytes(b"half")
+    with audited() as audit:
+        result = run("convert", checkpoint, destination)
+    assert result.exit_code == 0, result.stderr
+    assert audit.outside(destination.parent, tmp_path) == []
+    assert not stale.exists() and not partials(tmp_path)
+    assert danet.load(destination, device="cpu").meta.config.num_classes == 5
+
+
+# ---- 7. resume keys ---------------------------------------------------------------------------
+def test_a_rerun_redoes_what_a_setting_changed_and_says_why(tmp_path, checkpoint, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in "abc":
+        write_image(folder / f"{name}.png", seed=ord(name))
+    out = tmp_path / "out"
+    assert predict(folder, out, checkpoint).exit_code == 0
+    overlay = np.asarray(Image.open(out / "a" / "fused_overlay.png"))
+
+    changed = predict(folder, out, checkpoint, "--opacity", "0.9")
+    assert "3 predicted, 0 already done" in changed.output
+    assert "redid 3 of 3 images: --opacity changed" in changed.output
+    assert not np.array_equal(overlay, np.asarray(Image.open(out / "a" / "fused_overlay.png")))
+    record = json.loads((out / "a" / "prediction.json").read_text())
+    assert record["settings"]["opacity"] == 0.9 and record["settings"]["version"] == danet.__version__
+
+    same = predict(folder, out, checkpoint, "--opacity", "0.9")
+    assert "0 predicted, 3 already done" in same.output and "redid" not in same.output
+    corners = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners")
+    assert "redid 3 of 3 images: --align-corners changed" in corners.output
+    stride = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners", "--dilation", "os16")
+    assert stride.exit_code == 0, stride.stderr
+    assert "redid 3 of 3 images: --dilation changed" in stride.output
+    assert json.loads((out / "b" / "prediction.json").read_text())["settings"]["config"]["output_stride"] == 16
+    logits = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners", "--dilation", "os16",
+                     "--save-logits")
+    assert "redid 3 of 3 images: --save-logits asked for logits" in logits.output
+
+    record = json.loads((out / "c" / "prediction.json").read_text())
+    del record["settings"]                                   # as an older danet-lens wrote it
+    (out / "c" / "prediction.json").write_text(json.dumps(record))
+    monkeypatch.setattr(danet, "__version__", "99.0")
+    mixed = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners", "--dilation", "os16")
+    assert "redid 3 of 3 images: " in mixed.output
+    assert f"danet-lens {danet.__version__} made it" not in mixed.output
+    assert f"made it, this is 99.0 (2)" in mixed.output and "an older danet-lens made it (1)" in mixed.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["redone"]) == {"a", "b", "c"} and manifest["settings"]["version"] == "99.0"
+
+
+# ---- 8. inputs --------------------------------------------------------------------------------
+def test_recursive_over_a_very_deep_tree_with_a_symlink_loop(tmp_path, checkpoint):
+    root = tmp_path / "tree"
+    deep = root.joinpath(*(["d"] * 1500))                   # deeper than Python's recursion limit
+    deep.mkdir(parents=True)
+    write_image(deep / "bottom.gif")
+    Image.open(deep / "bottom.gif").verify()
+    write_image(root / "top.png")
+    os.symlink(root, root / "d" / "loop")                    # a loop back to the top
+    os.symlink(deep, root / "shortcut")                      # a second way to the same folder
+    found = batch.collect_images([root], recursive=True)
+    assert sorted(p.name for p in found) == ["bottom.gif", "top.png"]
+    out = tmp_path / "out"
+    result = predict(root, out, checkpoint, "--recursive")
+    assert result.exit_code == 0, result.stderr
+    assert "2 predicted" in result.output and len(complete_folders(out)) == 2
+
+
+def test_one_suffix_list_for_predict_and_datasets(tmp_path):
+    assert batch.IMAGE_SUFFIXES is image_module.IMAGE_SUFFIXES
+    assert ".gif" in batch.IMAGE_SUFFIXES
+    for suffix in batch.IMAGE_SUFFIXES:                      # every listed suffix opens as what it names
+        fmt = Image.registered_extensions()[suffix]
+        assert fmt in image_module.ALLOWED_FORMATS or fmt == "MPO"
+    data = make_camvid_like(tmp_path / "data", n_train=1, n_val=1)
+    Image.open(data / "val" / "f0.png").save(data / "val" / "g.gif")
+    Image.open(data / "valannot" / "f0.png").save(data / "valannot" / "g.png")
+    assert [p[0].name for p in camvid.list_pairs(data, "val")] == ["f0.png", "g.gif"]
+
+
+def float_tiff(path: Path, nan_pixels: int) -> Path:
+    values = np.linspace(0.0, 1000.0, 48 * 64, dtype=np.float32).reshape(48, 64)
+    values.ravel()[:nan_pixels] = np.nan
+    Image.fromarray(values, mode="F").save(path)
+    return path
+
+
+def test_a_float_tiff_with_a_few_nans_is_predicted_with_a_notice_not_black(tmp_path, checkpoint):
+    image = float_tiff(tmp_path / "nan.tif", 5)
+    picture = image_module.load_image(image)
+    assert picture.array.max() == 255 and picture.array.std() > 50          # not silently black
+    assert any("5 pixels" in n and "NaN" in n for n in picture.notices)
+    out = tmp_path / "out"
+    result = predict(image, out, checkpoint)
+    assert result.exit_code == 0, result.stderr
+    assert any("NaN" in n for n in json.loads((out / "nan" / "prediction.json").read_text())["notices"])
+    all_nan = float_tiff(tmp_path / "void.tif", 48 * 64)
+    assert_one_line_error(predict(all_nan, tmp_path / "out2", checkpoint), "void.tif", "no finite pixel values")
+
+
+def bomb_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A small PNG whose header declares ``width`` x ``height`` (refused before decoding)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    body = zlib.compress(b"\x00" * (width + 1) * 8)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def truncated_png(path: Path) -> Path:
+    write_image(path, 48, 64)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+DATASET_CASES = {
+    "truncated": (lambda p: truncated_png(p), "truncated"),
+    "bomb": (lambda p: bomb_png(p), "30000x30000"),
+    "too large": (lambda p: Image.new("RGB", (2100, 2100), (9, 9, 9)).save(p), "2100x2100"),
+    "fifo": (lambda p: os.mkfifo(p), "not a regular file"),
+    "label bomb": (None, "30000x30000"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATASET_CASES))
+@pytest.mark.parametrize("command", ["evaluate", "train", "attention-stats"])
+def test_a_bad_frame_in_a_dataset_is_one_line_naming_the_file(tmp_path, checkpoint, case, command):
+    data = make_camvid_like(tmp_path / "data", n_train=2, n_val=2)
+    split = "train" if command == "train" else "val"
+    make, fragment = DATASET_CASES[case]
+    if make is None:
+        target = data / f"{split}annot" / "f1.png"
+        target.unlink()
+        bomb_png(target)
+    else:
+        target = data / split / "f1.png"
+        target.unlink()
+        make(target)
+    if command == "train":
+        args = ["train", "--data", data, "--out", tmp_path / "run", "--backbone", "resnet18", "--head-channels", "16",
+                "--no-imagenet", "--batch-size", "2", "--crop", "32,48", "--device", "cpu", "--max-steps", "1"]
+    elif command == "evaluate":
+        args = ["evaluate", "--data", data, "--checkpoint", checkpoint, "--device", "cpu"]
+    else:
+        args = ["attention-stats", "--data", data, "--out", tmp_path / "stats", "--checkpoint", checkpoint,
+                "--device", "cpu"]
+    started = time.monotonic()
+    result = run(*args)
+    assert_one_line_error(result, "f1.png", fragment)
+    assert time.monotonic() - started < 60
+
+
+def test_read_pair_goes_through_the_guarded_loader(tmp_path):
+    data = make_camvid_like(tmp_path / "data", n_train=1, n_val=1)
+    image, label = camvid.read_pair(data / "val" / "f0.png", data / "valannot" / "f0.png")
+    assert image.dtype == np.uint8 and image.shape == (48, 64, 3) and label.shape == (48, 64)
+    np.testing.assert_array_equal(label, np.asarray(Image.open(data / "valannot" / "f0.png")))
+    np.testing.assert_array_equal(image, np.asarray(Image.open(data / "val" / "f0.png").convert("RGB")))
+    with pytest.raises(danet.ImageLoadError, match="is a folder"):
+        camvid.read_image(data / "val")
