@@ -72,7 +72,7 @@ def collect_images(inputs: list[str | Path], recursive: bool = False) -> list[Pa
 
 
 def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES      # pathlib's rule, as ``.stem`` uses
 
 
 def _walk(root: Path) -> Iterator[Path]:

@@ -60,7 +60,8 @@ def assert_one_line_error(result, *fragments):
 
 def write_image(path: Path, height: int = 48, width: int = 64, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path, format=fmt)
     return path
 
 
@@ -146,12 +147,16 @@ class audited:
 
 
 def listing(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of everything under ``root`` except ``skip``, not following links."""
+    """(size, mtime) of every file under ``root`` (folders: their names) except ``skip`` and what
+    is in it, not following links."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == skip or skip in Path(dirpath).parents:
             continue
-        for name in dirnames + filenames:
+        for name in dirnames:
+            if Path(dirpath) / name != skip:
+                found[os.path.join(dirpath, name)] = "folder"
+        for name in filenames:
             info = os.lstat(os.path.join(dirpath, name))
             found[os.path.join(dirpath, name)] = (info.st_size, info.st_mtime_ns)
     return found
@@ -472,13 +477,13 @@ def test_a_rerun_redoes_what_a_setting_changed_and_says_why(tmp_path, checkpoint
 
     same = predict(folder, out, checkpoint, "--opacity", "0.9")
     assert "0 predicted, 3 already done" in same.output and "redid" not in same.output
-    corners = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners")
+    corners = predict(folder, out, checkpoint, "--opacity", "0.9", "--no-align-corners")
     assert "redid 3 of 3 images: --align-corners changed" in corners.output
-    stride = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners", "--dilation", "os16")
+    stride = predict(folder, out, checkpoint, "--opacity", "0.9", "--no-align-corners", "--dilation", "os16")
     assert stride.exit_code == 0, stride.stderr
     assert "redid 3 of 3 images: --dilation changed" in stride.output
     assert json.loads((out / "b" / "prediction.json").read_text())["settings"]["config"]["output_stride"] == 16
-    logits = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners", "--dilation", "os16",
+    logits = predict(folder, out, checkpoint, "--opacity", "0.9", "--no-align-corners", "--dilation", "os16",
                      "--save-logits")
     assert "redid 3 of 3 images: --save-logits asked for logits" in logits.output
 
@@ -486,7 +491,7 @@ def test_a_rerun_redoes_what_a_setting_changed_and_says_why(tmp_path, checkpoint
     del record["settings"]                                   # as an older danet-lens wrote it
     (out / "c" / "prediction.json").write_text(json.dumps(record))
     monkeypatch.setattr(danet, "__version__", "99.0")
-    mixed = predict(folder, out, checkpoint, "--opacity", "0.9", "--align-corners", "--dilation", "os16")
+    mixed = predict(folder, out, checkpoint, "--opacity", "0.9", "--no-align-corners", "--dilation", "os16")
     assert "redid 3 of 3 images: " in mixed.output
     assert f"danet-lens {danet.__version__} made it" not in mixed.output
     assert f"made it, this is 99.0 (2)" in mixed.output and "an older danet-lens made it (1)" in mixed.output
