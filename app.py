@@ -7,12 +7,17 @@ in the navigation. Pages (``app_pages/``) only read the selection; none of them 
 The pages folder is deliberately not called ``pages/``: Streamlit treats a ``pages/`` folder
 next to the entrypoint as a version-1 multipage app and, on reruns, runs the page script
 without this entrypoint (so without the sidebar).
+
+Cold start: the first run in a server process imports torch and the model code (seconds on a
+small CPU), so a page skeleton is drawn before those imports. ``streamlit run serve.py`` (the
+same app) also starts loading the default model when the server starts, not when the first
+visitor arrives (``danet_app.warmup``).
 """
 from __future__ import annotations
 
-import streamlit as st
+import sys
 
-from danet_app import sidebar
+import streamlit as st
 
 st.set_page_config(page_title="danet-lens", page_icon=":material/visibility:", layout="wide")
 
@@ -24,7 +29,17 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+skeleton = st.empty()
+if "danet_app.sidebar" not in sys.modules:          # the first run of this process: imports take seconds
+    with skeleton.container():
+        st.title(page.title)
+        st.info("Loading the default model and the libraries (torch, timm)… the page fills in by itself.",
+                icon=":material/hourglass_top:")
+
+from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)
+
 selection = sidebar.render()
+skeleton.empty()
 if selection is None:
     # every page needs a model and an image: say what is missing instead of running the page
     st.title(page.title)

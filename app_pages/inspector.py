@@ -3,13 +3,16 @@
 The attention tab is one ``st.fragment`` around a Components v2 view (``danet_app.attention_view``):
 the browser computes and paints the attention row under the cursor itself, so moving the pointer
 never reruns anything; a click pins a point (a trigger), which reruns only the fragment to add the
-point's statistics. Display settings rerun only the fragment too. Points are kept per image, live
-in the URL (``?image=...&points=x,y;x,y``) and can be loaded back from a downloaded record.
+point's statistics (an inner fragment: the controls are not redrawn). Display settings rerun the
+outer fragment. The view's heavy payload (image, Q, K, ...) goes to the browser once per session
+and image; later runs send its id only. Points are kept per image, live in the URL
+(``?image=...&points=x,y;x,y``) and can be loaded back from a downloaded record.
 Nothing here runs the network: the sidebar did, once per (model, image).
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 
 import numpy as np
@@ -19,7 +22,7 @@ import streamlit as st
 from danet import viz
 from danet.errors import DanetError
 from danet_app import display_modes, sidebar
-from danet_app.attention_view import attention_view, build_payload, payload_bytes, settings
+from danet_app.attention_view import attention_view, cached_payload, settings
 from danet_app.exports import (compose_panels, encode_png, figure_with_key, image_summary, json_record,
                                metrics_for_json, model_summary, npz_bundle)
 from danet_app.state import (MAX_POINTS, OUTPUTS, add_point, branch_disagreement, drop_point,
@@ -30,15 +33,6 @@ VIEW_KEY = "attention_view"
 OUTPUT_TITLES = {"fused": "Fused (DANet output)", "pam": "PAM branch", "cam": "CAM branch"}
 COLOUR_MAPS = ["jet", "turbo", "inferno", "viridis", "magma", "hot"]
 VIEWS = {"row": "Where it looks (row)", "column": "Who looks here (column)"}
-
-
-@st.cache_resource(max_entries=4, show_spinner=False)
-def view_payload(result_key: str, _result, _image: np.ndarray, _classes: tuple[str, ...]) -> dict:
-    """The component's per-(model, image) data, shared read-only by all sessions: Q, K, each row's
-    log-sum-exp and the mean row (one chunked O(N^2 d) sweep), the image, the cell classes."""
-    payload = build_payload(_result, _image, _classes, result_key)
-    payload["bytes"] = payload_bytes(payload)
-    return payload
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
@@ -68,6 +62,31 @@ def attention_rows(points: list[tuple[int, int]]) -> np.ndarray:
     if missing:
         cache.update(zip(missing, result.rows(missing)))
     return np.stack([cache[p] for p in points])
+
+
+def cached_statistics(points: list[tuple[int, int]], rows: np.ndarray) -> list:
+    """Per-point statistics, each computed once per session and result (a pin adds one, not P)."""
+    cache = st.session_state.setdefault("stats_cache", {})
+    if cache.get("key") != selection.result_key:
+        cache.clear()
+        cache["key"] = selection.result_key
+    for point, row in zip(points, rows):
+        if point not in cache:
+            (cache[point],) = point_statistics(result, [point], row[None], classes)
+    for stale in [p for p in cache if p != "key" and p not in points]:
+        del cache[stale]
+    return [dataclasses.replace(cache[p], index=i) for i, p in enumerate(points)]
+
+
+def payloads_sent() -> set:
+    """Payload ids this session's browser was sent (it keeps them; see ``attention_view``)."""
+    return st.session_state.setdefault("view_payloads_sent", set())
+
+
+def resend_payload() -> None:
+    """on_need_change of the view: the browser lacks a payload (a reload, a remount): send it again."""
+    needed = (st.session_state.get(VIEW_KEY) or {}).get("need")
+    payloads_sent().discard(needed)
 
 
 def pin_point() -> None:
@@ -164,8 +183,7 @@ attention_tab, predictions_tab = st.tabs(["Position attention", "Predictions and
 
 @st.fragment
 def attention_panel() -> None:
-    """Everything a pin or a display setting changes: reruns alone, never the page."""
-    started = time.perf_counter()
+    """The display settings: changing one reruns this fragment (and the view in it), never the page."""
     controls = st.columns([1.6, 1.5, 1, 1.2, 1, 1])
     mode = controls[0].selectbox("Display", list(display_modes.MODES), key="attention_display",
                                  format_func=display_modes.MODES.get, persist_state="session",
@@ -181,14 +199,24 @@ def attention_panel() -> None:
     fraction = controls[5].slider("Mass %", 10, 100, 90, step=5, key="attention_mass", persist_state="session",
                                   disabled=mode != "mass", help="the smallest set of cells holding this "
                                   "share of the map's mass") / 100
+    points_panel(mode, view, cmap, upsampling, opacity, fraction)
 
+
+@st.fragment
+def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: float, fraction: float) -> None:
+    """The view, the pinned points' statistics and the downloads: a pin reruns only this (the
+    controls above are not redrawn); its arguments are the settings of the last outer run."""
+    started = time.perf_counter()
     notice = st.session_state.pop("point_notice", None)
     if notice:
         st.warning(notice)
     points = [tuple(p) for p in st.session_state.get("points", [])]
-    payload = view_payload(selection.result_key, result, image, classes)
-    attention_view({k: v for k, v in payload.items() if k != "bytes"},
-                   settings(mode, view, cmap, upsampling, opacity, fraction, points), key=VIEW_KEY, on_pin=pin_point)
+    payload = cached_payload(selection.result_key, result, image, classes)
+    sent = payloads_sent()
+    send = payload["id"] not in sent
+    attention_view(payload, settings(mode, view, cmap, upsampling, opacity, fraction, points), key=VIEW_KEY,
+                   send_payload=send, on_pin=pin_point, on_need=resend_payload)
+    sent.add(payload["id"])
     sync_url(points)
 
     top = st.columns([3, 1])
@@ -199,7 +227,7 @@ def attention_panel() -> None:
     stats, rows = [], None
     if points:
         rows = attention_rows(points)                             # (P, h, w), O(P N d)
-        stats = point_statistics(result, points, rows, classes)
+        stats = cached_statistics(points, rows)
         per_row = 4
         for start in range(0, len(points), per_row):
             columns = st.columns(per_row)

@@ -1,11 +1,13 @@
 """The interactive attention view: a Streamlit Components v2 element that follows the cursor.
 
-Python sends, once per (model, image), what any attention row, column or region needs: the
+Python sends, once per (session, model, image), what any attention row, column or region needs: the
 image (JPEG data URL), the PAM query and key projections (base64; float16 for large grids), each row's
 log-sum-exp and the mean row (float32, computed here in chunks: O(N^2 d) time, O(N) memory),
 the predicted class of every grid cell, the class names and the colour lookup tables. The
 browser (``static/attention_view.js``) then computes and paints the row under the cursor with
-no round trip; only a click ("pin") comes back to Python. The maths it follows is
+no round trip; only a click ("pin") comes back to Python. Later reruns (a pin, a display setting)
+send only the payload's id and the small settings: the browser keeps decoded payloads in a
+module-level cache and asks again ("need") when it lacks one. The maths it follows is
 ``danet_app.display_modes``.
 """
 from __future__ import annotations
@@ -39,6 +41,16 @@ def image_data_url(image: np.ndarray, quality: int = JPEG_QUALITY) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def classes_data_url(prediction: np.ndarray) -> str:
+    """The predicted class of every pixel as a lossless PNG (R = id mod 256, G = id // 256): the
+    view reads it back to give a pinned point's statistics at once (tens of kB, not W H bytes)."""
+    ids = np.asarray(prediction, dtype=np.int64)
+    rgb = np.stack([ids % 256, ids // 256, np.zeros_like(ids)], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[str, ...], key: str,
                   chunk: int = display_modes.CHUNK) -> dict:
     """Everything the browser needs for one (model, image), JSON-ready; ``key`` names it (the
@@ -46,7 +58,8 @@ def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[st
     query = result.pam_query.float().numpy()
     keys = result.pam_key.float().numpy()
     lse, mean_row = display_modes.row_statistics(query, keys, chunk)
-    cells = grid_labels(result.prediction("fused"), result.grid_size, len(classes)).ravel()
+    prediction = result.prediction("fused")
+    cells = grid_labels(prediction, result.grid_size, len(classes)).ravel()
     wide = len(classes) > 255
     dtype = np.float32 if query.size <= FLOAT32_LIMIT else np.float16
     height, width = result.image_size
@@ -54,7 +67,7 @@ def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[st
         "id": key, "W": int(width), "H": int(height),
         "gh": int(result.grid_size[0]), "gw": int(result.grid_size[1]), "d": int(query.shape[1]),
         "align_corners": bool(result.align_corners),
-        "image": image_data_url(image),
+        "image": image_data_url(image), "pixel_classes": classes_data_url(prediction),
         "qk_dtype": np.dtype(dtype).name,
         "q": display_modes.b64(query, dtype), "k": display_modes.b64(keys, dtype),
         "lse": display_modes.b64(lse, np.float32), "mean_row": display_modes.b64(mean_row, np.float32),
@@ -78,6 +91,30 @@ def payload_bytes(payload: dict) -> int:
     return len(json.dumps(payload).encode())
 
 
+def cached_payload(result_key: str, result: InspectionResult, image: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """``build_payload`` once per result, shared read-only by all sessions (and filled by the
+    server's warm-up for the default view): the row sweep is O(N^2 d)."""
+    return _cached_payload(result_key, result, image, classes)
+
+
+def _payload_with_size(result_key: str, _result, _image, _classes) -> dict:
+    payload = build_payload(_result, _image, _classes, result_key)
+    payload["bytes"] = payload_bytes(payload)
+    return payload
+
+
+_cache = None
+
+
+def _cached_payload(result_key, result, image, classes):
+    global _cache
+    if _cache is None:
+        import streamlit as st
+
+        _cache = st.cache_resource(max_entries=4, show_spinner=False)(_payload_with_size)
+    return _cache(result_key, result, image, classes)
+
+
 _renderer = None
 
 
@@ -96,7 +133,15 @@ def renderer():
     return _renderer
 
 
-def attention_view(payload: dict, view_settings: dict, *, key: str, on_pin):
-    """Mount the view; ``on_pin`` runs (as a callback, before the rerun) when a point is pinned."""
-    return renderer()(data={**payload, "settings": view_settings}, key=key, on_pin_change=on_pin,
-                      width="stretch", height="content")
+def view_data(payload: dict, view_settings: dict, *, send_payload: bool) -> dict:
+    """The component's data for one run: the heavy payload only when ``send_payload`` (the first
+    run of a session for this payload id, or when the browser asked for it again), else its id."""
+    heavy = {k: v for k, v in payload.items() if k != "bytes"} if send_payload else None
+    return {"id": payload["id"], "payload": heavy, "settings": view_settings}
+
+
+def attention_view(payload: dict, view_settings: dict, *, key: str, send_payload: bool, on_pin, on_need):
+    """Mount the view; ``on_pin`` runs (as a callback, before the rerun) when a point is pinned,
+    ``on_need`` when the browser lacks the payload of the id it was given (after a reload)."""
+    return renderer()(data=view_data(payload, view_settings, send_payload=send_payload), key=key,
+                      on_pin_change=on_pin, on_need_change=on_need, width="stretch", height="content")

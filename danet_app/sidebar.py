@@ -19,6 +19,7 @@ import danet
 from danet.checkpoints import DILATIONS
 from danet.checkpoints.meta import LoadedModel
 from danet.data.images import LoadedImage, load_image
+from danet.data.isolated import load_image_isolated, load_label_map_isolated
 from danet.data.palettes import DATASETS
 from danet.errors import CheckpointError, DanetError
 from danet.inspection import InspectionResult, inspect_image
@@ -26,6 +27,8 @@ from danet.loader import DEFAULT_SOURCE as DEFAULT_NAME
 from danet.viz import legend
 from danet.weights import default_weights_path
 
+from . import budget
+from .budget import ByteBudgetCache
 from .state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
                     sha256_bytes, switch_image_points)
 
@@ -40,6 +43,9 @@ DILATION_HELP = {"4-8-16": "multi-grid, official DANet101", "2-4-4": "mmsegmenta
                  "1-2-2": "output stride 16", "2-4-8": "output stride 16, multi-grid",
                  "1-1-1": "output stride 32, no dilation"}
 DEVICE = str(danet.select_device("auto"))
+MIN_MEGAPIXELS = 0.01           # the size limit's lowest setting (about 115 x 87 pixels)
+LEGEND_ROWS = 30                # classes the sidebar legend draws at once (3,000 classes: 100 pages)
+LEGEND_NAME_CHARS = 40          # longer class names are cut in the legend (the loader allows 200)
 
 
 # ---- cached heavy objects (shared by all sessions, keyed by content hashes) ---------------------
@@ -56,24 +62,78 @@ def load_default_model(digest: str, device: str) -> LoadedModel:
     return danet.load(data, device=device, name=DEFAULT_NAME)
 
 
-@st.cache_resource(max_entries=3, show_spinner=False)
+@st.cache_resource(show_spinner=False)
+def app_caches() -> dict[str, ByteBudgetCache]:
+    """The byte-bounded caches every session shares (``danet_app.budget``), one per kind.
+
+    Held by ``st.cache_resource`` so that ``st.cache_resource.clear()`` empties them too; the
+    budgets are read when they are made (``DANET_APP_*_CACHE_MB``).
+    """
+    return {"model": ByteBudgetCache(budget.MODEL_BUDGET, "uploaded model"),
+            "result": ByteBudgetCache(budget.RESULT_BUDGET, "forward result"),
+            "image": ByteBudgetCache(budget.IMAGE_BUDGET, "decoded image")}
+
+
 def load_uploaded_model(digest: str, filename: str, dilation: str | None, dataset: str | None,
-                        device: str, _data: bytes) -> LoadedModel:
-    """An upload, read from memory by ``danet.load`` (nothing is written to disk)."""
-    return danet.load(_data, device=device, dilation=dilation, dataset=dataset, name=filename)
+                        device: str, data: bytes) -> LoadedModel:
+    """An upload, read from memory by ``danet.load`` (pickles in its limited child process;
+    nothing is written to disk), kept while it fits the models' byte budget."""
+    return app_caches()["model"].get(
+        ("model", digest, filename, dilation, dataset, device),
+        lambda: danet.load(data, device=device, dilation=dilation, dataset=dataset, name=filename),
+        budget.model_bytes, detail=f"{filename} (in memory)")
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
-def decode_image(digest: str, max_pixels: int, _data: bytes) -> LoadedImage:
-    return load_image(_data, max_pixels=max_pixels)
+def decode_image(digest: str, max_pixels: int, data: bytes) -> LoadedImage:
+    """An uploaded image, decoded in a limited child process (``danet.data.isolated``): a slow or
+    hostile file costs that child, never the server's memory, lock or other sessions."""
+    return app_caches()["image"].get(("image", digest, max_pixels),
+                                     lambda: load_image_isolated(data, max_pixels),
+                                     lambda image: image.array.nbytes)
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def run_forward(key: str, _loaded: LoadedModel, _image: np.ndarray) -> InspectionResult:
-    """The only place the network runs: once per ``result_key`` (model id, image hash, device)."""
-    result = inspect_image(_loaded.model, _image, _loaded.meta.mean, _loaded.meta.std)
-    FORWARDS.record(result.seconds)
-    return result
+def decode_sample(path: Path, digest: str, max_pixels: int) -> LoadedImage:
+    """A shipped sample (trusted, in the package): decoded in-process, once per size limit."""
+    return app_caches()["image"].get(("sample", digest, max_pixels), lambda: load_image(path, max_pixels),
+                                     lambda image: image.array.nbytes)
+
+
+def cached_label_map(data: bytes, image_size: tuple[int, int], loaded: LoadedModel, trusted: bool) -> LabelMap:
+    """A checked label map, decoded once per (file, image size, classes): the landing page's sample
+    ground truth is never decoded again on a rerun; uploads are decoded in a limited child."""
+    meta = loaded.meta
+    palette = np.asarray(meta.palette, dtype=np.uint8)
+    key = ("labels", sha256_bytes(data), tuple(image_size), meta.config.num_classes, meta.dataset.ignore_index,
+           sha256_bytes(palette.tobytes()))
+    reader = None if trusted else load_label_map_isolated
+    return app_caches()["image"].get(
+        key, lambda: prepare_label_map(data, image_size, meta.config.num_classes, meta.dataset.ignore_index,
+                                       palette, reader=reader),
+        lambda labels: labels.labels.nbytes)
+
+
+def run_forward(key: str, loaded: LoadedModel, image: np.ndarray) -> InspectionResult:
+    """The only place the network runs: once per ``result_key`` (model id, image hash, device).
+
+    A result whose class scores alone would exceed the results' byte budget is refused before
+    the forward, saying how small an image this model can take; ``inspect_image`` itself refuses
+    a forward that will not fit in free memory (``danet.memory.check_inspection_fits``).
+    """
+    height, width = image.shape[:2]
+    classes = loaded.meta.config.num_classes
+    cache = app_caches()["result"]
+    largest = budget.max_megapixels(classes, cache.budget)
+    advice = (f"lower \"Downscale above (megapixels)\" to {largest:.2g} or less" if largest >= MIN_MEGAPIXELS
+              else f"this model has too many classes for the app at any image size (at most {largest:.3f} MP)")
+
+    def compute() -> InspectionResult:
+        result = inspect_image(loaded.model, image, loaded.meta.mean, loaded.meta.std)
+        FORWARDS.record(result.seconds)
+        return result
+
+    return cache.get(key, compute, budget.result_bytes,
+                     expected_bytes=budget.result_bytes_estimate(classes, height, width),
+                     detail=f"the result for a {width}x{height} image with {classes:,} classes", advice=advice)
 
 
 # ---- per-session memory of failures -------------------------------------------------------------
@@ -169,7 +229,42 @@ def show_model_summary(loaded: LoadedModel) -> None:
     for warning in loaded.warnings:
         st.sidebar.warning(warning)
     with st.sidebar.expander("Classes and colours"):
-        st.image(legend(loaded.meta.classes, loaded.meta.palette), width="content")
+        show_legend(loaded.meta.classes, loaded.meta.palette)
+
+
+def short_name(name: str, limit: int = LEGEND_NAME_CHARS) -> str:
+    """A class name cut to ``limit`` characters (with an ellipsis) for the legend."""
+    name = " ".join(str(name).split())
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
+def matching_classes(classes: tuple[str, ...], query: str) -> list[int]:
+    """Ids of the classes whose name contains ``query`` (any case), or whose id it is."""
+    query = query.strip().lower()
+    if not query:
+        return list(range(len(classes)))
+    return [i for i, name in enumerate(classes) if query in name.lower() or query == str(i)]
+
+
+def show_legend(classes: tuple[str, ...], palette: np.ndarray) -> None:
+    """The class legend, bounded whatever the model: at most ``LEGEND_ROWS`` classes are drawn
+    (a search box and pages beyond that; 3,000 classes in one image were 72,006 px high), and
+    names are cut to ``LEGEND_NAME_CHARS`` characters."""
+    ids = list(range(len(classes)))
+    if len(classes) > LEGEND_ROWS:
+        query = st.text_input("Find a class", key="legend_query", placeholder="name or id",
+                              max_chars=LEGEND_NAME_CHARS)
+        ids = matching_classes(classes, query)
+        pages = max(1, -(-len(ids) // LEGEND_ROWS))
+        page = 1
+        if pages > 1:      # keyed by what it pages through: a new search starts on page 1
+            page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"legend_page:{len(classes)}:{query}"))
+        ids = ids[(page - 1) * LEGEND_ROWS: page * LEGEND_ROWS]
+        st.caption(f"{len(classes):,} classes" + (f" · {len(ids)} shown" if ids else " · no class matches"))
+    if ids:
+        names = [f"{i} {short_name(name)}" for i, name in enumerate(classes)] if len(classes) > LEGEND_ROWS \
+            else [short_name(name) for name in classes]
+        st.image(legend(names, palette, present=ids), width="content")
 
 
 # ---- sidebar: image + label map -----------------------------------------------------------------
@@ -187,7 +282,7 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
     if source == SAMPLE_SOURCE:
         name = st.sidebar.selectbox("Sample (CamVid val)", [p.name for p in samples], key="sample",
                                     persist_state="session")
-        data = (SAMPLES / name).read_bytes()
+        data = SAMPLES / name              # trusted: decoded in-process, once (``decode_sample``)
         label_path = SAMPLES / "labels" / f"{Path(name).stem}_labels.png"
         if label_path.exists() and st.sidebar.checkbox("Score against its ground truth", value=True,
                                                        key="use_sample_labels", persist_state="session"):
@@ -200,17 +295,19 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
             name, data = upload.name, upload.getvalue()
         label_bytes = label_upload.getvalue() if label_upload is not None else None
     with st.sidebar.expander("Input size limit"):
-        megapixels = st.number_input("Downscale above (megapixels)", 0.1, 4.2, value=1.0, step=0.1, key="max_mp",
+        megapixels = st.number_input("Downscale above (megapixels)", MIN_MEGAPIXELS, 4.2, value=1.0, step=0.1,
+                                     key="max_mp",
                                      help="Larger images are downscaled: PAM cost grows with the square of "
                                           "the number of pixels.")
     if data is None:
         return None, "", "", None
     max_pixels = int(megapixels * 1e6)
-    digest = sha256_bytes(data)
+    digest = file_sha256(data) if isinstance(data, Path) else sha256_bytes(data)
     failure = remembered_failure(f"image:{digest}:{max_pixels}")
     if failure is None:
         try:
-            image = decode_image(digest, max_pixels, data)
+            image = (decode_sample(data, digest, max_pixels) if isinstance(data, Path)
+                     else decode_image(digest, max_pixels, data))
         except DanetError as error:
             failure = str(error)
             remember_failure(f"image:{digest}:{max_pixels}", failure)
@@ -222,12 +319,13 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
     return None, name, "", None
 
 
-def check_label_map(loaded: LoadedModel, image: LoadedImage, data: bytes | None) -> LabelMap | None:
+def check_label_map(loaded: LoadedModel, image: LoadedImage, data: bytes | None,
+                    trusted: bool = False) -> LabelMap | None:
+    """The label map checked against the model and image (cached; uploads decoded in a child)."""
     if data is None:
         return None
     try:
-        labels = prepare_label_map(data, image.array.shape[:2], loaded.meta.config.num_classes,
-                                   loaded.meta.dataset.ignore_index, loaded.meta.palette)
+        labels = cached_label_map(data, image.array.shape[:2], loaded, trusted)
     except DanetError as error:
         st.sidebar.error(f"Label map not used: {error}")
         return None
@@ -250,7 +348,8 @@ def build_selection() -> Selection | None:
         st.sidebar.info(f"The samples' ground truth uses {SAMPLE_DATASET} classes; this model predicts "
                         f"{loaded.meta.dataset.name} classes, so it is not scored against it.")
         label_bytes = None
-    labels = check_label_map(loaded, image, label_bytes)
+    labels = check_label_map(loaded, image, label_bytes,
+                             trusted=st.session_state.get("image_source") == SAMPLE_SOURCE)
     switch_image_points(st.session_state, f"{digest}@{image.array.shape[1]}x{image.array.shape[0]}")
     height, width = image.array.shape[:2]          # the same file at another size limit is another input
     key = result_key(identity, f"{digest}@{width}x{height}", DEVICE)
@@ -260,11 +359,14 @@ def build_selection() -> Selection | None:
         try:
             with st.spinner(f"Running DANet on {name} ({DEVICE})..."):
                 result = run_forward(key, loaded, image.array)
+        except DanetError as error:          # refused before running: too big for memory or the cache
+            failure = f"Not run: {error}"
+            remember_failure(key, failure)
         except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge input
-            failure = describe_error(error)
+            failure = f"The forward pass failed: {describe_error(error)}"
             remember_failure(key, failure)
     if failure is not None:
-        st.error(f"The forward pass failed: {failure}")
+        st.error(failure)
         return None
     return Selection(loaded=loaded, model_id=identity, model_sha256=weights_sha256,
                      is_default=st.session_state.get("model_source") == DEFAULT_SOURCE,

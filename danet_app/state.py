@@ -321,15 +321,17 @@ class LabelMap:
 
 
 def prepare_label_map(data: bytes, image_size: tuple[int, int], num_classes: int,
-                      ignore_index: int | None, palette: np.ndarray | None = None) -> LabelMap:
+                      ignore_index: int | None, palette: np.ndarray | None = None, *,
+                      reader=None) -> LabelMap:
     """Check a label map for an image of ``image_size`` (H, W) with ``danet.data.labels``.
 
     Datasets without an ignore id use ``FALLBACK_IGNORE`` so stray ids are ignored, not fatal.
-    Raises ``LabelMapError`` with a message for the user.
+    Raises ``LabelMapError`` with a message for the user. ``reader``: ``load_label_map`` or a
+    drop-in (``danet.data.isolated.load_label_map_isolated`` decodes uploads in a child).
     """
     ignore = FALLBACK_IGNORE if ignore_index is None else int(ignore_index)
     height, width = image_size
-    labels, notices = load_label_map(data, (width, height), num_classes, ignore, palette=palette)
+    labels, notices = (reader or load_label_map)(data, (width, height), num_classes, ignore, palette=palette)
     notices = list(notices)
     if (labels == ignore).all():
         notices.append("every pixel of the label map is ignored: no scores can be computed")

@@ -1,18 +1,27 @@
-"""Load the default model in the background once per server process, so a visitor does not wait.
+"""Prepare the default view in the background once per server process, so a visitor does not wait.
 
-``danet_app`` starts this when it is first imported (the first script run of ``streamlit run``):
-the page skeleton is drawn while the weights load, and the sidebar's cached loader then finds
-them ready (Streamlit's resource cache lets one caller compute a value while the others wait).
-Set ``DANET_APP_WARMUP=0`` to turn it off; test processes (pytest) never start it.
+It imports torch and the model code, loads the default model, runs it on the first sample at the
+sidebar's default size limit and builds the attention view's payload: the sidebar's and the
+view's caches (``st.cache_resource``, keyed by content hashes) then hold exactly what the first
+visitor's run asks for (the resource cache lets one caller compute a value while others wait).
+
+``streamlit run serve.py`` starts it when the server starts (``st.App``'s lifespan);
+``streamlit run app.py`` when ``danet_app`` is first imported (the first visit). Set
+``DANET_APP_WARMUP=0`` to turn it off; test processes (pytest) never start it. ``seconds`` keeps
+how long each step took (printed to the server log), for the cold-start breakdown.
 """
 from __future__ import annotations
 
 import os
 import sys
 import threading
+import time
+
+DEFAULT_MAX_PIXELS = 1_000_000          # the sidebar's "Downscale above" default (1.0 megapixels)
 
 _started = False
 _lock = threading.Lock()
+seconds: dict[str, float] = {}
 
 
 def start() -> bool:
@@ -24,19 +33,44 @@ def start() -> bool:
         if _started:
             return False
         _started = True
-    threading.Thread(target=_load_default, name="danet-warmup", daemon=True).start()
+    threading.Thread(target=_warm_default_view, name="danet-warmup", daemon=True).start()
     return True
 
 
-def _load_default() -> None:
+def _step(name: str, started: float) -> float:
+    now = time.perf_counter()
+    seconds[name] = now - started
+    return now
+
+
+def _warm_default_view() -> None:
     try:
+        t = time.perf_counter()
         from danet.weights import default_weights_path
 
-        from .sidebar import DEVICE, load_default_model
-        from .state import file_sha256
+        from . import sidebar
+        from .attention_view import cached_payload
+        from .state import file_sha256, model_id, result_key, sha256_bytes
 
+        t = _step("import torch, timm, danet, streamlit", t)
         path = default_weights_path()
-        if path.is_file():
-            load_default_model(file_sha256(path), DEVICE)
-    except Exception:  # noqa: BLE001 - a failed warm-up only means the first visitor loads it
-        pass
+        if not path.is_file():
+            return
+        digest = file_sha256(path)
+        loaded = sidebar.load_default_model(digest, sidebar.DEVICE)
+        t = _step("load the default model", t)
+        samples = sidebar.sample_files()
+        if not samples:
+            return
+        data = samples[0].read_bytes()
+        image_digest = sha256_bytes(data)
+        image = sidebar.decode_image(image_digest, DEFAULT_MAX_PIXELS, data)
+        height, width = image.array.shape[:2]
+        key = result_key(model_id(digest), f"{image_digest}@{width}x{height}", sidebar.DEVICE)
+        result = sidebar.run_forward(key, loaded, image.array)
+        t = _step("forward on the first sample", t)
+        cached_payload(key, result, image.array, loaded.meta.classes)
+        _step("attention view payload (row sweep)", t)
+        print("danet-lens warm-up: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()), flush=True)
+    except Exception as error:  # noqa: BLE001 - a failed warm-up only means the first visitor waits
+        print(f"danet-lens warm-up failed: {type(error).__name__}: {error}", flush=True)

@@ -25,6 +25,7 @@ from danet.attention_stats import grid_labels
 from danet.data.images import load_image
 from danet.inspection import inspect_image
 from danet_app import display_modes as dm
+from danet_app.state import point_statistics
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -270,6 +271,14 @@ def test_pins_the_url_round_trip_and_isolated_sessions(server, browser, referenc
     assert result.pixel_to_cell(x, y) == (35, 45)
     (row,) = result.rows([(x, y)])
     assert float(first.attr("pinned-checksums").split(";")[1]) == pytest.approx(dm.checksum(row.ravel()), abs=1e-3)
+    # the statistics the view shows at once equal Python's (the cards that follow the rerun)
+    points = [tuple(map(int, re.search(r"\((\d+), (\d+)\)", card).groups())) for card in cards]
+    expected = point_statistics(result, points, result.rows(points), reference["classes"])
+    for shown, stats in zip(first.attr("pinned-stats").split(";"), expected):
+        entropy, same, class_id, top = shown.split(",")
+        assert float(entropy) == pytest.approx(stats.entropy_bits, abs=1e-3)
+        assert float(same) == pytest.approx(stats.same_class_share, abs=1e-4)
+        assert (int(class_id), int(top)) == (stats.class_id, stats.top_class_id)
     first.page.wait_for_function("() => location.search.includes('points=')", timeout=WAIT_MS)
     shared = first.page.url
     assert "image=" in shared

@@ -299,26 +299,42 @@ def wait_for(condition, seconds: float, process: subprocess.Popen | None = None)
         time.sleep(0.05)
 
 
+WARM_CLI = """
+import sys, time
+from pathlib import Path
+from danet.cli import app
+trigger = Path(sys.argv[1])
+while not (trigger.exists() and trigger.read_text().strip()):
+    time.sleep(0.02)
+app(sys.argv[2:])
+"""
+
+
 @pytest.mark.slow
 def test_two_concurrent_runs_one_proceeds_the_other_exits_with_the_lock_message(tmp_path, checkpoint):
-    folder = many_images(tmp_path / "images", 12)
+    folder = many_images(tmp_path / "images", 40, size=224)
     out = tmp_path / "out"
-    first = cli_process("predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu")
+    args = ["predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    # The second run is imported and waiting before the first starts, so it meets the first mid-run.
+    second = subprocess.Popen([sys.executable, "-c", WARM_CLI, str(out / batch.LOCK_NAME), *map(str, args)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = cli_process(*args)
     try:
-        wait_for(lambda: (out / batch.LOCK_NAME).exists() and (out / batch.LOCK_NAME).read_text().strip(), 120, first)
-        second = cli_process("predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu")
-        stdout, stderr = second.communicate(timeout=120)
+        stdout, stderr = second.communicate(timeout=180)
         assert second.returncode == 1, stdout + stderr
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert lines[-1] == (f"error: {out} is in use by another danet run (pid {first.pid}); wait for it to "
                              "finish or choose another --out"), stderr
         assert "Traceback" not in stderr
+        assert first.poll() is None                     # refused while the first was still running
         stdout, stderr = first.communicate(timeout=300)
         assert first.returncode == 0, stderr
-        assert "12 predicted" in stdout
+        assert "40 predicted" in stdout
     finally:
         first.kill()
-    assert len(complete_folders(out)) == 12 and not partials(out)
+        second.kill()
+    assert len(complete_folders(out)) == 40 and not partials(out)
 
 
 # ---- 4. killed runs ---------------------------------------------------------------------------
@@ -385,6 +401,7 @@ def test_read_only_output_is_one_line_naming_the_path(tmp_path, checkpoint, monk
     assert not partials(out) and not (out / batch.LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_a_file_too_large_for_the_process_limit_is_one_line(tmp_path, checkpoint):
     """A real kernel write failure (RLIMIT_FSIZE: EFBIG) in a child process."""
     import resource
@@ -500,10 +517,32 @@ def test_a_rerun_redoes_what_a_setting_changed_and_says_why(tmp_path, checkpoint
 
 
 # ---- 8. inputs --------------------------------------------------------------------------------
-def test_recursive_over_a_very_deep_tree_with_a_symlink_loop(tmp_path, checkpoint):
+@pytest.fixture
+def tree(tmp_path):
+    """A folder for a very deep tree, removed bottom-up here (pytest's recursive cleanup could not)."""
     root = tmp_path / "tree"
-    deep = root.joinpath(*(["d"] * 1500))                   # deeper than Python's recursion limit
-    deep.mkdir(parents=True)
+    yield root
+    chain, stack = [], [str(root)]
+    while stack:                                  # every real folder, parents before children
+        folder = stack.pop()
+        chain.append(folder)
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+    for folder in reversed(chain):
+        for entry in os.scandir(folder):
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        os.rmdir(folder)
+
+
+def test_recursive_over_a_very_deep_tree_with_a_symlink_loop(tmp_path, tree, checkpoint):
+    root = tree
+    deep = root
+    root.mkdir()
+    for _ in range(1500):                                    # deeper than Python's recursion limit
+        deep = deep / "d"
+        os.mkdir(deep)
     write_image(deep / "bottom.gif")
     Image.open(deep / "bottom.gif").verify()
     write_image(root / "top.png")
@@ -568,10 +607,10 @@ def truncated_png(path: Path) -> Path:
 
 DATASET_CASES = {
     "truncated": (lambda p: truncated_png(p), "truncated"),
-    "bomb": (lambda p: bomb_png(p), "30000x30000"),
+    "bomb": (lambda p: bomb_png(p), "decompression bomb"),
     "too large": (lambda p: Image.new("RGB", (2100, 2100), (9, 9, 9)).save(p), "2100x2100"),
     "fifo": (lambda p: os.mkfifo(p), "not a regular file"),
-    "label bomb": (None, "30000x30000"),
+    "label bomb": (None, "decompression bomb"),
 }
 
 
@@ -611,3 +650,15 @@ def test_read_pair_goes_through_the_guarded_loader(tmp_path):
     np.testing.assert_array_equal(image, np.asarray(Image.open(data / "val" / "f0.png").convert("RGB")))
     with pytest.raises(danet.ImageLoadError, match="is a folder"):
         camvid.read_image(data / "val")
+
+
+def test_the_audit_sees_writes_beside_out(tmp_path):
+    """The guard above can fail: a write next to ``out`` and one through a link are both caught."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(tmp_path, out / "link")
+    with audited() as audit:
+        (tmp_path / "beside.txt").write_text("x")
+        (out / "link" / "through.txt").write_text("x")
+        (out / "inside.txt").write_text("x")
+    assert sorted(Path(p).name for p in audit.outside(out, tmp_path)) == ["beside.txt", "through.txt"]

@@ -10,8 +10,16 @@
 // then the display mode of danet_app/display_modes.py, coloured with the same lookup tables as
 // danet.viz. A click (no drag) sends a "pin" trigger to Python; nothing else reruns the script.
 // What was drawn is exposed as data-* attributes on #danet-attention for the browser tests.
+//
+// The heavy per-image part (image, Q, K, lse, mean row, cell classes) arrives once per session
+// and payload id and is decoded once into PAYLOADS, a module-level cache shared by every mount
+// (a page switch remounts the view, the module stays). Later reruns send only the id and the
+// settings; a mount that does not hold the id (a reload, an evicted entry) asks for it with the
+// "need" trigger and Python sends it again.
 
 const STORE = new WeakMap();
+const PAYLOADS = new Map();                // payload id -> decoded payload (most recent last)
+const KEEP_PAYLOADS = 3;
 const HALF = (() => {                      // float16 bit pattern -> float32 value, all 65,536 of them
   const table = new Float32Array(65536);
   for (let h = 0; h < 65536; h++) {
@@ -115,6 +123,20 @@ function display(values, mode, baseline, fraction) {
   }
   return { shown, lo, hi, cells };
 }
+function pointStatistics(p, values, x, y) {
+  let entropy = 0;
+  const mass = new Float64Array(Math.max(p.classes.length, 1) + 1);
+  for (let j = 0; j < values.length; j++) {
+    const v = values[j];
+    if (v > 0) entropy -= v * Math.log2(v);
+    const c = p.cellClass[j];
+    if (c < p.classes.length) mass[c] += v;
+  }
+  let top = 0;
+  for (let c = 1; c < p.classes.length; c++) if (mass[c] > mass[top]) top = c;
+  const cls = p.pixelClass ? p.pixelClass[y * p.W + x] : p.cellClass[Math.min(Math.floor((y * p.gh) / p.H), p.gh - 1) * p.gw + Math.min(Math.floor((x * p.gw) / p.W), p.gw - 1)];
+  return { entropy, fraction: p.n > 1 ? entropy / Math.log2(p.n) : 0, cls, same: cls < p.classes.length ? mass[cls] : 0, top, topShare: mass[top] };
+}
 function checksum(values) {
   let sum = 0;
   for (let j = 0; j < values.length; j++) {
@@ -135,52 +157,84 @@ function colourIndex(v, lo, hi) {
 }
 
 // ---- painting -----------------------------------------------------------------------------------
-// The map is painted at display resolution: nearest repeats grid cells, bilinear interpolates the
-// values (torch's F.interpolate, with the model's align_corners) before colouring, as the app's
-// PNGs do; NaN cells stay transparent.
-function sampler(size, out, alignCorners, bilinear) {
+// nearest: one pixel per grid cell on a grid-size canvas, scaled up by drawImage with smoothing off
+// (the browser repeats cells; nothing per display pixel in JS). bilinear: the values are
+// interpolated (torch's F.interpolate, with the model's align_corners) before colouring, as the
+// app's PNGs do, separably (along x once per grid row, then along y) into a reused buffer; colours
+// are written as packed 32-bit pixels. NaN cells (outside a mass set) stay transparent.
+// Buffers live on `cache` (one per canvas) and are re-allocated only when the size changes.
+const LITTLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+function packedLut(lut) {                  // 256 RGB entries -> 256 opaque RGBA words
+  const out = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    const r = lut[3 * i], g = lut[3 * i + 1], b = lut[3 * i + 2];
+    out[i] = LITTLE ? ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0 : ((r << 24) | (g << 16) | (b << 8) | 255) >>> 0;
+  }
+  return out;
+}
+function sampler(size, out, alignCorners) {
   const i0 = new Int32Array(out), i1 = new Int32Array(out), w = new Float32Array(out);
   for (let o = 0; o < out; o++) {
-    if (!bilinear) { i0[o] = i1[o] = Math.min(Math.floor((o * size) / out), size - 1); continue; }
-    let src = alignCorners ? (out > 1 ? (o * (size - 1)) / (out - 1) : 0) : Math.max(((o + 0.5) * size) / out - 0.5, 0);
+    const src = alignCorners ? (out > 1 ? (o * (size - 1)) / (out - 1) : 0) : Math.max(((o + 0.5) * size) / out - 0.5, 0);
     const a = Math.min(Math.floor(src), size - 1);
     i0[o] = a; i1[o] = Math.min(a + 1, size - 1); w[o] = src - a;
   }
   return { i0, i1, w };
 }
-function paintMap(ctx, image, shown, lo, hi, p, lut, opacity, bilinear, width, height) {
-  const gh = p.gh, gw = p.gw;
-  const key = `${width}x${height}:${bilinear}`;
-  if (p.samplerKey !== key) {
-    p.samplerKey = key;
-    p.sx = sampler(gw, width, p.alignCorners, bilinear);
-    p.sy = sampler(gh, height, p.alignCorners, bilinear);
-    p.heat = new ImageData(width, height);
-    p.heatCanvas = new OffscreenCanvas(width, height);
-  }
-  const { sx, sy, heat } = p, px = heat.data;
-  let o = 0;
-  for (let y = 0; y < height; y++) {
-    const r0 = sy.i0[y] * gw, r1 = sy.i1[y] * gw, wy = sy.w[y];
-    for (let x = 0; x < width; x++, o += 4) {
-      const c0 = sx.i0[x], c1 = sx.i1[x], wx = sx.w[x];
-      let v;
-      if (!bilinear) v = shown[r0 + c0];
-      else {
-        const top = shown[r0 + c0] * (1 - wx) + shown[r0 + c1] * wx;
-        const bottom = shown[r1 + c0] * (1 - wx) + shown[r1 + c1] * wx;
-        v = top * (1 - wy) + bottom * wy;
-      }
-      const index = colourIndex(v, lo, hi);
-      if (index < 0) { px[o + 3] = 0; continue; }
-      px[o] = lut[3 * index]; px[o + 1] = lut[3 * index + 1]; px[o + 2] = lut[3 * index + 2]; px[o + 3] = 255;
+function buffers(cache, gh, gw, width, height, bilinear, alignCorners) {
+  const w = bilinear ? width : gw, h = bilinear ? height : gh;
+  const key = `${gh}x${gw}:${w}x${h}:${alignCorners}`;
+  if (cache.key !== key) {
+    cache.key = key;
+    cache.heat = new ImageData(w, h);
+    cache.words = new Uint32Array(cache.heat.data.buffer);
+    cache.canvas = new OffscreenCanvas(w, h);
+    cache.ctx = cache.canvas.getContext("2d");
+    if (bilinear) {
+      cache.sx = sampler(gw, w, alignCorners); cache.sy = sampler(gh, h, alignCorners);
+      cache.across = new Float32Array(gh * w);                 // rows interpolated along x
     }
   }
-  p.heatCanvas.getContext("2d").putImageData(heat, 0, 0);
+  return cache;
+}
+function paintMap(ctx, image, shown, lo, hi, p, lut, opacity, bilinear, width, height, cache) {
+  const gh = p.gh, gw = p.gw, b = buffers(cache, gh, gw, width, height, bilinear, p.alignCorners);
+  const words = b.words, scale = hi > lo ? 256 / (hi - lo) : 0;
+  if (!bilinear) {
+    for (let j = 0; j < gh * gw; j++) {
+      const v = shown[j];
+      if (v !== v) { words[j] = 0; continue; }                 // NaN: transparent
+      let i = Math.floor((v - lo) * scale);
+      words[j] = lut[i < 0 ? 0 : i > 255 ? 255 : i];
+    }
+  } else {
+    const { sx, sy, across } = b;
+    for (let r = 0; r < gh; r++) {
+      const base = r * gw, out = r * width;
+      for (let x = 0; x < width; x++) {
+        const wx = sx.w[x];
+        across[out + x] = shown[base + sx.i0[x]] * (1 - wx) + shown[base + sx.i1[x]] * wx;
+      }
+    }
+    let o = 0;
+    for (let y = 0; y < height; y++) {
+      const t = sy.i0[y] * width, u = sy.i1[y] * width, wy = sy.w[y];
+      for (let x = 0; x < width; x++, o++) {
+        const v = across[t + x] * (1 - wy) + across[u + x] * wy;
+        if (v !== v) { words[o] = 0; continue; }
+        let i = Math.floor((v - lo) * scale);
+        words[o] = lut[i < 0 ? 0 : i > 255 ? 255 : i];
+      }
+    }
+  }
+  b.ctx.putImageData(b.heat, 0, 0);
+  ctx.imageSmoothingEnabled = true;
   ctx.globalAlpha = 1;
   ctx.drawImage(image, 0, 0, width, height);
   ctx.globalAlpha = opacity;
-  ctx.drawImage(p.heatCanvas, 0, 0);
+  ctx.imageSmoothingEnabled = bilinear;                        // nearest: the cells as they are
+  ctx.drawImage(b.canvas, 0, 0, width, height);
+  ctx.imageSmoothingEnabled = true;
   ctx.globalAlpha = 1;
 }
 function paintBar(canvas, lut) {
@@ -215,7 +269,7 @@ function mount(root) {
     barLo: $("bar-lo"), barHi: $("bar-hi"), barUnit: $("bar-unit"), barMark: $("bar-mark"),
     readout: $("readout"), hint: $("map-title"), pinned: $("pinned"),
     payload: null, image: null, settings: {}, query: null, region: null, drag: null, pending: false,
-    frames: 0, lastMap: null, hover: null,
+    frames: 0, lastMap: null, hover: null, moveAt: null, mapCache: {}, localPins: [], asked: null,
   };
   const cellAt = (canvas, event) => {
     const p = view.payload, rect = canvas.getBoundingClientRect();
@@ -244,6 +298,7 @@ function mount(root) {
     if (view.region) return;                                  // a box holds the map until Esc
     if (!view.query || view.query.cell !== at.row * view.payload.gw + at.col) {
       view.query = { ...at, cell: at.row * view.payload.gw + at.col };
+      if (view.moveAt === null) view.moveAt = event.timeStamp;  // the oldest move not yet painted
       schedule(view, "map");
     }
   });
@@ -258,7 +313,7 @@ function mount(root) {
       view.region = null;
       view.query = { ...at, cell: at.row * view.payload.gw + at.col };
       schedule(view, "map");
-      view.setTrigger("pin", { x: at.x, y: at.y, nonce: Date.now() + Math.random() });
+      pinNow(view, at.x, at.y);
     }
   });
   view.map.addEventListener("pointermove", (event) => {
@@ -275,7 +330,7 @@ function mount(root) {
       view.query = null; view.region = null; schedule(view, "map"); event.preventDefault(); return;
     }
     if (event.key === "Enter" && view.query) {
-      view.setTrigger("pin", { x: view.query.x, y: view.query.y, nonce: Date.now() + Math.random() });
+      pinNow(view, view.query.x, view.query.y);
       event.preventDefault(); return;
     }
     if (!(event.key in moves)) return;
@@ -291,6 +346,22 @@ function mount(root) {
     schedule(view, "map");
   });
   return view;
+}
+
+// A pin is drawn here at once (its map, beside the others) and sent to Python, whose statistics
+// and authoritative list of points arrive with the fragment's rerun (then localPins is dropped).
+function pinNow(view, x, y) {
+  view.pinAt = performance.now();
+  view.localPins.push([x, y]);
+  view.setTrigger("pin", { x, y, nonce: Date.now() + Math.random() });
+  schedule(view, "marks");
+  paintPinned(view);
+  view.el.dataset.pinDrawMs = (performance.now() - view.pinAt).toFixed(2);
+}
+function pinnedPoints(view) {
+  const points = [...(view.settings.pinned || [])];
+  for (const q of view.localPins) if (!points.some(([x, y]) => x === q[0] && y === q[1])) points.push(q);
+  return points.slice(-8);
 }
 
 function schedule(view, what) {
@@ -330,7 +401,7 @@ function paint(view, what) {
   const W = view.input.width, H = view.input.height, radius = Math.max(5, Math.round(W / 70));
   // the input with pinned points, the query and any box being dragged
   ictx.drawImage(view.image, 0, 0, W, H);
-  (s.pinned || []).forEach(([x, y], i) => marker(ictx, ((x + 0.5) * W) / p.W, ((y + 0.5) * H) / p.H, s.colours[i % s.colours.length], String(i + 1), radius));
+  pinnedPoints(view).forEach(([x, y], i) => marker(ictx, ((x + 0.5) * W) / p.W, ((y + 0.5) * H) / p.H, s.colours[i % s.colours.length], String(i + 1), radius));
   const box = view.dragBox || view.region;
   if (box) {
     const [r0, c0, r1, c1] = box;
@@ -342,6 +413,7 @@ function paint(view, what) {
   if (view.query && !view.region) marker(ictx, ((view.query.col + 0.5) * W) / p.gw, ((view.query.row + 0.5) * H) / p.gh, "white", "", radius);
   if (what === "marks") return;
 
+  const paintStart = performance.now();
   const map = currentMap(view);
   if (!map.values) {
     mctx.drawImage(view.image, 0, 0, W, H);
@@ -352,12 +424,12 @@ function paint(view, what) {
     return;
   }
   const shown = display(map.values, s.mode, map.baseline, s.fraction);
-  const lut = s.mode === "specific" ? p.lutDiverging : p.lut;
-  paintMap(mctx, view.image, shown.shown, shown.lo, shown.hi, p, lut, s.opacity, s.upsampling === "bilinear", W, H);
+  const lut = s.mode === "specific" ? p.lutDiverging : view.lut;
+  paintMap(mctx, view.image, shown.shown, shown.lo, shown.hi, p, lut.packed, s.opacity, s.upsampling === "bilinear", W, H, view.mapCache);
   const peak = argmax(map.values);
   mctx.strokeStyle = "white"; mctx.lineWidth = 2;
   mctx.strokeRect(((peak % p.gw) * W) / p.gw, (Math.floor(peak / p.gw) * H) / p.gh, W / p.gw, H / p.gh);
-  paintBar(view.bar, lut);
+  if (view.barLut !== lut) { paintBar(view.bar, lut.bytes); view.barLut = lut; }
   view.barLo.textContent = format(shown.lo);
   view.barHi.textContent = format(shown.hi);
   view.barUnit.textContent = UNITS[s.mode] + (s.mode === "mass" ? ` (${Math.round(s.fraction * 100)}% of the mass in ${shown.cells} of ${p.n} cells)` : "");
@@ -371,7 +443,16 @@ function paint(view, what) {
     checksum: checksum(map.values).toPrecision(10), displayChecksum: checksum(shown.shown).toPrecision(10),
     max: map.values[peak].toPrecision(8), vmin: shown.lo.toPrecision(8), vmax: shown.hi.toPrecision(8),
     massCells: String(shown.cells), computeMs: map.ms.toFixed(2), frames: String(view.frames),
+    paintMs: (performance.now() - paintStart).toFixed(2),
   });
+  // pointer event -> painted map, measured in the page (no test-driver polling in it); the next
+  // animation frame starts once the painted frame was handed to the compositor
+  if (view.moveAt !== null) {
+    const moveAt = view.moveAt, cell = el.dataset.queryCell;
+    view.moveAt = null;
+    el.dataset.latencyMs = (performance.now() - moveAt).toFixed(2);
+    requestAnimationFrame(() => { el.dataset.frameMs = (performance.now() - moveAt).toFixed(2); el.dataset.frameCell = cell; });
+  }
   const name = map.kind.startsWith("region") ? "Mean attention of a" : map.kind === "column" ? "Who looks at" : "Where";
   view.hint.textContent = map.kind === "row" ? `Where ${map.label} looks` : `${name} ${map.label}` + (map.kind === "column" ? ": every query's weight on it" : "");
   writeReadout(view);
@@ -409,10 +490,12 @@ function writeReadout(view) {
 // pinned points side by side: each map in the current mode with its own scale and colour bar
 function paintPinned(view) {
   const p = view.payload, s = view.settings, host = view.pinned;
+  if (!p || !view.image) return;
   host.replaceChildren();
-  const points = s.pinned || [];
+  const points = pinnedPoints(view);
   view.el.dataset.pinnedCount = String(points.length);
-  const checks = [];
+  view.pinCaches = view.pinCaches || [];
+  const checks = [], stats = [];
   points.forEach(([x, y], i) => {
     const row = Math.min(Math.floor((y * p.gh) / p.H), p.gh - 1), col = Math.min(Math.floor((x * p.gw) / p.W), p.gw - 1);
     const cell = row * p.gw + col;
@@ -422,59 +505,109 @@ function paintPinned(view) {
     const figure = document.createElement("figure"), canvas = document.createElement("canvas");
     const width = Math.min(p.W, 320), height = Math.max(1, Math.round((p.H * width) / p.W));
     canvas.width = width; canvas.height = height;
-    const lut = s.mode === "specific" ? p.lutDiverging : p.lut;
-    const own = { gh: p.gh, gw: p.gw, alignCorners: p.alignCorners };
-    paintMap(canvas.getContext("2d"), view.image, shown.shown, shown.lo, shown.hi, own, lut, s.opacity, s.upsampling === "bilinear", width, height);
+    const lut = s.mode === "specific" ? p.lutDiverging : view.lut;
+    view.pinCaches[i] = view.pinCaches[i] || {};
+    paintMap(canvas.getContext("2d"), view.image, shown.shown, shown.lo, shown.hi, p, lut.packed, s.opacity, s.upsampling === "bilinear", width, height, view.pinCaches[i]);
     marker(canvas.getContext("2d"), ((x + 0.5) * width) / p.W, ((y + 0.5) * height) / p.H, s.colours[i % s.colours.length], String(i + 1), 5);
-    const bar = document.createElement("canvas"); bar.className = "bar"; paintBar(bar, lut);
+    const bar = document.createElement("canvas"); bar.className = "bar"; paintBar(bar, lut.bytes);
     const caption = document.createElement("figcaption");
-    caption.innerHTML = `<span>${format(shown.lo)}</span><span>point ${i + 1} · ${p.classes[p.cellClass[cell]] ?? ""}</span><span>${format(shown.hi)}</span>`;
-    figure.append(canvas, bar, caption);
+    caption.innerHTML = `<span>${format(shown.lo)}</span><span>${format(shown.hi)}</span>`;
+    // the statistics at once (Python's cards below follow with the rerun); a row only: a column
+    // is not a distribution over where one query looks
+    const rowValues = s.view === "column" ? rowOf(p, cell, new Float64Array(p.n)) : values;
+    const st = pointStatistics(p, rowValues, x, y);
+    stats.push(`${st.entropy.toFixed(4)},${st.same.toFixed(5)},${st.cls},${st.top}`);
+    const about = document.createElement("div");
+    about.className = "stats";
+    about.innerHTML = `<b>${i + 1}</b> · (${x}, ${y}) · <b>${p.classes[st.cls] ?? st.cls}</b><br>entropy ${st.entropy.toFixed(2)} bits (${Math.round(st.fraction * 100)}%) · same-class ${(st.same * 100).toFixed(1)}% · top ${p.classes[st.top] ?? st.top} ${Math.round(st.topShare * 100)}%`;
+    figure.append(canvas, bar, caption, about);
     host.append(figure);
   });
   view.el.dataset.pinnedChecksums = checks.join(";");
+  view.el.dataset.pinnedStats = stats.join(";");
+}
+
+function lutOf(bytes) { return { bytes, packed: packedLut(bytes) }; }
+
+function decode(data) {                    // the heavy part, once per payload id (not per mount)
+  const t0 = performance.now(), n = data.gh * data.gw;
+  const payload = {
+    id: data.id, W: data.W, H: data.H, gh: data.gh, gw: data.gw, n, d: data.d, alignCorners: !!data.align_corners,
+    q: data.qk_dtype === "float32" ? floats(data.q) : halfs(data.q),
+    k: data.qk_dtype === "float32" ? floats(data.k) : halfs(data.k), lse: floats(data.lse), meanRow: floats(data.mean_row),
+    cellClass: data.cell_classes_wide ? new Uint16Array(bytesOf(data.cell_classes).buffer) : bytesOf(data.cell_classes),
+    classes: data.classes, lutDiverging: lutOf(bytesOf(data.lut_diverging)), image: null, pixelClass: null,
+  };
+  const image = new Image(), labels = new Image();
+  const shown = new Promise((resolve) => {
+    image.onload = () => { payload.image = image; payload.decodeMs = performance.now() - t0; resolve(); };
+    image.onerror = () => resolve();
+  });
+  // the predicted class of every pixel (lossless PNG: R + 256 G), for a pin's statistics
+  let labelled;
+  const labelsDone = new Promise((resolve) => { labelled = resolve; });
+  labels.onerror = () => labelled();
+  labels.onload = () => {
+    const canvas = new OffscreenCanvas(data.W, data.H), ctx = canvas.getContext("2d");
+    ctx.drawImage(labels, 0, 0);
+    const rgba = ctx.getImageData(0, 0, data.W, data.H).data, ids = new Uint16Array(data.W * data.H);
+    for (let i = 0; i < ids.length; i++) ids[i] = rgba[4 * i] + 256 * rgba[4 * i + 1];
+    payload.pixelClass = ids;
+    labelled();
+  };
+  if (data.pixel_classes) labels.src = data.pixel_classes; else labelled();
+  payload.loaded = Promise.all([shown, labelsDone]).then(() => payload);
+  image.src = data.image;
+  return payload;
+}
+
+function remember(id, payload) {
+  PAYLOADS.delete(id);
+  PAYLOADS.set(id, payload);
+  while (PAYLOADS.size > KEEP_PAYLOADS) PAYLOADS.delete(PAYLOADS.keys().next().value);
+}
+
+function attach(view, p) {                 // show payload p in this view (a new image, or a remount)
+  view.payload = p; view.image = null;
+  view.query = null; view.region = null; view.lastMap = null; view.localPins = [];
+  const el = view.el;
+  const width = Math.min(p.W, MAX_DISPLAY_WIDTH), height = Math.max(1, Math.round((p.H * width) / p.W));
+  for (const canvas of [view.input, view.map]) { canvas.width = width; canvas.height = height; canvas.style.aspectRatio = `${p.W} / ${p.H}`; }
+  Object.assign(el.dataset, { ready: "0", payloadId: p.id, cells: String(p.n), grid: `${p.gh},${p.gw}` });
+  p.loaded.then(() => {
+    if (view.payload !== p || !p.image) return;
+    view.image = p.image; el.dataset.ready = "1";
+    el.dataset.decodeMs = (p.decodeMs || 0).toFixed(1);
+    const q = view.settings.query;
+    if (q && !view.query) {                                  // restore the query after a rerun
+      const row = Math.min(Math.floor((q[1] * p.gh) / p.H), p.gh - 1), col = Math.min(Math.floor((q[0] * p.gw) / p.W), p.gw - 1);
+      view.query = { x: q[0], y: q[1], row, col, cell: row * p.gw + col };
+    }
+    schedule(view, "map"); paintPinned(view);
+  });
 }
 
 function update(view, data) {
-  const s = data.settings || {};
-  if (!view.payload || view.payload.id !== data.id) {
-    const t0 = performance.now();
-    const n = data.gh * data.gw;
-    const payload = {
-      id: data.id, W: data.W, H: data.H, gh: data.gh, gw: data.gw, n, d: data.d, alignCorners: !!data.align_corners,
-      q: data.qk_dtype === "float32" ? floats(data.q) : halfs(data.q),
-      k: data.qk_dtype === "float32" ? floats(data.k) : halfs(data.k), lse: floats(data.lse), meanRow: floats(data.mean_row),
-      cellClass: data.cell_classes_wide ? new Uint16Array(bytesOf(data.cell_classes).buffer) : bytesOf(data.cell_classes),
-      classes: data.classes, lut: null, lutDiverging: bytesOf(data.lut_diverging),
-    };
-    view.payload = payload;
-    view.query = null; view.region = null; view.lastMap = null;
-    const width = Math.min(data.W, MAX_DISPLAY_WIDTH), height = Math.max(1, Math.round((data.H * width) / data.W));
-    for (const canvas of [view.input, view.map]) { canvas.width = width; canvas.height = height; canvas.style.aspectRatio = `${data.W} / ${data.H}`; }
-    const image = new Image();
-    image.onload = () => {
-      view.image = image; view.el.dataset.ready = "1";
-      view.el.dataset.decodeMs = (performance.now() - t0).toFixed(1);
-      const q = s.query;
-      if (q && !view.query) {                                  // restore the query after a rerun
-        const row = Math.min(Math.floor((q[1] * data.gh) / data.H), data.gh - 1), col = Math.min(Math.floor((q[0] * data.gw) / data.W), data.gw - 1);
-        view.query = { x: q[0], y: q[1], row, col, cell: row * data.gw + col };
-      }
-      schedule(view, "map"); paintPinned(view);
-    };
-    view.el.dataset.ready = "0";
-    view.el.dataset.payloadId = data.id;
-    view.el.dataset.cells = String(n);
-    view.el.dataset.grid = `${data.gh},${data.gw}`;
-    image.src = data.image;
-  }
-  view.payload.lut = bytesOf(s.lut);
+  const s = data.settings || {}, el = view.el;
+  if (data.payload && !PAYLOADS.has(data.id)) remember(data.id, decode(data.payload));
+  el.dataset.payloadBytes = data.payload ? "sent" : "cached";
   view.settings = {
     mode: s.mode || "raw", view: s.view || "row", fraction: s.fraction || 0.9, opacity: s.opacity ?? 0.6,
-    upsampling: s.upsampling || "bilinear", pinned: s.pinned || [], colours: s.colours || ["#e69f00"],
+    upsampling: s.upsampling || "bilinear", pinned: s.pinned || [], colours: s.colours || ["#e69f00"], query: s.query,
   };
+  if (s.lut && s.lut !== view.lutText) { view.lut = lutOf(bytesOf(s.lut)); view.lutText = s.lut; }
+  view.localPins = [];                                       // Python's list of points is the truth now
+  if (view.pinAt !== undefined) { el.dataset.pinRoundTripMs = (performance.now() - view.pinAt).toFixed(1); view.pinAt = undefined; }
   view.updates = (view.updates || 0) + 1;
-  Object.assign(view.el.dataset, { updates: String(view.updates), mode: view.settings.mode, view: view.settings.view });
+  Object.assign(el.dataset, { updates: String(view.updates), mode: view.settings.mode, view: view.settings.view });
+  const p = PAYLOADS.get(data.id);
+  if (!p) {                                                  // e.g. a reload: ask Python for it, once
+    el.dataset.ready = "0";
+    if (view.asked !== data.id) { view.asked = data.id; view.setTrigger("need", data.id); }
+    return;
+  }
+  remember(data.id, p);
+  if (view.payload !== p) { attach(view, p); return; }
   if (view.image) { schedule(view, "map"); paintPinned(view); }
 }
 
