@@ -281,6 +281,13 @@ def test_pins_the_url_round_trip_and_isolated_sessions(server, browser, referenc
         assert (int(class_id), int(top)) == (stats.class_id, stats.top_class_id)
     first.page.wait_for_function("() => location.search.includes('points=')", timeout=WAIT_MS)
     shared = first.page.url
+    # a page switch and back remounts the view: it takes the payload from its cache (or asks
+    # Python for it again) and shows the same points
+    first.page.get_by_role("link", name="Channel attention").click()
+    first.page.get_by_role("link", name="DANet inspector").click()
+    first.wait_attr("ready", "1")
+    first.wait_attr("pinned-count", "2")
+    assert first.pinned_cards(2) == cards
     assert "image=" in shared
 
     # another browser context: no points of its own...

@@ -4,6 +4,7 @@ functions in test_browser_attention.py."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from danet.errors import InputError
 from danet.inspection import InspectionResult
 from danet_app import display_modes as dm
-from danet_app.attention_view import build_payload, payload_bytes, settings
+from danet_app.attention_view import build_payload, classes_data_url, payload_bytes, settings, view_data
 
 
 def explicit_attention(query: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -104,6 +105,21 @@ def test_rows_match_inspection_result_rows(qk):
     assert payload_bytes(payload) == len(json.dumps(payload).encode())
     light = settings("raw", "row", "viridis", "nearest", 0.5, 0.9, [(1, 2)])
     assert light["pinned"] == [[1, 2]] and len(base64.b64decode(light["lut"])) == 256 * 3
+    # the per-pixel classes travel as a lossless PNG the view reads back (R + 256 G)
+    from PIL import Image
+    png = base64.b64decode(payload["pixel_classes"].split(",", 1)[1])
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int64)
+    assert np.array_equal(rgb[..., 0] + 256 * rgb[..., 1], result.prediction("fused"))
+    ids = np.random.default_rng(0).integers(0, 300, (9, 13))       # more than 256 classes too
+    png = base64.b64decode(classes_data_url(ids).split(",", 1)[1])
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int64)
+    assert np.array_equal(rgb[..., 0] + 256 * rgb[..., 1], ids)
+    # after the first run, a session's view gets the id and the settings, not the heavy part again
+    payload["bytes"] = payload_bytes(payload)
+    first, later = (view_data(payload, light, send_payload=send) for send in (True, False))
+    assert first["payload"]["q"] == payload["q"] and "bytes" not in first["payload"]
+    assert later == {"id": "key", "payload": None, "settings": light}
+    assert len(json.dumps(later)) < 2_000 < payload["bytes"]
 
 
 def test_colour_lookup_is_danet_viz_colouring():

@@ -449,6 +449,13 @@ def test_a_real_read_only_folder_is_one_line(tmp_path, checkpoint, small_tmpfs):
     assert_one_line_error(predict(folder, small_tmpfs / "new", checkpoint), "cannot create", str(small_tmpfs / "new"))
 
 
+def test_convert_onto_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, checkpoint, small_tmpfs):
+    destination = small_tmpfs / "model.safetensors"
+    assert_one_line_error(run("convert", checkpoint, destination), f"cannot write {destination}",
+                          "no space left on device")
+    assert not any(small_tmpfs.iterdir())
+
+
 # ---- 6. convert / figure onto a folder --------------------------------------------------------
 def test_convert_and_figure_onto_a_folder_are_clean_errors_without_part_files(tmp_path, checkpoint):
     image = write_image(tmp_path / "a.png")

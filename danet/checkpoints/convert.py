@@ -41,7 +41,7 @@ def convert(source: str | Path | bytes, destination: str | Path, *, dilation: st
 
 def _as_os_error(error: Exception) -> Exception:
     """safetensors reports I/O failures as text ("... code: 28, kind: StorageFull ..."): recover the errno."""
-    match = re.search(r"code: (\d+)", str(error))
+    match = re.search(r"(?:code: |os error )(\d+)", str(error))
     return OSError(int(match.group(1)), os.strerror(int(match.group(1)))) if match else error
 
 
