@@ -176,10 +176,13 @@ def large_case(page, folder: Path, moves: int, received: list) -> list:
     sidebar = page.locator("[data-testid='stSidebar']")
     sidebar.get_by_text("Upload a checkpoint").click()
     sidebar.locator("input[type='file']").first.set_input_files(str(weights))
+    wait_ready(page, previous, timeout=1800)          # the new model on the sample: the sidebar is settled
+    previous = root_attr(page, "payload-id")
     sidebar.get_by_text("Input size limit").click()
     limit = sidebar.locator("[data-testid='stNumberInput'] input").first
     limit.fill("2.2")
     limit.press("Enter")
+    page.wait_for_timeout(3000)                        # the rerun that takes the new limit
     sidebar.get_by_text("Upload an image").click()
     received.clear()
     sidebar.locator("input[type='file']").nth(1).set_input_files(str(image))

@@ -50,7 +50,7 @@ def _warm_default_view() -> None:
 
         from . import sidebar
         from .attention_view import cached_payload
-        from .state import file_sha256, model_id, result_key, sha256_bytes
+        from .state import file_sha256, model_id, result_key
 
         t = _step("import torch, timm, danet, streamlit", t)
         path = default_weights_path()
@@ -62,9 +62,11 @@ def _warm_default_view() -> None:
         samples = sidebar.sample_files()
         if not samples:
             return
-        data = samples[0].read_bytes()
-        image_digest = sha256_bytes(data)
-        image = sidebar.decode_image(image_digest, DEFAULT_MAX_PIXELS, data)
+        image_digest = file_sha256(samples[0])           # what the sidebar hashes for a sample
+        if hasattr(sidebar, "decode_sample"):
+            image = sidebar.decode_sample(samples[0], image_digest, DEFAULT_MAX_PIXELS)
+        else:
+            image = sidebar.decode_image(image_digest, DEFAULT_MAX_PIXELS, samples[0].read_bytes())
         height, width = image.array.shape[:2]
         key = result_key(model_id(digest), f"{image_digest}@{width}x{height}", sidebar.DEVICE)
         result = sidebar.run_forward(key, loaded, image.array)

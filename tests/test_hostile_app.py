@@ -318,7 +318,7 @@ class HealthProbe:
     """Asks the health endpoint every 0.2 s in a thread; keeps every answer's latency."""
 
     def __init__(self, url: str):
-        self.url, self.latencies, self.failures = url, [], []
+        self.url, self.latencies, self.times, self.failures = url, [], [], []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -326,6 +326,7 @@ class HealthProbe:
         while not self.stop.is_set():
             try:
                 self.latencies.append(health_seconds(self.url))
+                self.times.append(time.perf_counter())
             except Exception as error:  # noqa: BLE001 - recorded, asserted on by the test
                 self.failures.append(repr(error))
             self.stop.wait(0.2)
@@ -369,12 +370,13 @@ def server(tmp_path):
         log.close()
 
 
-def upload_in_browser(page, radio: str, name: str, data: bytes) -> None:
+def upload_in_browser(page, radio: str, label: str, name: str, data: bytes) -> None:
+    """Choose ``radio`` in the sidebar, then give the uploader labelled ``label`` the file."""
     sidebar_ = page.locator('[data-testid="stSidebar"]')
     sidebar_.get_by_text(radio, exact=True).click()
-    inputs = sidebar_.locator('input[type="file"]')
-    inputs.first.wait_for(state="attached", timeout=120_000)
-    inputs.first.set_input_files(files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
+    uploader = sidebar_.locator('[data-testid="stFileUploader"]', has_text=label).locator('input[type="file"]')
+    uploader.wait_for(state="attached", timeout=120_000)
+    uploader.set_input_files(files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
 
 
 @pytest.mark.slow
@@ -396,12 +398,13 @@ def test_health_answers_within_a_second_while_hostile_uploads_are_processed(serv
                 timeout=240_000)
             with HealthProbe(url) as probe:
                 started = time.perf_counter()
-                upload_in_browser(page, "Upload a checkpoint", "bomb.pth", hostile["bomb.pth"])
+                upload_in_browser(page, "Upload a checkpoint", "Checkpoint", "bomb.pth", hostile["bomb.pth"])
                 page.locator('[data-testid="stAlertContentError"]', has_text="Could not load bomb.pth"
                              ).first.wait_for(timeout=180_000)
                 bomb_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                upload_in_browser(page, "Upload an image", "slow.jpg", hostile["slow.jpg"])
+                page.locator('[data-testid="stSidebar"]').get_by_text("Default (CamVid, MobileNetV2)").click()
+                upload_in_browser(page, "Upload an image", "Image (", "slow.jpg", hostile["slow.jpg"])
                 page.locator('[data-testid="stCaptionContainer"]', has_text="slow.jpg").first.wait_for(
                     timeout=240_000)                          # decoded, and the forward ran on it
                 jpeg_seconds = time.perf_counter() - started
@@ -415,7 +418,9 @@ def test_health_answers_within_a_second_while_hostile_uploads_are_processed(serv
     latencies = np.array(probe.latencies)
     print(f"\nhash bomb refused after {bomb_seconds:.1f} s, slow JPEG handled in {jpeg_seconds:.1f} s; "
           f"{len(latencies)} health checks meanwhile: median {np.median(latencies) * 1000:.0f} ms, "
-          f"max {latencies.max() * 1000:.0f} ms")
+          f"95th percentile {np.percentile(latencies, 95) * 1000:.0f} ms, max {latencies.max() * 1000:.0f} ms")
+    slow = [(round(t - probe.times[0], 1), round(lat, 2)) for t, lat in zip(probe.times, latencies) if lat > 0.3]
+    print(f"phases: bomb 0-{bomb_seconds:.1f} s, jpeg then for {jpeg_seconds:.1f} s; answers over 0.3 s: {slow}")
     assert len(latencies) >= 10 and latencies.max() < 1.0
 
 
