@@ -293,6 +293,7 @@ def _confine(folder: str, limits: Limits) -> None:
     os.dup2(log, 2)
     os.close(log)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.nice(10)          # untrusted work yields the CPU to the caller (a server's event loop) when cores are busy
     torch.set_num_threads(1)
     try:
         with open("/proc/self/statm") as handle:          # address space in use now (torch mapped)
