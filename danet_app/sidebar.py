@@ -5,7 +5,9 @@ objects, and the one cached forward pass per (model, image, device).
 with ``current()``. Because the entrypoint draws the sidebar on every page, its widgets keep
 their values across page changes by themselves. Heavy objects live behind
 ``st.cache_resource`` here, keyed by content hashes, so all pages and sessions share them;
-per-user state (points, widget choices) lives in ``st.session_state``.
+per-user state (points, widget choices) lives in ``st.session_state``. Uploaded models, decoded
+images and forward results live in byte-bounded caches (``danet_app.budget``), and uploaded
+images and label maps are decoded in a limited child process (``danet.data.isolated``).
 """
 from __future__ import annotations
 
