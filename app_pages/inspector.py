@@ -25,7 +25,7 @@ from danet_app import display_modes, sidebar
 from danet_app.attention_view import attention_view, cached_payload, settings
 from danet_app.exports import (compose_panels, encode_png, figure_with_key, image_summary, json_record,
                                metrics_for_json, model_summary, npz_bundle)
-from danet_app.state import (MAX_POINTS, OUTPUTS, add_point, branch_disagreement, drop_point,
+from danet_app.state import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, drop_point,
                              point_statistics, points_from_param, points_from_record, points_to_param,
                              score_outputs)
 
@@ -92,21 +92,8 @@ def resend_payload() -> None:
 def pin_point() -> None:
     """on_pin_change of the view (a trigger: fires once per click, before the fragment reruns)."""
     value = (st.session_state.get(VIEW_KEY) or {}).get("pin")
-    if not isinstance(value, dict):
-        return
-    height, width = st.session_state.get("click_image_size", (0, 0))
-    try:
-        point = (int(value["x"]), int(value["y"]))
-    except (KeyError, TypeError, ValueError):
-        return
-    if not (0 <= point[0] < width and 0 <= point[1] < height):
-        return
-    points, dropped = add_point([tuple(p) for p in st.session_state.get("points", [])], point, MAX_POINTS)
-    st.session_state["points"] = points
-    st.session_state["click_started"] = time.perf_counter()
-    if dropped is not None:
-        st.session_state["point_notice"] = (f"At most {MAX_POINTS} points are kept: the oldest "
-                                            f"({dropped[0]}, {dropped[1]}) was removed.")
+    if apply_click(st.session_state, value, st.session_state.get("click_image_size")) is not None:
+        st.session_state["click_started"] = time.perf_counter()
 
 
 def clear_points() -> None:
@@ -333,4 +320,5 @@ with predictions_tab:
             column.caption(f"pixel accuracy {scored[which]['pixel_accuracy']:.1%}")
         table = pd.DataFrame({f"{which} IoU %": np.round(scored[which]["iou"] * 100, 1) for which in OUTPUTS},
                              index=list(classes))
-        st.dataframe(table, width="stretch", height=35 * (len(table) + 1) + 3)
+        # every class visible up to 30 rows; a 3,000-class model scrolls inside a bounded table
+        st.dataframe(table, width="stretch", height=35 * (min(len(table), 30) + 1) + 3)

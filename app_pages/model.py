@@ -10,7 +10,6 @@ import json
 import pandas as pd
 import streamlit as st
 
-from danet import viz
 from danet.checkpoints.describe import describe
 from danet.weights import default_card, default_weights_path
 from danet_app import sidebar
@@ -37,8 +36,8 @@ with left:
     for warning in loaded.warnings:
         st.warning(warning)
 with right:
-    st.image(viz.legend(meta.classes, meta.palette, columns=1 if len(meta.classes) <= 20 else 3),
-             caption=f"{meta.dataset.name} classes and colours", width="content")
+    st.caption(f"{meta.dataset.name} classes and colours")
+    sidebar.show_legend(meta.classes, meta.palette, key="model_page")     # bounded: paged for large label sets
 
 st.subheader("Validation accuracy recorded with the weights")
 scores = recorded_scores(meta.extra or {}, card)

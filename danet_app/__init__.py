@@ -10,6 +10,8 @@ Install with ``pip install "danet-lens[app]"``; run with ``streamlit run app.py`
   image and forward pass, the diagnostics panel.
 - ``attention_view`` (+ ``static/``): the Components v2 view that paints attention at the cursor;
   ``display_modes``: its maths in numpy (the reference the browser is tested against).
+- ``budget``: the byte-bounded caches (results, models, decoded images) shared by all sessions.
+- ``measures_view``: pure helpers of the "Does attention matter?" page.
 - ``warmup``: loads the default model in a background thread once per process.
 """
 from . import warmup

@@ -248,19 +248,19 @@ def matching_classes(classes: tuple[str, ...], query: str) -> list[int]:
     return [i for i, name in enumerate(classes) if query in name.lower() or query == str(i)]
 
 
-def show_legend(classes: tuple[str, ...], palette: np.ndarray) -> None:
+def show_legend(classes: tuple[str, ...], palette: np.ndarray, key: str = "legend") -> None:
     """The class legend, bounded whatever the model: at most ``LEGEND_ROWS`` classes are drawn
     (a search box and pages beyond that; 3,000 classes in one image were 72,006 px high), and
     names are cut to ``LEGEND_NAME_CHARS`` characters."""
     ids = list(range(len(classes)))
     if len(classes) > LEGEND_ROWS:
-        query = st.text_input("Find a class", key="legend_query", placeholder="name or id",
+        query = st.text_input("Find a class", key=f"{key}_query", placeholder="name or id",
                               max_chars=LEGEND_NAME_CHARS)
         ids = matching_classes(classes, query)
         pages = max(1, -(-len(ids) // LEGEND_ROWS))
         page = 1
         if pages > 1:      # keyed by what it pages through: a new search starts on page 1
-            page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"legend_page:{len(classes)}:{query}"))
+            page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page:{len(classes)}:{query}"))
         ids = ids[(page - 1) * LEGEND_ROWS: page * LEGEND_ROWS]
         st.caption(f"{len(classes):,} classes" + (f" · {len(ids)} shown" if ids else " · no class matches"))
     if ids:

@@ -127,18 +127,21 @@ class Selection:
 
 # ---- clicked points ---------------------------------------------------------------------------
 def click_to_pixel(value: dict | None, image_size: tuple[int, int]) -> tuple[int, int] | None:
-    """A ``streamlit_image_coordinates`` value (displayed pixels) -> image pixel (x, y), or None.
+    """A click value -> image pixel (x, y) clamped to the image, or None when it is no click.
 
-    The component reports the click in the size the image was displayed at (``width``/``height``),
-    which differs from the image size whenever the column is narrower than the image.
+    The attention view's ``pin`` trigger gives image pixels ``{x, y}``; a value that also carries
+    the displayed ``width``/``height`` is scaled from displayed to image pixels.
     """
-    if not value or "x" not in value or "y" not in value:
+    if not isinstance(value, dict) or "x" not in value or "y" not in value:
         return None
     height, width = image_size
-    shown_w = value.get("width") or width
-    shown_h = value.get("height") or height
-    x = int(float(value["x"]) * width / shown_w)
-    y = int(float(value["y"]) * height / shown_h)
+    try:
+        shown_w = float(value.get("width") or width)
+        shown_h = float(value.get("height") or height)
+        x = int(float(value["x"]) * width / shown_w)
+        y = int(float(value["y"]) * height / shown_h)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
     return min(max(x, 0), width - 1), min(max(y, 0), height - 1)
 
 
@@ -171,7 +174,8 @@ def drop_point(state: MutableMapping, point: tuple[int, int]) -> None:
 
 def apply_click(state: MutableMapping, value: dict | None, image_size: tuple[int, int] | None,
                 max_points: int = MAX_POINTS) -> tuple[int, int] | None:
-    """What one click does to a session's state (``st.session_state`` or any dict).
+    """What one click (the view's ``pin`` trigger) does to a session's state (``st.session_state``
+    or any dict): the one rule the inspector and the tests share.
 
     Adds the clicked pixel to ``state["points"]``; when the oldest point is dropped, leaves a
     message in ``state["point_notice"]``. Returns the pixel, or None if the value was no click.

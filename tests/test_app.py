@@ -3,7 +3,7 @@ bad input.
 
 ``app.py`` is an ``st.navigation`` entrypoint: ``at.switch_page("app_pages/<page>.py")`` picks a
 page as the navigation menu would. Clicks are simulated by writing ``session_state["points"]``
-(what the click callback does; its logic, ``danet_app.state.apply_click``, is tested in
+(what the view's pin trigger does; its logic, ``danet_app.state.apply_click``, is tested in
 test_app_state.py); the real click path is covered by test_browser.py.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hardening of the Streamlit app (AppTest): bursts of clicks, files on disk, upload limits.
 
-* 120 simulated clicks (each through ``danet_app.state.apply_click``, what the image's on_click
-  callback calls, then a rerun) run the network once in all, keep at most ``MAX_POINTS`` rows per
+* 120 simulated clicks (each through ``danet_app.state.apply_click``, what the view's pin trigger
+  calls, then a rerun) run the network once in all, keep at most ``MAX_POINTS`` rows per
   session, keep no old run of the page alive, and leave the process RSS (after ``malloc_trim``)
   flat after a warm-up.
 * Uploading checkpoints (safetensors and a torch pickle), an image and a label map, clicking and
