@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,10 @@ def _helpers_worker(rank: int, port: int, results) -> None:
 
 
 @pytest.mark.slow
-def test_helpers_across_two_gloo_processes():
+def test_helpers_across_two_gloo_processes(monkeypatch):
+    # spawn re-runs ``__main__`` in each child; AppTest runs earlier in the session leave the app
+    # script there, so give the children a plain module instead
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     results = mp.Manager().dict()
     mp.spawn(_helpers_worker, args=(free_port(), results), nprocs=2, join=True)
     zero, one = results[0], results[1]
