@@ -12,49 +12,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(ROOT / "tests"))       # the test helpers: serving the app, model layouts
+from helpers_browser import ServerError, launch_chromium, streamlit_server  # noqa: E402
+
 TARGETS = {"move_small": 0.050, "move_large": 0.150, "pin": 0.300, "cold": 5.0}
 EARLIER = {"pin": "0.5-1.4 s (click -> rerun -> new <img> heatmaps; docs/app.md)"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(port: int, log, entry: str = "serve.py") -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", entry, "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "1024"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_health(url: str, process, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"streamlit exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("no health check answer")
 
 
 FIND = ("(window.__dav && window.__dav.isConnected) ? window.__dav : (window.__dav = [...document.querySelectorAll('*')]"
@@ -154,7 +124,6 @@ def large_inputs(folder: Path) -> tuple[Path, Path]:
     import torch
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from helpers_checkpoints import foreign_state, make_model
 
     weights = folder / "danet101_random_official.pth"
@@ -208,16 +177,13 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
+    with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        server = start_server(port, log, args.entry)
         try:
-            wait_health(url, server)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            with streamlit_server(Path(tmp) / "server.log", args.entry, ["--server.maxUploadSize", "1024"],
+                                  timeout=120, poll=0.2) as (url, _), sync_playwright() as playwright:
+                browser = launch_chromium(playwright)
                 page = browser.new_page(viewport={"width": 1600, "height": 1000})
                 received = []
                 page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: received.append(len(frame))))
@@ -246,13 +212,8 @@ def main() -> None:
                         rows.append(("2048x1024 ResNet-101", "not measured", "", f"{type(error).__name__}: "
                                      f"{str(error).splitlines()[0][:120]}"))
                 browser.close()
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        log.flush()
+        except ServerError as error:
+            raise SystemExit(str(error)) from None
         warm = [line.strip() for line in (Path(tmp) / "server.log").read_text().splitlines() if "warm-up" in line]
         if warm:
             rows.append(("    the server's warm-up (in the background)", warm[0].split(": ", 1)[1], "", ""))

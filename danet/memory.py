@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .models import attention
-from .models.attention import EXPLICIT_MAX_POSITIONS, ChannelAttention, PositionAttention
+from .models.attention import ChannelAttention, PositionAttention
 from .models.danet import DANet, DANetConfig
 
 

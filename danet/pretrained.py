@@ -14,7 +14,7 @@ import torch
 
 from .errors import InputError
 from .models import DANet
-from .models.registry import BACKBONES, normalisation  # noqa: F401 (normalisation re-exported)
+from .models.registry import BACKBONES
 
 def imagenet_file(backbone: str) -> Path:
     """The installed ImageNet ``.pth`` for ``backbone`` (see ``BACKBONES``); never downloads."""

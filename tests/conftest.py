@@ -1,5 +1,6 @@
 """Shared test fixtures: one tiny DANet and its checkpoint file, made once per session, and
-the helpers that make more (``make_tiny_model``, ``save_tiny``, ``make_camvid_like``).
+the helpers that make more (``make_tiny_model``, ``save_tiny``, ``make_camvid_like``); for the
+browser tests a real app server (``app_server``) and a headless chromium (``browser``).
 
 Markers (``pyproject.toml``): slow, app, browser, fuzz, camvid. The fast lane is
 ``pytest -m "not slow"``; CI runs everything.
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/helpers_*.py
 from danet.checkpoints import ModelMeta, save_model        # noqa: E402
 from danet.data.palettes import CAMVID, DatasetInfo, generic_dataset  # noqa: E402
 from danet.models import DANet, create_model               # noqa: E402
+from helpers_browser import launch_chromium, streamlit_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,3 +96,23 @@ def camvid(camvid_root) -> Path:
     if camvid_root is None:
         pytest.skip("CamVid not found at ../shared/data/camvid or $DANET_CAMVID")
     return camvid_root
+
+
+@pytest.fixture(scope="module")
+def app_server(request):
+    """A fresh ``streamlit run app.py`` per test module (fresh caches, forward counter 0): its URL.
+    Logs to ``test-artifacts/streamlit-<module>.log``; killed by its PID after."""
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with streamlit_server(artifacts / f"streamlit-{request.module.__name__}.log") as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through Playwright (``helpers_browser``), one per test module."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
+    with sync_api.sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()

@@ -22,13 +22,13 @@ from streamlit.testing.v1 import AppTest
 from conftest import make_tiny_model, save_tiny
 from danet.weights import default_card, default_weights_path
 from danet_app.state import FORWARDS
+from helpers_app import SAMPLES, errors, png, point_cards, small_image, with_tiny_model
 
 pytestmark = pytest.mark.app              # slow ones (several forwards, big inputs) are marked slow too
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 INSPECTOR, CHANNELS, MODEL = "app_pages/inspector.py", "app_pages/channels.py", "app_pages/model.py"
-SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
 TIMEOUT = 180          # a forward on a busy 2-core CPU
 
 
@@ -43,36 +43,6 @@ def fresh_caches():
 def tiny_checkpoint(tiny_camvid_checkpoint) -> bytes:
     """The shared tiny CamVid DANet (conftest) as upload bytes."""
     return tiny_camvid_checkpoint.read_bytes()
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def small_image() -> np.ndarray:
-    """A 96 x 128 crop of a CamVid sample: small enough for a fast forward."""
-    return np.asarray(Image.open(SAMPLES[0]).convert("RGB"))[100:196, 100:228].copy()
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]                 # the whole page, sidebar included
-
-
-def point_cards(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown if "same-class mass" in m.value and "entropy" in m.value]
-
-
-def with_tiny_model(at: AppTest, checkpoint: bytes, image: np.ndarray | None = None) -> AppTest:
-    """Switch the app to the uploaded tiny model and (optionally) an uploaded image."""
-    at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
-    at.sidebar.file_uploader(key="checkpoint_upload").set_value(
-        ("tiny.safetensors", checkpoint, "application/octet-stream")).run()
-    if image is not None:
-        at.sidebar.radio(key="image_source").set_value("Upload an image").run()
-        at.sidebar.file_uploader(key="image_upload").set_value(("crop.png", png(image), "image/png")).run()
-    return at
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ tested on hand-built inputs whose answers are known.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,12 @@ from danet.analysis import Specificity, ablate, cam_saturation, contribution, kn
 from danet.analysis.cam import NEGLIGIBLE
 from danet_app.measures_view import class_transitions, hidden_note, specificity_reading
 from danet_app.state import FORWARDS
+from helpers_app import png, small_image, with_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 MEASURES, CHANNELS = "app_pages/measures.py", "app_pages/channels.py"
-SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
 TIMEOUT = 180
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def small_image() -> np.ndarray:
-    """A 96 x 128 crop of a CamVid sample: a 12 x 16 feature grid, fast on the tiny model."""
-    return np.asarray(Image.open(SAMPLES[0]).convert("RGB"))[100:196, 100:228].copy()
 
 
 def tiny_app(checkpoint: bytes, image: np.ndarray, page: str = MEASURES) -> AppTest:
@@ -44,12 +32,7 @@ def tiny_app(checkpoint: bytes, image: np.ndarray, page: str = MEASURES) -> AppT
     tests/test_app.py does; the inspector page is never run)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.switch_page(page).run()
-    at.sidebar.radio(key="model_source").set_value("Upload a checkpoint").run()
-    at.sidebar.file_uploader(key="checkpoint_upload").set_value(
-        ("tiny.safetensors", checkpoint, "application/octet-stream")).run()
-    at.sidebar.radio(key="image_source").set_value("Upload an image").run()
-    at.sidebar.file_uploader(key="image_upload").set_value(("crop.png", png(image), "image/png")).run()
-    return at
+    return with_tiny_model(at, checkpoint, image)
 
 
 def texts(at: AppTest) -> str:

@@ -10,13 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,71 +19,16 @@ import pytest
 from PIL import Image
 
 from danet.weights import default_weights_path
+from helpers_browser import require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOAD_TIMEOUT_MS = 240_000        # first page: model load + one forward on a busy CPU
 CLICK_TIMEOUT_MS = 60_000
 
-if not CHROMIUM.exists():
-    pytest.skip(f"browser test needs Debian chromium at {CHROMIUM} (apt-get install chromium)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    """A fresh ``streamlit run app.py`` (fresh caches, forward counter 0); killed by its PID after."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = free_port()
-    log = (ARTIFACTS / "streamlit-server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"streamlit exited early (code {process.returncode}); see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("streamlit did not answer its health check within 90 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+require_browser()
 
 
 def open_inspector(browser, url: str):
@@ -166,9 +106,9 @@ def check_downloads(page) -> None:
     assert figure.format == "PNG" and figure.width > 1000
 
 
-def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
+def test_two_points_two_maps_one_forward_and_isolated_sessions(app_server, browser):
     timings = {}
-    first_context, first, first_image = open_inspector(browser, server)
+    first_context, first, first_image = open_inspector(browser, app_server)
     timings["click_1_to_card_s"] = click_at(first, first_image, 0.30, 0.25, 1)
     timings["click_2_to_card_s"] = click_at(first, first_image, 0.65, 0.80, 2)
     root = first.locator("#danet-attention")
@@ -181,7 +121,7 @@ def test_two_points_two_maps_one_forward_and_isolated_sessions(server, browser):
     first.screenshot(path=str(ARTIFACTS / "browser_session_1_two_points.png"))
     check_downloads(first)
 
-    second_context, second, second_image = open_inspector(browser, server)
+    second_context, second, second_image = open_inspector(browser, app_server)
     timings["second_session_click_to_card_s"] = click_at(second, second_image, 0.80, 0.40, 1)
     (only,) = cards(second, 1)
     assert only not in first_cards

@@ -8,13 +8,8 @@ and box queries. Then a pin, the URL round trip and two isolated sessions. Scree
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,70 +21,17 @@ from danet.data.images import load_image
 from danet.inspection import inspect_image
 from danet_app import display_modes as dm
 from danet_app.state import point_statistics
+from helpers_browser import require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOAD_TIMEOUT_MS = 240_000
 WAIT_MS = 60_000
 SAMPLE = sorted((ROOT / "assets" / "samples").glob("*.png"))[0]
 
-if not CHROMIUM.exists():
-    pytest.skip(f"browser test needs Debian chromium at {CHROMIUM}", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    """A fresh ``streamlit run app.py``, killed by its PID afterwards."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = free_port()
-    log = (ARTIFACTS / "streamlit-attention-server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"streamlit exited early (code {process.returncode}); see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "streamlit did not answer its health check within 90 s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+require_browser()
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +119,10 @@ def two_cells_of_different_classes(reference) -> list[tuple[int, int]]:
     raise AssertionError("no two cells of different classes")
 
 
-def test_rows_display_modes_regions_and_the_reverse_view_match_python(server, browser, reference):
+def test_rows_display_modes_regions_and_the_reverse_view_match_python(app_server, browser, reference):
     result = reference["result"]
     grid = result.grid_size
-    view = View(browser, server)
+    view = View(browser, app_server)
     view.shot("attention_first_screen_1600x1000.png")
     box = view.canvas.bounding_box()
     assert box["y"] + box["height"] <= 1000, "the interactive image is not on the first screen"
@@ -253,10 +195,10 @@ def test_rows_display_modes_regions_and_the_reverse_view_match_python(server, br
     view.context.close()
 
 
-def test_pins_the_url_round_trip_and_isolated_sessions(server, browser, reference):
+def test_pins_the_url_round_trip_and_isolated_sessions(app_server, browser, reference):
     result = reference["result"]
     grid = result.grid_size
-    first = View(browser, server, 1280, 800)
+    first = View(browser, app_server, 1280, 800)
     box = first.canvas.bounding_box()
     assert box["y"] + box["height"] <= 800, "the interactive image is not on the first screen at 1280x800"
     first.shot("attention_first_screen_1280x800.png")
@@ -291,7 +233,7 @@ def test_pins_the_url_round_trip_and_isolated_sessions(server, browser, referenc
     assert "image=" in shared
 
     # another browser context: no points of its own...
-    second = View(browser, server)
+    second = View(browser, app_server)
     assert second.attr("pinned-count") == "0"
     assert "0 points" in second.page.locator("[data-testid='stMarkdownContainer']").filter(
         has_text="pinned").first.inner_text()

@@ -6,7 +6,6 @@ import json
 import pickle
 import struct
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner

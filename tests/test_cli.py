@@ -4,7 +4,6 @@ CamVid tests (marked ``camvid``) use 2 frames and are skipped when the data is a
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -16,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 from typer.main import get_command
-from typer.testing import CliRunner
 
 import danet
 from conftest import make_camvid_like, make_tiny_model, save_tiny
@@ -26,42 +24,17 @@ from danet.data.palettes import CAMVID, generic_dataset
 from danet.evaluate import evaluate_loaded
 from danet.viz import colorize
 from danet.weights import default_card
+from helpers_cli import WIDE, assert_one_line_error, read_csv, runner, write_image
+from helpers_cli import invoke as run
 
-runner = CliRunner()
 PALETTE = generic_dataset(5).palette_array()
 ALPHA, BETA = 0.7, 0.3
-WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
-
-
-def run(*args, env=None):
-    return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def assert_one_line_error(result, *fragments):
-    """Non-zero exit, and stderr ends with exactly one ``error: ...`` line naming the problem."""
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    assert sum(line.startswith("error: ") for line in lines) == 1
-    assert "Traceback" not in result.output + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """5 classes, MobileNetV2 + 16-channel head, alpha/beta set so both modules act."""
     return save_tiny(make_tiny_model(5, alpha=ALPHA, beta=BETA), tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
-def write_image(path, height, width, seed):
-    rng = np.random.default_rng(seed)
-    image = np.zeros((height, width, 3), np.uint8)
-    image[: height // 2] = (70, 130, 200)
-    image[height // 2:] = (90, 90, 90)
-    image = np.clip(image + rng.integers(-25, 25, image.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(image).save(path)
-    return path
 
 
 @pytest.fixture()
@@ -362,11 +335,6 @@ def make_dataset(root, count=3, size=(64, 96)):
         write_image(root / "val" / f"f{i}.png", h, w, i)
         Image.fromarray(label).save(root / "valannot" / f"f{i}.png")
     return root
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_attention_stats_end_to_end(tmp_path, checkpoint):

@@ -2,59 +2,35 @@
 now reports: the command runs end to end, its numbers are the library's, bad input is one error line."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import danet
 from conftest import make_tiny_model, save_tiny
 from danet.analysis import ablate, contribution, knockout_curve, measure_image
 from danet.attention_export import read_query
 from danet.attention_stats import IMAGE_COLUMNS
-from danet.cli import app
 from danet.inspection import inspect_image
 from danet.measures_export import measure_query, write_measures
+from helpers_cli import WIDE, assert_one_line_error, invoke, read_csv, write_image
 
-runner = CliRunner()
-WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
 ALPHA, BETA = 0.7, 0.3
 HEIGHT, WIDTH = 64, 96
 VERDICTS = ("faithful", "not faithful", "no effect")
 
 
 def run(*args):
-    return runner.invoke(app, [str(a) for a in args], env=WIDE)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    assert sum(line.startswith("error: ") for line in lines) == 1
-    assert "Traceback" not in result.output + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
+    return invoke(*args, env=WIDE)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """5 classes; alpha and beta large enough that both modules change something."""
     return save_tiny(make_tiny_model(5, alpha=ALPHA, beta=BETA), tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
-def write_image(path, height=HEIGHT, width=WIDTH, seed=0):
-    rng = np.random.default_rng(seed)
-    image = np.zeros((height, width, 3), np.uint8)
-    image[: height // 2] = (70, 130, 200)
-    image[height // 2:] = (90, 90, 90)
-    image = np.clip(image + rng.integers(-25, 25, image.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(image).save(path)
-    return path
 
 
 def write_labels(path, height=HEIGHT, width=WIDTH, void=None):
@@ -209,11 +185,6 @@ def make_dataset(root, count=3):
         label[:, :12] = 11
         Image.fromarray(label).save(root / "valannot" / f"f{i}.png")
     return root
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def number(text):

@@ -29,12 +29,12 @@ import psutil
 import pytest
 import streamlit as st
 import torch
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import save_tiny
 from danet.models import create_model
 from danet_app.state import FORWARDS, MAX_POINTS, apply_click
+from helpers_app import errors, png, point_cards
 
 pytestmark = pytest.mark.app
 
@@ -60,20 +60,6 @@ def uploads(tiny_camvid_model, tmp_path_factory) -> dict[str, bytes]:
     return {"hardening_tiny.safetensors": path.read_bytes(), "hardening_tiny.pth": buffer.getvalue(),
             "hardening_crop.png": png(rng.integers(0, 256, (*CROP, 3), dtype=np.uint8)),
             "hardening_labels.png": png(rng.integers(0, 11, CROP).astype(np.uint8))}
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
-
-
-def point_cards(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown if "same-class mass" in m.value and "entropy" in m.value]
 
 
 def click(at: AppTest, x: float, y: float) -> tuple[int, int] | None:

@@ -1,6 +1,6 @@
 """The app under load: one bad upload never takes another session down, memory stays bounded.
 
-* Each bad upload (a corrupt checkpoint, hostile pickles from ``test_hostile``'s generators, a
+* Each bad upload (a corrupt checkpoint, hostile pickles from ``helpers_hostile``'s generators, a
   valid 3,000-class model on an image too large for its results, a truncated image, a
   progressive-JPEG bomb) shows exactly one one-line ``st.error`` in the uploading session only;
   a second session keeps its points, runs no new forward and keeps working.
@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import io
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,18 +29,15 @@ import psutil
 import pytest
 import streamlit as st
 import torch
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import make_tiny_model, save_tiny
 from danet.checkpoints import sandbox
 from danet_app import budget, sidebar
 from danet_app.state import FORWARDS
-
-try:                                       # the checkpoint hostile corpus, if that module is here
-    from test_hostile import BYTEARRAY_PICKLE, hash_bomb_pickle, zip_with_pickle
-except ImportError:                        # pragma: no cover - run without tests/test_hostile.py
-    BYTEARRAY_PICKLE = hash_bomb_pickle = zip_with_pickle = None
+from helpers_app import errors, png, point_cards
+from helpers_browser import CHROMIUM, launch_chromium, streamlit_server
+from helpers_hostile import BYTEARRAY_PICKLE, hash_bomb_pickle, progressive_jpeg, zip_with_pickle
 
 pytestmark = [pytest.mark.app, pytest.mark.fuzz]
 
@@ -55,24 +49,8 @@ RSS_CEILING_MB = 150               # growth allowed over 25 distinct uploads aft
 
 
 # ---- inputs -----------------------------------------------------------------------------------
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def own_progressive_jpeg(scans: int, size: int = 1024) -> bytes:
-    """A progressive JPEG whose last scan is repeated until it has ``scans`` scans."""
-    pixels = np.random.default_rng(0).integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.repeat(8, 0).repeat(8, 1)).save(buffer, "JPEG", progressive=True, quality=80)
-    data = buffer.getvalue()
-    last = data.rindex(b"\xff\xda")
-    return data[:-2] + data[last:-2] * max(0, scans - data.count(b"\xff\xda")) + data[-2:]
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +79,9 @@ CASES = {
     "truncated image": ("image_upload", "cut.png", lambda f: f["crop.png"][:300],
                         "Could not use `cut.png`: the upload is truncated"),
     "progressive JPEG bomb, 5,000 scans": (
-        "image_upload", "scans.jpg", lambda f: own_progressive_jpeg(5000),
+        "image_upload", "scans.jpg", lambda f: progressive_jpeg(5000),
         "Could not use `scans.jpg`: the upload is a JPEG with 5,000 scans"),
 }
-NEEDS_CORPUS = {"pickle: bytearray(2e9) in 32 bytes (zip)", "pickle: hash bomb, 60k colliding keys"}
 SLOW = {"pickle: hash bomb, 60k colliding keys"}
 
 
@@ -116,14 +93,6 @@ def tight_limits(monkeypatch):
 
 
 # ---- sessions -----------------------------------------------------------------------------------
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
-
-
-def point_cards(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown if "same-class mass" in m.value and "entropy" in m.value]
-
-
 def session(model: tuple[str, bytes] | None = None, image: tuple[str, bytes] | None = None) -> AppTest:
     """A fresh session with both sources on "upload" (no default-model forward first)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -154,8 +123,6 @@ def victim(files) -> AppTest:
 @pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c in SLOW else [])
                                   for c in CASES])
 def test_a_bad_upload_errs_only_in_its_own_session(case, files, tight_limits):
-    if case in NEEDS_CORPUS and zip_with_pickle is None:
-        pytest.skip("tests/test_hostile.py (the pickle generators) is not importable")
     key, name, make, expected = CASES[case]
     first = victim(files)
     forwards = FORWARDS.total
@@ -296,17 +263,6 @@ def test_memory_after_30_distinct_uploads_stays_bounded(files, tmp_path, monkeyp
 
 
 # ---- a real server stays responsive -------------------------------------------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def health_seconds(url: str) -> float:
     started = time.perf_counter()
     with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as response:
@@ -342,32 +298,8 @@ class HealthProbe:
 
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    log = (tmp_path / "streamlit.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, f"streamlit exited early ({process.returncode})"
-            try:
-                health_seconds(url)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "streamlit did not answer its health check within 90 s"
-                time.sleep(0.5)
+    with streamlit_server(tmp_path / "streamlit.log") as (url, process):
         yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        log.close()
 
 
 def upload_in_browser(page, radio: str, label: str, name: str, data: bytes) -> None:
@@ -383,14 +315,12 @@ def upload_in_browser(page, radio: str, label: str, name: str, data: bytes) -> N
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian chromium at {CHROMIUM}")
 def test_health_answers_within_a_second_while_hostile_uploads_are_processed(server):
-    if zip_with_pickle is None:
-        pytest.skip("tests/test_hostile.py (the pickle generators) is not importable")
     sync_api = pytest.importorskip("playwright.sync_api")
     url, process = server
     hostile = {"bomb.pth": zip_with_pickle(hash_bomb_pickle()),       # seconds of CPU in the child
-               "slow.jpg": own_progressive_jpeg(250, size=2816)}      # 8 MP x 250 scans: just inside the rules
+               "slow.jpg": progressive_jpeg(250, size=2816)}      # 8 MP x 250 scans: just inside the rules
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1200}).new_page()
             page.goto(url)

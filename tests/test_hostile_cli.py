@@ -27,35 +27,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_camvid_like, make_tiny_model, save_tiny  # noqa: E402
 
 import danet  # noqa: E402
 from danet import batch  # noqa: E402
-from danet.cli import app  # noqa: E402
 from danet.data import camvid, images as image_module  # noqa: E402
 from danet.predict import expected_files  # noqa: E402
+from helpers_cli import assert_one_line_error  # noqa: E402
+from helpers_cli import invoke as run  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
-runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr
-    assert "Traceback" not in result.output + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def write_image(path: Path, height: int = 48, width: int = 64, seed: int = 0) -> Path:
@@ -518,7 +502,7 @@ def test_a_rerun_redoes_what_a_setting_changed_and_says_why(tmp_path, checkpoint
     mixed = predict(folder, out, checkpoint, "--opacity", "0.9", "--no-align-corners", "--dilation", "os16")
     assert "redid 3 of 3 images: " in mixed.output
     assert f"danet-lens {danet.__version__} made it" not in mixed.output
-    assert f"made it, this is 99.0 (2)" in mixed.output and "an older danet-lens made it (1)" in mixed.output
+    assert "made it, this is 99.0 (2)" in mixed.output and "an older danet-lens made it (1)" in mixed.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["redone"]) == {"a", "b", "c"} and manifest["settings"]["version"] == "99.0"
 

@@ -8,8 +8,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
+from benchmarks.measure import can_reset_peak
 from danet.inspection import inspect_image
 from danet.memory import (ALLOCATOR_SLACK, check_forward_fits, estimate_forward, estimate_forward_bytes,
                           pam_working_bytes)
@@ -45,15 +45,6 @@ def measure_forward(config: dict, height: int, width: int) -> dict:
     done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(config), str(height), str(width)],
                           capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def can_reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.slow

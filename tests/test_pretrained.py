@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from danet.models import create_model
-from danet.pretrained import _tensors, imagenet_file, load_imagenet_backbone, normalisation
+from danet.models.registry import normalisation
+from danet.pretrained import _tensors, imagenet_file, load_imagenet_backbone
 
 
 @pytest.mark.parametrize("backbone, package", [

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.palettes import DatasetInfo, generic_dataset, get_dataset
-from ..models import IMAGENET_MEAN, IMAGENET_STD, DANetConfig
+from ..models import IMAGENET_MEAN, IMAGENET_STD, DANet, DANetConfig
 
 METADATA_FORMAT = "danet-lens/1"
 

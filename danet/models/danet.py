@@ -10,7 +10,7 @@ from torch import nn
 
 from .backbones import DilatedResNet, TimmBackbone
 from .head import DAHead
-from .registry import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, register_model  # noqa: F401 (re-exported)
+from .registry import BACKBONES, register_model
 
 
 @dataclass(frozen=True)

@@ -164,11 +164,16 @@ function colourIndex(v, lo, hi) {
 // are written as packed 32-bit pixels. NaN cells (outside a mass set) stay transparent.
 // Buffers live on `cache` (one per canvas) and are re-allocated only when the size changes.
 const LITTLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-function packedLut(lut) {                  // 256 RGB entries -> 256 opaque RGBA words
+// Colours fade in over the first FADE_BINS bins away from the map's neutral value (the low end of
+// a sequential map, the centre of the diverging one), so cells with (next to) no attention leave
+// the image untinted; the colour bar stays opaque.
+const FADE_BINS = 24;
+function packedLut(lut, neutral = 0) {     // 256 RGB entries -> 256 RGBA words
   const out = new Uint32Array(256);
   for (let i = 0; i < 256; i++) {
     const r = lut[3 * i], g = lut[3 * i + 1], b = lut[3 * i + 2];
-    out[i] = LITTLE ? ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0 : ((r << 24) | (g << 16) | (b << 8) | 255) >>> 0;
+    const a = Math.round(255 * Math.min(1, Math.abs(i - neutral) / FADE_BINS));
+    out[i] = LITTLE ? ((a << 24) | (b << 16) | (g << 8) | r) >>> 0 : ((r << 24) | (g << 16) | (b << 8) | a) >>> 0;
   }
   return out;
 }
@@ -527,7 +532,7 @@ function paintPinned(view) {
   view.el.dataset.pinnedStats = stats.join(";");
 }
 
-function lutOf(bytes) { return { bytes, packed: packedLut(bytes) }; }
+function lutOf(bytes, neutral = 0) { return { bytes, packed: packedLut(bytes, neutral) }; }
 
 function decode(data) {                    // the heavy part, once per payload id (not per mount)
   const t0 = performance.now(), n = data.gh * data.gw;
@@ -536,7 +541,7 @@ function decode(data) {                    // the heavy part, once per payload i
     q: data.qk_dtype === "float32" ? floats(data.q) : halfs(data.q),
     k: data.qk_dtype === "float32" ? floats(data.k) : halfs(data.k), lse: floats(data.lse), meanRow: floats(data.mean_row),
     cellClass: data.cell_classes_wide ? new Uint16Array(bytesOf(data.cell_classes).buffer) : bytesOf(data.cell_classes),
-    classes: data.classes, lutDiverging: lutOf(bytesOf(data.lut_diverging)), image: null, pixelClass: null,
+    classes: data.classes, lutDiverging: lutOf(bytesOf(data.lut_diverging), 127.5), image: null, pixelClass: null,
   };
   const image = new Image(), labels = new Image();
   const shown = new Promise((resolve) => {
