@@ -46,6 +46,7 @@ DILATION_HELP = {"4-8-16": "multi-grid, official DANet101", "2-4-4": "mmsegmenta
                  "1-1-1": "output stride 32, no dilation"}
 DEVICE = str(danet.select_device("auto"))
 MIN_MEGAPIXELS = 0.01           # the size limit's lowest setting (about 115 x 87 pixels)
+DEFAULT_MEGAPIXELS = 1.0        # the size limit's default: uploads above 1 MP are downscaled
 LEGEND_ROWS = 30                # classes the sidebar legend draws at once (3,000 classes: 100 pages)
 LEGEND_NAME_CHARS = 40          # longer class names are cut in the legend (the loader allows 200)
 
@@ -297,7 +298,7 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
             name, data = upload.name, upload.getvalue()
         label_bytes = label_upload.getvalue() if label_upload is not None else None
     with st.sidebar.expander("Input size limit"):
-        megapixels = st.number_input("Downscale above (megapixels)", MIN_MEGAPIXELS, 4.2, value=1.0, step=0.1,
+        megapixels = st.number_input("Downscale above (megapixels)", MIN_MEGAPIXELS, 4.2, value=DEFAULT_MEGAPIXELS, step=0.1,
                                      key="max_mp",
                                      help="Larger images are downscaled: PAM cost grows with the square of "
                                           "the number of pixels.")

@@ -17,8 +17,6 @@ import sys
 import threading
 import time
 
-DEFAULT_MAX_PIXELS = 1_000_000          # the sidebar's "Downscale above" default (1.0 megapixels)
-
 _started = False
 _lock = threading.Lock()
 seconds: dict[str, float] = {}
@@ -63,10 +61,7 @@ def _warm_default_view() -> None:
         if not samples:
             return
         image_digest = file_sha256(samples[0])           # what the sidebar hashes for a sample
-        if hasattr(sidebar, "decode_sample"):
-            image = sidebar.decode_sample(samples[0], image_digest, DEFAULT_MAX_PIXELS)
-        else:
-            image = sidebar.decode_image(image_digest, DEFAULT_MAX_PIXELS, samples[0].read_bytes())
+        image = sidebar.decode_sample(samples[0], image_digest, int(sidebar.DEFAULT_MEGAPIXELS * 1e6))
         height, width = image.array.shape[:2]
         key = result_key(model_id(digest), f"{image_digest}@{width}x{height}", sidebar.DEVICE)
         result = sidebar.run_forward(key, loaded, image.array)

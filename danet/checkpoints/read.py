@@ -24,7 +24,6 @@ import math
 import os
 import pickle
 import re
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 
 from ..errors import CheckpointError
+from ..regular_file import FileRefused, open_regular as open_regular_file
 
 # ---- bounds on what a checkpoint may declare (all far above any real DANet) ------------------
 MAX_FILE_BYTES = 4 << 30          # 4 GiB: ResNet-152 DANet with SGD state is ~0.7 GB
@@ -295,32 +295,19 @@ def _not_a_checkpoint(name: str, head: bytes, safetensors_name: bool) -> Checkpo
 
 
 def open_regular(path: Path, name: str) -> tuple[int, bytes]:
-    """(size, first 16 bytes) of a regular file; FIFOs, devices and oversized files are refused unopened.
-
-    ``O_NONBLOCK`` keeps a FIFO from blocking the open; the type is checked on the opened
-    descriptor, so a path swapped after a check cannot slip through.
-    """
+    """(size, first 16 bytes) of a regular file; FIFOs, devices and oversized files are refused unread."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise CheckpointError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path} is not a file") from None
-    except OSError as error:
-        raise CheckpointError(f"{path} could not be opened: {error.strerror or error}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise CheckpointError(f"{path} is not a file")
-        if not stat.S_ISREG(info.st_mode):
-            raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device); save the checkpoint "
-                                  "to a file first")
-        if info.st_size > MAX_FILE_BYTES:
-            raise CheckpointError(f"{name} is {info.st_size / 2**30:.1f} GiB, more than the "
-                                  f"{MAX_FILE_BYTES / 2**30:.0f} GiB a DANet checkpoint can need")
-        return info.st_size, os.pread(fd, 16, 0)
-    finally:
-        os.close(fd)
+        with open_regular_file(path, MAX_FILE_BYTES) as (fd, size):
+            return size, os.pread(fd, 16, 0)
+    except FileRefused as refused:
+        raise CheckpointError({
+            "missing": f"no such file: {path}",
+            "folder": f"{path} is not a file",
+            "special": f"{path} is not a regular file (a pipe, socket or device); save the checkpoint to a file first",
+            "too large": f"{name} is {refused.size / 2**30:.1f} GiB, more than the "
+                         f"{MAX_FILE_BYTES / 2**30:.0f} GiB a DANet checkpoint can need",
+            "unreadable": f"{path} could not be opened: {refused.detail}",
+        }[refused.reason]) from None
 
 
 def read_in_process(source: Path | bytes, name: str, size: int, head: bytes) -> RawCheckpoint:

@@ -28,7 +28,6 @@ import contextlib
 import io
 import math
 import os
-import stat
 import sys
 import threading
 import warnings
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
+from ..regular_file import FileRefused, open_regular
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
 MAX_DECODE_PIXELS = 64 * 1024 * 1024      # 8192 x 8192: above this a file is treated as a bomb
@@ -124,39 +124,27 @@ class LoadedImage:
 
 # ---- reading and decoding (shared with danet.data.labels) ------------------------------------
 def _read_path(path: Path, error) -> bytes:
-    """A regular file's bytes; FIFOs and devices are refused without blocking, big files unread.
-
-    ``O_NONBLOCK`` keeps opening a FIFO from waiting for a writer; the type and size are checked
-    on the opened descriptor, so the path cannot be swapped after the check.
-    """
+    """A regular file's bytes; FIFOs and devices are refused without blocking, big files unread."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise error(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise error(f"{path} is a folder, not an image file") from None
+        with open_regular(path, MAX_FILE_BYTES) as (fd, _):
+            chunks, total = [], 0
+            while chunk := os.read(fd, min(1 << 24, MAX_FILE_BYTES + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > MAX_FILE_BYTES:
+                    raise error(f"{path.name} grew past {MAX_FILE_BYTES / 2**20:.0f} MB while it was read")
+            return b"".join(chunks)
+    except FileRefused as refused:
+        raise error({
+            "missing": f"{path} does not exist",
+            "folder": f"{path} is a folder, not an image file",
+            "special": f"{path} is not a regular file (a pipe, socket or device); save the image to a file first",
+            "too large": f"{path.name} is {refused.size / 2**20:.0f} MB, more than the "
+                         f"{MAX_FILE_BYTES / 2**20:.0f} MB danet-lens reads",
+            "unreadable": f"{path} could not be read: {refused.detail}",
+        }[refused.reason]) from None
     except OSError as exc:
         raise error(f"{path} could not be read: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise error(f"{path} is a folder, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path} is not a regular file (a pipe, socket or device); save the image to a file first")
-        if info.st_size > MAX_FILE_BYTES:
-            raise error(f"{path.name} is {info.st_size / 2**20:.0f} MB, more than the "
-                        f"{MAX_FILE_BYTES / 2**20:.0f} MB danet-lens reads")
-        chunks, total = [], 0
-        while chunk := os.read(fd, min(1 << 24, MAX_FILE_BYTES + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > MAX_FILE_BYTES:
-                raise error(f"{path.name} grew past {MAX_FILE_BYTES / 2**20:.0f} MB while it was read")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise error(f"{path} could not be read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
 
 
 def read_source(source: bytes | bytearray | memoryview | str | Path, error=ImageLoadError) -> tuple[str, bytes]:
