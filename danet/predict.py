@@ -143,12 +143,6 @@ def is_new(folder: Path) -> bool:
         return True
 
 
-def is_complete(folder: Path, image_sha: str, settings: dict, logits_dtype: str | None) -> bool:
-    """True when an earlier run left every output of this image, made with ``settings``
-    (and logits of the requested dtype, when ``logits_dtype`` is set)."""
-    return redo_reason(folder, image_sha, settings, logits_dtype) is None
-
-
 def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: np.ndarray,
                   opacity: float, logits_dtype: str | None, record: dict) -> None:
     """Masks, overlays (and logits) of one image; the record last, as the completion mark.

@@ -60,11 +60,6 @@ BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
 TIMM_BACKBONES = tuple(name for name, spec in BACKBONES.items() if spec.family == "timm")
 
 
-def backbone_spec(name: str) -> BackboneSpec | None:
-    """The table entry for ``name``, or None for a timm model the table does not list."""
-    return BACKBONES.get(name)
-
-
 def normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) that ``backbone``'s ImageNet weights expect; ImageNet's for unlisted ones."""
     spec = BACKBONES.get(backbone)
