@@ -62,6 +62,8 @@ class TrainConfig:
     dropout: float = 0.1                   # before each classifier (DANetConfig.dropout)
     freeze_bn: bool = False                # BatchNorm keeps its running statistics (small batches)
     sync_bn: bool = False                  # SyncBatchNorm across processes (CUDA, torchrun only)
+    init: str | None = None                # start from this checkpoint's weights (same architecture)
+    attention_lr_scale: float = 1.0        # alpha and beta learn at lr * this, without weight decay
 
 
 def class_weights(dataset: SegmentationDataset, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -102,10 +104,43 @@ def build(cfg: TrainConfig) -> DANet:
                          align_corners=False, stem="7x7" if cfg.backbone.startswith("resnet") else None,
                          dropout=cfg.dropout)
     model = DANet(config)
-    if cfg.imagenet and not config.is_resnet:
+    if cfg.init:
+        initialise_from(model, cfg.init)
+    elif cfg.imagenet and not config.is_resnet:
         from .pretrained import load_imagenet_backbone
         load_imagenet_backbone(model)
     return model
+
+
+def initialise_from(model: DANet, source: str) -> None:
+    """Copy every weight of ``source`` (any layout ``danet.load`` reads) into ``model``: fine-tuning
+    a trained DANet. The two must agree on backbone, widths and classes; the run's own settings
+    (dropout, schedule, crops) stay the run's."""
+    from .loader import load
+    loaded = load(source, device="cpu")
+    mine, theirs = model.config, loaded.model.config
+    for field in ("backbone", "output_stride", "num_classes"):
+        if getattr(mine, field) != getattr(theirs, field):
+            raise InputError(f"--init {source}: its {field} is {getattr(theirs, field)!r}, "
+                             f"this run's is {getattr(mine, field)!r}")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in loaded.model.state_dict().items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:      # widths differ: name the first mismatch
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise InputError(f"--init {source} does not fit this run's architecture: {detail}") from None
+
+
+def param_groups(model: DANet, cfg: TrainConfig) -> list[dict]:
+    """Backbone at ``lr * backbone_lr_scale``; head at ``lr``; the two attention gains (alpha,
+    beta) in a group of their own at ``lr * attention_lr_scale`` and without weight decay, which
+    would otherwise pull the scalars that switch attention on back towards zero."""
+    gains = [model.head.pam.alpha, model.head.cam.beta]
+    ids = {id(p) for p in gains}
+    head = [p for p in model.head.parameters() if id(p) not in ids]
+    return [{"params": list(model.backbone.parameters()), "lr": cfg.lr * cfg.backbone_lr_scale},
+            {"params": head, "lr": cfg.lr},
+            {"params": gains, "lr": cfg.lr * cfg.attention_lr_scale, "weight_decay": 0.0}]
 
 
 class EpochSeeded(torch.utils.data.Dataset):
@@ -175,11 +210,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
     weight = class_weights(dataset, CAMVID.num_classes, cfg.class_weights)
     weight = weight.to(device) if weight is not None else None
     model = build(cfg).to(device)
-    head_params = list(model.head.parameters())
-    optimizer = torch.optim.AdamW([
-        {"params": model.backbone.parameters(), "lr": cfg.lr * cfg.backbone_lr_scale},
-        {"params": head_params, "lr": cfg.lr},
-    ], weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     total = cfg.epochs * len(loader)
     if cfg.max_steps:
@@ -283,7 +314,8 @@ def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path, processes
         "val_iou": dict(zip(CAMVID.classes, [None if v is None else round(v * 100, 2) for v in best["iou"]])),
         "epoch": best["epoch"], "step": best["step"],
         "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
-                     if k not in ("data", "out", "export", "device", "threads")}
+                     if k not in ("data", "out", "export", "device", "threads", "init")}
+                    | ({"init": Path(cfg.init).name} if cfg.init else {})
                     | {"processes": processes, "effective_batch_size": cfg.batch_size * processes},
         "training_data": "CamVid train split (367 frames, SegNet 11-class version)",
         "input_size": [360, 480],

@@ -52,6 +52,10 @@ def train(
     freeze_bn: bool = typer.Option(False, help="BatchNorm keeps its running statistics (small per-process batches)"),
     sync_bn: bool = typer.Option(False, help="SyncBatchNorm across torchrun processes (CUDA only)"),
     class_weights: str = typer.Option("sqrt-median", help="none | median | sqrt-median"),
+    init: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights (any layout, same "
+                                        "backbone and widths): fine-tuning; replaces --imagenet"),
+    attention_lr_scale: float = typer.Option(1.0, min=0.0, help="alpha and beta learn at lr times this, "
+                                             "without weight decay"),
     seed: int = typer.Option(0),
     device: Device = "auto",
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads"),
@@ -64,7 +68,8 @@ def train(
                          lr=lr, crop=parse_crop(crop), scale=parse_scale(scale), class_weights=class_weights,
                          seed=seed, device=device, threads=threads, max_steps=max_steps,
                          export=str(export) if export else None, dropout=dropout, freeze_bn=freeze_bn,
-                         sync_bn=sync_bn)
+                         sync_bn=sync_bn, init=str(init) if init else None,
+                         attention_lr_scale=attention_lr_scale)
     with distributed.process_group(device) as ctx:
         best = run_training(config, log=typer.echo)
         if ctx.is_main:
