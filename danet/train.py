@@ -64,6 +64,7 @@ class TrainConfig:
     sync_bn: bool = False                  # SyncBatchNorm across processes (CUDA, torchrun only)
     init: str | None = None                # start from this checkpoint's weights (same architecture)
     attention_lr_scale: float = 1.0        # alpha and beta learn at lr * this, without weight decay
+    command: str = ""                      # the command line that started the run (for the card)
 
 
 def class_weights(dataset: SegmentationDataset, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -285,7 +286,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
                 best = {"miou": result["miou"], "epoch": epoch, "step": step,
                         "pixel_accuracy": result["pixel_accuracy"], "iou": record["val_iou"]}
                 if ctx.is_main:
-                    export_best(net, cfg, best, out, processes=ctx.world_size)
+                    export_best(net, cfg, best, out, processes=ctx.world_size,
+                                history=val_history(history) + [(epoch, result["miou"])])
         log(json.dumps(record))
         if ctx.is_main:
             with history.open("a") as handle:
@@ -306,15 +308,30 @@ def run_meta(model: DANet, cfg: TrainConfig, **extra) -> ModelMeta:
     return ModelMeta(config=model.config, dataset=CAMVID, mean=mean, std=std, layout="danet-lens", extra=extra)
 
 
-def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path, processes: int = 1) -> Path:
-    """Write the best model as fp16 ``.safetensors`` with its measured accuracy."""
-    meta = run_meta(model, cfg, **{
+def val_history(log: Path) -> list[tuple[int, float]]:
+    """(epoch, val mIoU) of the epochs a run's ``log.jsonl`` records so far."""
+    if not log.exists():
+        return []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [(r["epoch"], r["val_miou"]) for r in records if r.get("val_miou") is not None]
+
+
+def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path, processes: int = 1,
+                history: list[tuple[int, float]] = ()) -> Path:
+    """Write the best model as fp16 ``.safetensors`` with its measured accuracy, the command that
+    trained it and its val curve (the card's rows)."""
+    card = {}
+    if cfg.command:
+        card["training_command"] = cfg.command
+    if history:
+        card["training_history"] = ", ".join(f"{epoch}: {100 * miou:.1f}" for epoch, miou in history)
+    meta = run_meta(model, cfg, **card, **{
         "val_miou": round(best["miou"] * 100, 2),
         "val_pixel_accuracy": round(best["pixel_accuracy"] * 100, 2),
         "val_iou": dict(zip(CAMVID.classes, [None if v is None else round(v * 100, 2) for v in best["iou"]])),
         "epoch": best["epoch"], "step": best["step"],
         "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
-                     if k not in ("data", "out", "export", "device", "threads", "init")}
+                     if k not in ("data", "out", "export", "device", "threads", "init", "command")}
                     | ({"init": Path(cfg.init).name} if cfg.init else {})
                     | {"processes": processes, "effective_batch_size": cfg.batch_size * processes},
         "training_data": "CamVid train split (367 frames, SegNet 11-class version)",

@@ -53,3 +53,22 @@ def test_attention_lr_scale_reaches_the_optimiser(tmp_path, tiny_camvid_checkpoi
     assert torch.equal(after["head.pam.alpha"], before["head.pam.alpha"])
     assert torch.equal(after["head.cam.beta"], before["head.cam.beta"])
     assert not torch.equal(after["head.pam_out_conv.0.weight"], before["head.pam_out_conv.0.weight"])
+
+
+def test_exported_card_carries_the_command_and_the_val_curve(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from danet.cli.train import command_line
+    from danet.weights import card_from_metadata
+
+    monkeypatch.setattr("sys.argv", ["/usr/bin/danet", "train", "--data", "my data", "--epochs", "1"])
+    assert command_line() == "danet train --data 'my data' --epochs 1"
+    data = make_camvid_like(tmp_path / "data", n_train=2, n_val=1)
+    best = tmp_path / "run" / "best.safetensors"
+    train(TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=2, max_steps=2, command=command_line(),
+                      **TINY), log=lambda *_: None)
+    with safe_open(str(best), framework="pt") as handle:
+        card = card_from_metadata("best", handle.metadata())
+    assert card.training_command == "danet train --data 'my data' --epochs 1"
+    epochs = [int(item.split(":")[0]) for item in card.history.split(", ")]
+    assert epochs[0] == 1 and epochs == sorted(epochs) and len(epochs) in (1, 2)   # up to the best epoch

@@ -3,6 +3,8 @@ when launched by ``torchrun`` (``docs/distributed.md``)."""
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +35,13 @@ def parse_scale(text: str) -> tuple[float, float]:
     if not 0.1 <= low <= high <= 4:
         raise InputError(f"--scale {text!r}: need 0.1 <= LOW <= HIGH <= 4")
     return low, high
+
+
+def command_line() -> str:
+    """``danet train ...`` as typed (for the model card), or "" when not run from a shell."""
+    if "train" not in sys.argv[1:]:
+        return ""
+    return " ".join(["danet", *map(shlex.quote, sys.argv[sys.argv.index("train", 1):])])
 
 
 @reports_errors
@@ -69,7 +78,8 @@ def train(
                          seed=seed, device=device, threads=threads, max_steps=max_steps,
                          export=str(export) if export else None, dropout=dropout, freeze_bn=freeze_bn,
                          sync_bn=sync_bn, init=str(init) if init else None,
-                         attention_lr_scale=attention_lr_scale)
+                         attention_lr_scale=attention_lr_scale,
+                         command=command_line())
     with distributed.process_group(device) as ctx:
         best = run_training(config, log=typer.echo)
         if ctx.is_main:
