@@ -63,6 +63,9 @@ class TrainConfig:
     freeze_bn: bool = False                # BatchNorm keeps its running statistics (small batches)
     sync_bn: bool = False                  # SyncBatchNorm across processes (CUDA, torchrun only)
     init: str | None = None                # start from this checkpoint's weights (same architecture)
+    init_parts: str = "all"                # all | backbone (a new head on a trained backbone)
+    freeze_backbone: bool = False          # train the head only; the backbone stays as initialised
+    key_channels: int | None = None        # PAM query/key width d; None: head_channels // 8
     attention_lr_scale: float = 1.0        # alpha and beta learn at lr * this, without weight decay
     command: str = ""                      # the command line that started the run (for the card)
 
@@ -101,30 +104,37 @@ def poly_lr(step: int, total: int, warmup: int) -> float:
 
 def build(cfg: TrainConfig) -> DANet:
     config = DANetConfig(num_classes=CAMVID.num_classes, backbone=cfg.backbone,
-                         head_channels=cfg.head_channels, output_stride=cfg.output_stride,
-                         align_corners=False, stem="7x7" if cfg.backbone.startswith("resnet") else None,
+                         head_channels=cfg.head_channels, key_channels=cfg.key_channels,
+                         output_stride=cfg.output_stride, align_corners=False, stem="7x7" if cfg.backbone.startswith("resnet") else None,
                          dropout=cfg.dropout)
     model = DANet(config)
     if cfg.init:
-        initialise_from(model, cfg.init)
+        initialise_from(model, cfg.init, parts=cfg.init_parts)
     elif cfg.imagenet and not config.is_resnet:
         from .pretrained import load_imagenet_backbone
         load_imagenet_backbone(model)
     return model
 
 
-def initialise_from(model: DANet, source: str) -> None:
-    """Copy every weight of ``source`` (any layout ``danet.load`` reads) into ``model``: fine-tuning
-    a trained DANet. The two must agree on backbone, widths and classes; the run's own settings
-    (dropout, schedule, crops) stay the run's."""
+def initialise_from(model: DANet, source: str, parts: str = "all") -> None:
+    """Copy the weights of ``source`` (any layout ``danet.load`` reads) into ``model``: fine-tuning
+    a trained DANet (``parts="all"``: backbone, widths and classes must agree), or a new head on
+    its trained backbone (``"backbone"``: the head keeps its fresh initialisation, alpha = beta = 0,
+    and may be of another width). The run's own settings (dropout, schedule, crops) stay the run's."""
     from .loader import load
+    if parts not in ("all", "backbone"):
+        raise InputError(f"--init-parts must be all or backbone, got {parts!r}")
     loaded = load(source, device="cpu")
     mine, theirs = model.config, loaded.model.config
-    for field in ("backbone", "output_stride", "num_classes"):
+    if parts == "backbone":
+        model, loaded_part = model.backbone, loaded.model.backbone
+    else:
+        loaded_part = loaded.model
+    for field in ("backbone", "output_stride") + (("num_classes",) if parts == "all" else ()):
         if getattr(mine, field) != getattr(theirs, field):
             raise InputError(f"--init {source}: its {field} is {getattr(theirs, field)!r}, "
                              f"this run's is {getattr(mine, field)!r}")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in loaded.model.state_dict().items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in loaded_part.state_dict().items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:      # widths differ: name the first mismatch
@@ -139,9 +149,11 @@ def param_groups(model: DANet, cfg: TrainConfig) -> list[dict]:
     gains = [model.head.pam.alpha, model.head.cam.beta]
     ids = {id(p) for p in gains}
     head = [p for p in model.head.parameters() if id(p) not in ids]
-    return [{"params": list(model.backbone.parameters()), "lr": cfg.lr * cfg.backbone_lr_scale},
-            {"params": head, "lr": cfg.lr},
-            {"params": gains, "lr": cfg.lr * cfg.attention_lr_scale, "weight_decay": 0.0}]
+    groups = [{"params": head, "lr": cfg.lr},
+              {"params": gains, "lr": cfg.lr * cfg.attention_lr_scale, "weight_decay": 0.0}]
+    if cfg.freeze_backbone:
+        return groups
+    return [{"params": list(model.backbone.parameters()), "lr": cfg.lr * cfg.backbone_lr_scale}] + groups
 
 
 class EpochSeeded(torch.utils.data.Dataset):
@@ -160,10 +172,13 @@ class EpochSeeded(torch.utils.data.Dataset):
         return self.base[index]
 
 
-def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+def set_train_mode(model: torch.nn.Module, freeze_bn: bool, freeze_backbone: bool = False) -> None:
     """``model.train()``; with ``freeze_bn`` every BatchNorm stays in eval mode (running statistics
-    used and kept), the usual choice when per-process batches are too small for batch statistics."""
+    used and kept), the usual choice when per-process batches are too small for batch statistics;
+    with ``freeze_backbone`` the whole backbone does (it is not trained, so its statistics stay)."""
     model.train()
+    if freeze_backbone:
+        getattr(model, "module", model).backbone.eval()
     if freeze_bn:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -211,6 +226,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
     weight = class_weights(dataset, CAMVID.num_classes, cfg.class_weights)
     weight = weight.to(device) if weight is not None else None
     model = build(cfg).to(device)
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)      # no gradients computed, none applied
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     total = cfg.epochs * len(loader)
@@ -250,7 +267,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
 
     history = out / "log.jsonl"
     while epoch < cfg.epochs and step < total:
-        set_train_mode(model, cfg.freeze_bn)
+        set_train_mode(model, cfg.freeze_bn, cfg.freeze_backbone)
         sampler.set_epoch(epoch)
         seeded.epoch = epoch
         started, losses = time.time(), []

@@ -72,3 +72,25 @@ def test_exported_card_carries_the_command_and_the_val_curve(tmp_path, monkeypat
     assert card.training_command == "danet train --data 'my data' --epochs 1"
     epochs = [int(item.split(":")[0]) for item in card.history.split(", ")]
     assert epochs[0] == 1 and epochs == sorted(epochs) and len(epochs) in (1, 2)   # up to the best epoch
+
+
+def test_new_head_on_a_frozen_trained_backbone(tmp_path, tiny_camvid_checkpoint, tiny_camvid_model):
+    """``--init-parts backbone --freeze-backbone``: the backbone (weights and BatchNorm statistics)
+    is the checkpoint's before and after training; the head has its own width and learns."""
+    data = make_camvid_like(tmp_path / "data", n_train=2, n_val=1)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), init=str(tiny_camvid_checkpoint),
+                      init_parts="backbone", freeze_backbone=True, epochs=1, max_steps=1,
+                      **(TINY | {"head_channels": 24, "key_channels": 6}))
+    fresh = build(cfg)
+    assert fresh.head.pam.query.out_channels == 6 and fresh.head.pam.alpha.item() == 0.0
+    train(cfg, log=lambda *_: None)
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    for key, value in tiny_camvid_model.backbone.state_dict().items():
+        expected = value.half().float() if value.is_floating_point() else value
+        assert torch.equal(after[f"backbone.{key}"], expected), key
+    assert not torch.equal(after["head.pam_out_conv.0.weight"], fresh.state_dict()["head.pam_out_conv.0.weight"])
+
+
+def test_init_parts_is_checked(tiny_camvid_checkpoint):
+    with pytest.raises(InputError, match="init-parts"):
+        build(TrainConfig(data="unused", init=str(tiny_camvid_checkpoint), init_parts="neck", **TINY))

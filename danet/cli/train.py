@@ -63,6 +63,12 @@ def train(
     class_weights: str = typer.Option("sqrt-median", help="none | median | sqrt-median"),
     init: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights (any layout, same "
                                         "backbone and widths): fine-tuning; replaces --imagenet"),
+    init_parts: str = typer.Option("all", help="all | backbone: with --init, copy every weight, or the "
+                                   "backbone only (a new head, alpha = beta = 0, any width)"),
+    freeze_backbone: bool = typer.Option(False, help="train the head only; the backbone keeps its weights "
+                                         "and BatchNorm statistics"),
+    key_channels: Optional[int] = typer.Option(None, min=1, help="PAM query/key width d; default: head "
+                                               "channels / 8"),
     attention_lr_scale: float = typer.Option(1.0, min=0.0, help="alpha and beta learn at lr times this, "
                                              "without weight decay"),
     seed: int = typer.Option(0),
@@ -78,7 +84,8 @@ def train(
                          seed=seed, device=device, threads=threads, max_steps=max_steps,
                          export=str(export) if export else None, dropout=dropout, freeze_bn=freeze_bn,
                          sync_bn=sync_bn, init=str(init) if init else None,
-                         attention_lr_scale=attention_lr_scale,
+                         attention_lr_scale=attention_lr_scale, init_parts=init_parts,
+                         freeze_backbone=freeze_backbone, key_channels=key_channels,
                          command=command_line())
     with distributed.process_group(device) as ctx:
         best = run_training(config, log=typer.echo)
