@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -25,7 +26,7 @@ from danet import load
 from danet.data.camvid import find_camvid
 from danet.stats_report import write_attention_stats
 
-from .run import cpu_name
+from .run import machine_lines
 
 
 def named(text: str) -> tuple[str, str]:
@@ -90,6 +91,7 @@ def main(argv=None) -> None:
         parser.error("no CamVid folder: pass --data or set $DANET_CAMVID")
     torch.set_num_threads(args.threads)
 
+    started_load = os.getloadavg()
     loaded = {name: load(path, device="cpu") for name, path in args.models}
     results = {}
     for name, model in loaded.items():
@@ -99,10 +101,9 @@ def main(argv=None) -> None:
     for name, seconds in forward_times({n: m.model for n, m in loaded.items()}, args.rounds).items():
         results[name]["forward_s"] = seconds
 
-    load_avg = ", ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
-    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_name()}, "
-             f"{args.threads} threads, load average {load_avg}; "
-             f"`python -m benchmarks.model_recipes {' '.join(f'{n}={p}' for n, p in args.models)}`.", "",
+    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+             f"`python -m benchmarks.model_recipes {' '.join(f'{n}={p}' for n, p in args.models)}`", "",
+             *machine_lines(started_load, args.threads), "",
              "| model | val mIoU | cost of PAM off (alpha=0) | cost of CAM off (beta=0) | cost of both off | pixels changed, PAM off "
              "| alpha | beta | query specificity (JS from mean row) | mean-row share | PAM contribution "
              "| CAM effective channels | forward 480x360 |",

@@ -105,8 +105,8 @@ def poly_lr(step: int, total: int, warmup: int) -> float:
 def build(cfg: TrainConfig) -> DANet:
     config = DANetConfig(num_classes=CAMVID.num_classes, backbone=cfg.backbone,
                          head_channels=cfg.head_channels, key_channels=cfg.key_channels,
-                         output_stride=cfg.output_stride, align_corners=False, stem="7x7" if cfg.backbone.startswith("resnet") else None,
-                         dropout=cfg.dropout)
+                         output_stride=cfg.output_stride, align_corners=False,
+                         stem="7x7" if cfg.backbone.startswith("resnet") else None, dropout=cfg.dropout)
     model = DANet(config)
     if cfg.init:
         initialise_from(model, cfg.init, parts=cfg.init_parts)
@@ -126,17 +126,14 @@ def initialise_from(model: DANet, source: str, parts: str = "all") -> None:
         raise InputError(f"--init-parts must be all or backbone, got {parts!r}")
     loaded = load(source, device="cpu")
     mine, theirs = model.config, loaded.model.config
-    if parts == "backbone":
-        model, loaded_part = model.backbone, loaded.model.backbone
-    else:
-        loaded_part = loaded.model
+    target, copied = (model.backbone, loaded.model.backbone) if parts == "backbone" else (model, loaded.model)
     for field in ("backbone", "output_stride") + (("num_classes",) if parts == "all" else ()):
         if getattr(mine, field) != getattr(theirs, field):
             raise InputError(f"--init {source}: its {field} is {getattr(theirs, field)!r}, "
                              f"this run's is {getattr(mine, field)!r}")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in loaded_part.state_dict().items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in copied.state_dict().items()}
     try:
-        model.load_state_dict(state, strict=True)
+        target.load_state_dict(state, strict=True)
     except RuntimeError as error:      # widths differ: name the first mismatch
         detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
         raise InputError(f"--init {source} does not fit this run's architecture: {detail}") from None

@@ -12,15 +12,14 @@ more than one command). Maintainers only: the package never runs this.
 from __future__ import annotations
 
 import argparse
-import shutil
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ..checkpoints.meta import ModelMeta
 from ..checkpoints.save import save_model
-from ..evaluate import evaluate_loaded
+from ..evaluate import evaluate_loaded, scores_record
 from ..loader import load
 from . import default_card, default_weights_path
 
@@ -39,22 +38,20 @@ def publish(source: str | Path, data: str | Path, target: str | Path | None = No
         staged = Path(folder) / "staged.safetensors"
         save_model(loaded.model, loaded.meta, staged, dtype=torch.float16)
         shipped = load(staged, device="cpu")
-        result = evaluate_loaded(shipped, data, "val")
+        scores = scores_record(evaluate_loaded(shipped, data, "val"), shipped.meta.classes)
         if "val_miou" in extra and "val_miou_training_fp32" not in extra:
             extra["val_miou_training_fp32"] = extra["val_miou"]
         extra.update(
-            val_miou=round(100 * result["miou"], 2), val_pixel_accuracy=round(100 * result["pixel_accuracy"], 2),
-            val_iou={c: None if v != v else round(100 * float(v), 2) for c, v in zip(shipped.meta.classes, result["iou"])},
+            val_miou=round(100 * scores["miou"], 2), val_pixel_accuracy=round(100 * scores["pixel_accuracy"], 2),
+            val_iou={c: None if v is None else round(100 * v, 2) for c, v in scores["iou"].items()},
             evaluated_with=EVALUATED_WITH)
         for key, value in (("training_command", command), ("training_history", history), ("training_note", note)):
             if value is not None:
                 extra[key] = value
-        meta = ModelMeta(config=shipped.meta.config, dataset=shipped.meta.dataset, mean=shipped.meta.mean,
-                         std=shipped.meta.std, layout="danet-lens", extra=extra)
-        save_model(shipped.model, meta, staged, dtype=torch.float16)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(staged, tmp)
-        tmp.replace(target)
+    tmp = target.with_suffix(".tmp")
+    save_model(shipped.model, dataclasses.replace(shipped.meta, layout="danet-lens", extra=extra), tmp,
+               dtype=torch.float16)
+    tmp.replace(target)
     default_card.cache_clear()
     return extra
 
