@@ -67,6 +67,8 @@ class TrainConfig:
     freeze_backbone: bool = False          # train the head only; the backbone stays as initialised
     key_channels: int | None = None        # PAM query/key width d; None: head_channels // 8
     attention_lr_scale: float = 1.0        # alpha and beta learn at lr * this, without weight decay
+    ohem_thresh: float | None = None       # online hard example mining: keep pixels whose true-class
+    ohem_min_kept: int = 100_000           # probability < thresh, and at least min_kept per batch
     command: str = ""                      # the command line that started the run (for the card)
 
 
@@ -90,9 +92,39 @@ def class_weights(dataset: SegmentationDataset, num_classes: int, mode: str) -> 
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def seg_loss(outputs, target, weight, aux_weight):
+def hard_pixels(logits: torch.Tensor, target: torch.Tensor, thresh: float, min_kept: int) -> torch.Tensor:
+    """Online hard example mining (Shrivastava et al. 2016, as mmseg's ``OHEMPixelSampler``): a
+    mask of the labelled pixels whose predicted probability of their true class is below
+    ``thresh``, widened to the ``min_kept`` least confident when fewer are that hard. Thin classes
+    (Pole, Pedestrian) are the pixels a converged model still gets wrong, so the loss spends its
+    weight there instead of on the sky and road it already knows."""
+    with torch.no_grad():
+        valid = target != IGNORE_INDEX
+        prob = torch.softmax(logits.float(), dim=1)
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        true_prob = prob.gather(1, safe.unsqueeze(1)).squeeze(1)
+        true_prob = torch.where(valid, true_prob, torch.full_like(true_prob, float("inf")))
+        count = int(valid.sum())
+        if count == 0:
+            return valid
+        cutoff = true_prob.flatten().kthvalue(min(count, max(min_kept, 1))).values
+        return valid & ((true_prob < thresh) | (true_prob <= cutoff))
+
+
+def seg_loss(outputs, target, weight, aux_weight, ohem_thresh: float | None = None, ohem_min_kept: int = 100_000):
+    """Cross-entropy on the fused output plus ``aux_weight`` times that of the PAM and CAM branch
+    outputs, as DANet is trained; with ``ohem_thresh`` each output's loss is the weighted mean over
+    its own hard pixels (``hard_pixels``)."""
     fused, pam, cam = outputs
-    ce = lambda logits: F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX)
+
+    def ce(logits):
+        if ohem_thresh is None:
+            return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX)
+        kept = torch.where(hard_pixels(logits, target, ohem_thresh, ohem_min_kept), target, IGNORE_INDEX)
+        if not bool((kept != IGNORE_INDEX).any()):
+            return logits.float().sum() * 0.0
+        return F.cross_entropy(logits.float(), kept, weight=weight, ignore_index=IGNORE_INDEX)
+
     return ce(fused) + aux_weight * (ce(pam) + ce(cam))
 
 
@@ -275,7 +307,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
                 group["lr"] = base * poly_lr(step, total, cfg.warmup_steps)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = seg_loss(model(images), labels, weight, cfg.aux_weight)
+                loss = seg_loss(model(images), labels, weight, cfg.aux_weight, cfg.ohem_thresh, cfg.ohem_min_kept)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -71,6 +71,12 @@ def train(
                                                "channels / 8"),
     attention_lr_scale: float = typer.Option(1.0, min=0.0, help="alpha and beta learn at lr times this, "
                                              "without weight decay"),
+    ohem_thresh: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="online hard example mining: "
+                                                "train on pixels whose true-class probability is below this "
+                                                "(0.7 is usual)"),
+    ohem_min_kept: int = typer.Option(100_000, min=1, help="with --ohem-thresh, at least this many "
+                                      "hardest pixels per batch"),
+    aux_weight: float = typer.Option(0.5, min=0.0, help="weight of the PAM- and CAM-branch losses"),
     seed: int = typer.Option(0),
     device: Device = "auto",
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads"),
@@ -86,6 +92,7 @@ def train(
                          sync_bn=sync_bn, init=str(init) if init else None,
                          attention_lr_scale=attention_lr_scale, init_parts=init_parts,
                          freeze_backbone=freeze_backbone, key_channels=key_channels,
+                         ohem_thresh=ohem_thresh, ohem_min_kept=ohem_min_kept, aux_weight=aux_weight,
                          command=command_line())
     with distributed.process_group(device) as ctx:
         best = run_training(config, log=typer.echo)
