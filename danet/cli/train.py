@@ -75,7 +75,7 @@ def train(
                                                 "train on pixels whose true-class probability is below this "
                                                 "(0.7 is usual)"),
     ohem_min_kept: int = typer.Option(100_000, min=1, help="with --ohem-thresh, at least this many "
-                                      "hardest pixels per batch"),
+                                      "hardest pixels per batch (per process under torchrun)"),
     aux_weight: float = typer.Option(0.5, min=0.0, help="weight of the PAM- and CAM-branch losses"),
     seed: int = typer.Option(0),
     device: Device = "auto",
