@@ -9,7 +9,7 @@ import io
 import numpy as np
 import streamlit as st
 
-from danet import viz
+from danet.render import overlays as viz
 from danet.analysis import cam_saturation, mixed_channels
 from danet.analysis.cam import NEGLIGIBLE
 from danet_app import sidebar

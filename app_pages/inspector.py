@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from danet import viz
+from danet.render import overlays as viz
 from danet.errors import DanetError
 from danet_app import display_modes, sidebar
 from danet_app.attention_view import attention_view, cached_payload, settings

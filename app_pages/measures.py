@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from danet import viz
+from danet.render import overlays as viz
 from danet.analysis import ablate, contribution, knockout_curve, query_specificity
 from danet.analysis.knockout import MAX_K
 from danet.analysis.specificity import MAX_QUERIES

@@ -5,7 +5,7 @@ off costs, how query-specific PAM is, forward time at 480x360) and each run's va
         old=danet/weights/danet_mobilenetv2_camvid.safetensors new=runs/x/best.safetensors \\
         --log new=runs/x/log.jsonl --out benchmarks/model_recipes.md
 
-Accuracy and attention measures come from ``danet.stats_report.write_attention_stats`` on the
+Accuracy and attention measures come from ``danet.jobs.attention_stats.write_attention_stats`` on the
 whole val split (the numbers ``danet attention-stats`` writes). Forward times are measured in
 one process, the models taking turns round by round, so load on this shared machine falls on
 all of them alike.
@@ -24,7 +24,7 @@ import torch
 
 from danet import load
 from danet.data.camvid import find_camvid
-from danet.stats_report import write_attention_stats
+from danet.jobs.attention_stats import write_attention_stats
 
 from .run import machine_lines
 

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from danet.memory import pam_method_for
+from danet.inspection.memory import pam_method_for
 from danet.models.attention import pam_aggregate
 
 from .measure import PeakMemory, PieceTimer, sync

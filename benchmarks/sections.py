@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from danet import viz
+from danet.render import overlays as viz
 from danet.data.palettes import generic_dataset
 from danet.inspection import inspect_image
-from danet.memory import available_bytes, pam_method_for, pam_working_bytes
+from danet.inspection.memory import available_bytes, pam_method_for, pam_working_bytes
 from danet.models import DANetConfig, create_model
 from danet.models.attention import EXPLICIT_MAX_POSITIONS, pam_aggregate, pam_attention_explicit
 
@@ -418,7 +418,7 @@ def click_table(plan: Plan, log) -> tuple[Table, Table]:
     cache.notes.append("'first forward + views' = `inspect_image` + class overlays of the three outputs and the "
                        "disagreement map (what the app computes once per image); 'rerun after a click' = rows "
                        "of every point from the cached result + one heatmap overlay and markers per point "
-                       "(`danet.viz`). 'forward alone' is what every rerun would cost without the cache.")
+                       "(`danet.render.overlays`). 'forward alone' is what every rerun would cost without the cache.")
     return clicks, cache
 
 

@@ -9,11 +9,11 @@ Typical use::
 
 This package never imports streamlit or plotly; the app lives in ``danet_app``.
 """
-from .device import select_device
-from .errors import CheckpointError, DanetError, ImageLoadError, InputError, LabelMapError, UnknownNameError
-from .inspection import InspectionResult, inspect_image
-from .loader import load
-from .models import DANet, DANetConfig, create_model, get_model, list_models
+from danet.runtime.device import select_device
+from danet.errors import CheckpointError, DanetError, ImageLoadError, InputError, LabelMapError, UnknownNameError
+from danet.inspection import InspectionResult, inspect_image
+from danet.loader import load
+from danet.models import DANet, DANetConfig, create_model, get_model, list_models
 
 __all__ = ["load", "inspect_image", "InspectionResult", "select_device", "list_models", "get_model", "create_model",
            "DANet", "DANetConfig", "DanetError", "CheckpointError", "ImageLoadError", "InputError", "LabelMapError",

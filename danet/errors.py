@@ -32,3 +32,9 @@ class InputError(DanetError):
 
 class UnknownNameError(DanetError, KeyError):
     """A dataset, model or backbone name that is not registered."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """An exception's message on one line, without the quotes ``KeyError`` adds."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())

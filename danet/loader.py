@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoints.load import load_model
-from .checkpoints.meta import LoadedModel
-from .data.palettes import DatasetInfo
-from .weights import default_weights_path
+from danet.checkpoints.load import load_model
+from danet.checkpoints.meta import LoadedModel
+from danet.data.palettes import DatasetInfo
+from danet.weights import default_weights_path
 
 DEFAULT_SOURCE = "embedded default"
 

@@ -14,6 +14,6 @@ Install with ``pip install "danet-lens[app]"``; run with ``streamlit run app.py`
 - ``measures_view``: pure helpers of the "Does attention matter?" page.
 - ``warmup``: loads the default model in a background thread once per process.
 """
-from . import warmup
+from danet_app import warmup
 
 warmup.start()

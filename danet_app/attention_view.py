@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from danet import viz
-from danet.attention_stats import grid_labels
+from danet.render import overlays as viz
+from danet.analysis.attention_stats import grid_labels
 from danet.inspection import InspectionResult
 
-from . import display_modes
+from danet_app import display_modes
 
 STATIC = Path(__file__).resolve().parent / "static"
 COMPONENT_NAME = "danet_attention_view"

@@ -136,7 +136,7 @@ def display(values: np.ndarray, mode: str, *, baseline: np.ndarray | float | Non
 
 
 def colour_index(shown: np.ndarray, vmin: float, vmax: float, levels: int = 256) -> np.ndarray:
-    """Index into a ``levels``-colour lookup table, as ``danet.viz.heatmap`` picks colours; -1 = NaN."""
+    """Index into a ``levels``-colour lookup table, as ``danet.render.overlays.heatmap`` picks colours; -1 = NaN."""
     shown = np.asarray(shown, dtype=np.float64)
     scaled = np.clip((shown - vmin) / (vmax - vmin), 0, 1) if vmax > vmin else np.zeros_like(shown)
     index = np.minimum((np.nan_to_num(scaled) * levels).astype(np.int64), levels - 1)
@@ -144,7 +144,7 @@ def colour_index(shown: np.ndarray, vmin: float, vmax: float, levels: int = 256)
 
 
 def colour_lut(cmap: str) -> np.ndarray:
-    """(256, 3) uint8 colours of a matplotlib colour map, exactly those ``danet.viz.heatmap`` uses."""
+    """(256, 3) uint8 colours of a matplotlib colour map, exactly those ``danet.render.overlays.heatmap`` uses."""
     from matplotlib import colormaps
 
     try:

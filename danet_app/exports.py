@@ -23,7 +23,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def colour_bar(cmap: str, vmin: float, vmax: float, width: int, label: str = "") -> np.ndarray:
     """An RGB colour bar ``width`` wide with its end values (and a unit label) under it."""
-    from .display_modes import colour_lut
+    from danet_app.display_modes import colour_lut
 
     font = ImageFont.load_default(size=12)
     strip = np.repeat(colour_lut(cmap)[np.linspace(0, 255, width).astype(int)][None], 10, axis=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from danet import viz
+from danet.render import overlays as viz
 from danet.analysis import Ablation, CamSaturation, Knockout, Specificity
 
 # Specificity readings: the mean row explains >= SAME_SHARE of a row -> "the same cells";

@@ -26,12 +26,12 @@ from danet.data.palettes import DATASETS
 from danet.errors import CheckpointError, DanetError
 from danet.inspection import InspectionResult, inspect_image
 from danet.loader import DEFAULT_SOURCE as DEFAULT_NAME
-from danet.viz import legend
+from danet.render.overlays import legend
 from danet.weights import default_weights_path
 
-from . import budget
-from .budget import ByteBudgetCache
-from .state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
+from danet_app import budget
+from danet_app.budget import ByteBudgetCache
+from danet_app.state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
                     sha256_bytes, switch_image_points)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def run_forward(key: str, loaded: LoadedModel, image: np.ndarray) -> InspectionR
 
     A result whose class scores alone would exceed the results' byte budget is refused before
     the forward, saying how small an image this model can take; ``inspect_image`` itself refuses
-    a forward that will not fit in free memory (``danet.memory.check_inspection_fits``).
+    a forward that will not fit in free memory (``danet.inspection.memory.check_inspection_fits``).
     """
     height, width = image.shape[:2]
     classes = loaded.meta.config.num_classes

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from danet.attention_stats import grid_labels
+from danet.analysis.attention_stats import grid_labels
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
 import json
 
 from danet.errors import InputError, LabelMapError
 from danet.inspection import InspectionResult
-from danet.metrics import confusion_matrix, scores
+from danet.analysis.metrics import confusion_matrix, scores
 
 __all__ = ["FORWARDS", "MAX_POINTS", "LabelMap", "LabelMapError", "PointStats", "RecordedScores", "Selection",
            "add_point", "apply_click", "attention_entropy", "branch_disagreement", "click_to_pixel", "drop_point",

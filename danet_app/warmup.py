@@ -46,9 +46,9 @@ def _warm_default_view() -> None:
         t = time.perf_counter()
         from danet.weights import default_weights_path
 
-        from . import sidebar
-        from .attention_view import cached_payload
-        from .state import file_sha256, model_id, result_key
+        from danet_app import sidebar
+        from danet_app.attention_view import cached_payload
+        from danet_app.state import file_sha256, model_id, result_key
 
         t = _step("import torch, timm, danet, streamlit", t)
         path = default_weights_path()

@@ -18,10 +18,10 @@ from danet.analysis import (ablate, cam_saturation, contribution, contribution_s
 from danet.analysis.common import row_blocks
 from danet.analysis.contribution import cam_contribution, pam_contribution
 from danet.analysis.knockout import Knockout, removed_context
-from danet.attention_stats import switched_off
+from danet.analysis.attention_stats import switched_off
 from danet.errors import DanetError, InputError, LabelMapError
 from danet.inspection import inspect_image, to_tensor
-from danet.metrics import confusion_matrix, scores
+from danet.analysis.metrics import confusion_matrix, scores
 
 IMAGE_SIZE = (64, 96)                 # -> an 8 x 12 feature grid at output stride 8
 
@@ -417,9 +417,9 @@ def test_measure_image_summary(result):
         measure_image(dataclasses.replace(result, pam_value=None))
 
 
-# ---- dataset level (danet.attention_stats) --------------------------------------------------------
+# ---- dataset level (danet.analysis.attention_stats) --------------------------------------------------------
 def test_query_statistics_add_specificity_lift_and_contribution():
-    from danet.attention_stats import query_statistics
+    from danet.analysis.attention_stats import query_statistics
 
     gt = np.array([[0, 0, 1], [1, 1, 2]])
     rows = np.random.default_rng(8).dirichlet(np.ones(6), size=2)
@@ -438,7 +438,7 @@ def test_query_statistics_add_specificity_lift_and_contribution():
 
 
 def test_summary_reports_lift_median_and_the_new_means():
-    from danet.attention_stats import STAT_COLUMNS, summarise
+    from danet.analysis.attention_stats import STAT_COLUMNS, summarise
 
     queries = {"gt_class": np.array([0, 0, 0, 1]), "row": np.arange(4)}
     for name in STAT_COLUMNS:
@@ -453,7 +453,7 @@ def test_summary_reports_lift_median_and_the_new_means():
 def test_driver_adds_per_image_measures_and_head_only_ablation(tmp_path):
     from test_attention_stats import make_pairs
 
-    from danet.attention_stats import IMAGE_COLUMNS, compute_attention_stats
+    from danet.analysis.attention_stats import IMAGE_COLUMNS, compute_attention_stats
     from danet.checkpoints.meta import ModelMeta
     from danet.data.camvid import read_pair
     from danet.data.palettes import generic_dataset

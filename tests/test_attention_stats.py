@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from danet.attention_stats import (VOID, cell_centres, compute_attention_stats, grid_labels, pixel_cells,
+from danet.analysis.attention_stats import (VOID, cell_centres, compute_attention_stats, grid_labels, pixel_cells,
                                    query_statistics, rows_to_csv, sample_queries, select_evenly, summarise,
                                    switched_off)
 from danet.checkpoints.meta import ModelMeta
 from danet.data.palettes import generic_dataset
 from danet.inspection import inspect_image
-from danet.metrics import confusion_matrix, scores
+from danet.analysis.metrics import confusion_matrix, scores
 from danet.models import create_model
 
 

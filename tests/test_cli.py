@@ -21,8 +21,8 @@ from conftest import make_camvid_like, make_tiny_model, save_tiny
 from danet.cli import app
 from danet.data.camvid import list_pairs
 from danet.data.palettes import CAMVID, generic_dataset
-from danet.evaluate import evaluate_loaded
-from danet.viz import colorize
+from danet.jobs.evaluate import evaluate_loaded
+from danet.render.overlays import colorize
 from danet.weights import default_card
 from helpers_cli import WIDE, assert_one_line_error, read_csv, runner, write_image
 from helpers_cli import invoke as run

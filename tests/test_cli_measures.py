@@ -12,10 +12,10 @@ from PIL import Image
 import danet
 from conftest import make_tiny_model, save_tiny
 from danet.analysis import ablate, contribution, knockout_curve, measure_image
-from danet.attention_export import read_query
-from danet.attention_stats import IMAGE_COLUMNS
+from danet.jobs.attention import read_query
+from danet.analysis.attention_stats import IMAGE_COLUMNS
 from danet.inspection import inspect_image
-from danet.measures_export import measure_query, write_measures
+from danet.jobs.measures import measure_query, write_measures
 from helpers_cli import WIDE, assert_one_line_error, invoke, read_csv, write_image
 
 ALPHA, BETA = 0.7, 0.3

@@ -123,7 +123,7 @@ def test_rows_match_inspection_result_rows(qk):
 
 
 def test_colour_lookup_is_danet_viz_colouring():
-    from danet import viz
+    from danet.render import overlays as viz
 
     values = np.linspace(-0.2, 1.3, 40).reshape(5, 8)
     index = dm.colour_index(values, 0.0, 1.0)

@@ -22,14 +22,14 @@ import torch.multiprocessing as mp
 
 import danet
 from conftest import make_camvid_like, make_tiny_model, save_tiny
-from danet import distributed
+from danet.runtime import distributed
 from danet.data.camvid import SegmentationAugment, SegmentationDataset, list_pairs
-from danet.attention_stats import (ABLATIONS, StatsPart, compute_attention_stats, finish_attention_stats,
+from danet.analysis.attention_stats import (ABLATIONS, StatsPart, compute_attention_stats, finish_attention_stats,
                                   image_attention_stats, merge_parts)
 from danet.errors import InputError
-from danet.evaluate import evaluate_loaded
-from danet.predict import PredictReport, merge_reports
-from danet.train import EpochSeeded, TrainConfig, build, train
+from danet.jobs.evaluate import evaluate_loaded
+from danet.jobs.predict import PredictReport, merge_reports
+from danet.jobs.train import EpochSeeded, TrainConfig, build, train
 
 
 # ---- one process: the helpers are exact no-ops, the sharding rule holds ----------------------------
@@ -278,7 +278,7 @@ def _numbers_close(a, b, path="summary", rel=1e-9):
 
 @pytest.mark.slow
 def test_sharded_attention_stats_equal_one_process(tmp_path, scored_checkpoint):
-    from danet.stats_report import FILES, write_attention_stats
+    from danet.jobs.attention_stats import FILES, write_attention_stats
 
     data = make_camvid_like(tmp_path / "data", n_train=1, n_val=5)   # shards of 3 and 2 images
     options = dict(points_per_image=6, seed=1, ignore_index=11)

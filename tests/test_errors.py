@@ -17,8 +17,8 @@ import danet
 from danet.data.palettes import get_dataset
 from danet.errors import DanetError, InputError, UnknownNameError
 from danet.models import BACKBONES
-from danet.pretrained import imagenet_file
-from danet.train import TrainConfig, build
+from danet.models.pretrained import imagenet_file
+from danet.jobs.train import TrainConfig, build
 from danet.weights import default_weights_path
 
 SAMPLE = sorted((Path(__file__).resolve().parent.parent / "assets" / "samples").glob("*.png"))[0]
@@ -125,13 +125,13 @@ def test_inspect_image_refuses_a_forward_that_cannot_fit_before_allocating(monke
     """The class scores alone (3 x K x H x W floats) would exceed the memory the machine reports."""
     import numpy as np
 
-    import danet.memory
+    import danet.inspection.memory
     from conftest import make_tiny_model
     from danet.errors import InputError
     from danet.inspection import inspect_image
 
     model = make_tiny_model(50)
-    monkeypatch.setattr(danet.memory, "available_bytes", lambda device="cpu": 64 * 2**20)
+    monkeypatch.setattr(danet.inspection.memory, "available_bytes", lambda device="cpu": 64 * 2**20)
     image = np.zeros((1024, 1024, 3), np.uint8)   # 3 x 50 x 1 MP x 4 bytes = 600 MB of scores
     with pytest.raises(InputError, match="class scores") as caught:
         inspect_image(model, image)

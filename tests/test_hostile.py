@@ -35,13 +35,14 @@ from helpers_hostile import (BYTEARRAY_PICKLE, hash_bomb_pickle, inflating_zip, 
 
 import danet  # noqa: E402
 from danet.checkpoints import read as read_module  # noqa: E402
-from danet.checkpoints import sandbox  # noqa: E402
+from danet.checkpoints import isolated  # noqa: E402
+from danet.safety import sandbox  # noqa: E402
 from danet.checkpoints.layouts import OFFICIAL, to_foreign  # noqa: E402
 from danet.checkpoints.strict import build_empty  # noqa: E402
 from danet.data import images  # noqa: E402
 from danet.data.images import load_image, pil_guard  # noqa: E402
 from danet.errors import CheckpointError, DanetError, ImageLoadError, InputError  # noqa: E402
-from danet.memory import check_inspection_fits  # noqa: E402
+from danet.inspection.memory import check_inspection_fits  # noqa: E402
 from danet.models import DANetConfig  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
@@ -152,8 +153,8 @@ def warm_sandbox():
 
 @pytest.fixture
 def tight_limits(monkeypatch):
-    monkeypatch.setattr(sandbox, "CPU_LIMIT_S", 3)
-    monkeypatch.setattr(sandbox, "WALL_LIMIT_S", 30)
+    monkeypatch.setattr(isolated, "CPU_LIMIT_S", 3)
+    monkeypatch.setattr(isolated, "WALL_LIMIT_S", 30)
 
 
 # name -> (make the action, expected error, message pattern, seconds allowed)
@@ -413,7 +414,7 @@ def _tiny_png() -> bytes:
 ], ids=["segfault", "abort", "hang", "memory"])
 def test_a_failing_child_is_one_line_error(target, args, limits, pattern, tmp_path):
     outcome, seconds, grew_mb = measure(lambda: sandbox.run_limited(target, args, limits, "x.pth", str(tmp_path)))
-    check_refusal(outcome, seconds, grew_mb, CheckpointError, rf"x\.pth could not be read safely \({pattern}", 15)
+    check_refusal(outcome, seconds, grew_mb, sandbox.SandboxError, rf"x\.pth could not be read safely \({pattern}", 15)
     assert not (tmp_path / "result.json").exists()
 
 
@@ -469,9 +470,9 @@ def test_mmseg_meta_survives_the_sandbox():
 
 def test_the_shipped_model_gives_identical_outputs_isolated_or_not(monkeypatch):
     reference = danet.load(device="cpu")
-    monkeypatch.setattr(sandbox, "ISOLATE_SAFETENSORS", True)
-    isolated = danet.load(device="cpu")
-    assert torch.equal(outputs(isolated), outputs(reference))
+    monkeypatch.setattr(isolated, "ISOLATE_SAFETENSORS", True)
+    in_child = danet.load(device="cpu")
+    assert torch.equal(outputs(in_child), outputs(reference))
 
 
 def test_safetensors_header_length_128_mod_256_loads():
@@ -487,7 +488,7 @@ def test_safetensors_header_length_128_mod_256_loads():
 
 # ---- memory known before it is spent ----------------------------------------------------------
 def test_inspection_memory_counts_logits_and_refuses_before_running(monkeypatch):
-    from danet import memory
+    from danet.inspection import memory
 
     config = make_tiny_model(3).config
     estimate = check_inspection_fits(config, (64, 48))
@@ -503,8 +504,8 @@ def table() -> str:
     import pytest as _pytest
 
     patch = _pytest.MonkeyPatch()
-    patch.setattr(sandbox, "CPU_LIMIT_S", 3)
-    patch.setattr(sandbox, "WALL_LIMIT_S", 30)
+    patch.setattr(isolated, "CPU_LIMIT_S", 3)
+    patch.setattr(isolated, "WALL_LIMIT_S", 30)
     read_module.read_checkpoint(danet.weights.default_weights_path(), isolate=True)
     rows = ["| case | outcome | seconds | parent RSS growth (MB) |", "|---|---|---|---|"]
     for name, (make, *_rest) in CHECKPOINT_CASES.items():

@@ -32,7 +32,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from conftest import make_tiny_model, save_tiny
-from danet.checkpoints import sandbox
+from danet.checkpoints import isolated
 from danet_app import budget, sidebar
 from danet_app.state import FORWARDS
 from helpers_app import errors, png, point_cards
@@ -88,8 +88,8 @@ SLOW = {"pickle: hash bomb, 60k colliding keys"}
 @pytest.fixture
 def tight_limits(monkeypatch):
     """The sandbox's CPU limit lowered as in test_hostile (a hash bomb stops after 3 s, not 30 s)."""
-    monkeypatch.setattr(sandbox, "CPU_LIMIT_S", 3)
-    monkeypatch.setattr(sandbox, "WALL_LIMIT_S", 30)
+    monkeypatch.setattr(isolated, "CPU_LIMIT_S", 3)
+    monkeypatch.setattr(isolated, "WALL_LIMIT_S", 30)
 
 
 # ---- sessions -----------------------------------------------------------------------------------

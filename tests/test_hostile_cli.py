@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_camvid_like, make_tiny_model, save_tiny  # noqa: E402
 
 import danet  # noqa: E402
-from danet import batch  # noqa: E402
+from danet.jobs import inputs  # noqa: E402
+from danet.safety import outputs  # noqa: E402
 from danet.data import camvid, images as image_module  # noqa: E402
-from danet.predict import expected_files  # noqa: E402
+from danet.jobs.predict import expected_files  # noqa: E402
 from helpers_cli import assert_one_line_error  # noqa: E402
 from helpers_cli import invoke as run  # noqa: E402
 
@@ -175,7 +176,7 @@ def test_image_names_that_would_leave_out_stay_inside(tmp_path, checkpoint):
         name = folder_path.name
         assert not name.startswith(".") and name not in ("legend.png", "manifest.json")
         assert all(ch.isprintable() for ch in name) and "\\" not in name
-        assert len(name.encode()) <= batch.MAX_NAME_BYTES
+        assert len(name.encode()) <= inputs.MAX_NAME_BYTES
     assert (out / "legend.png").is_file() and (out / "manifest.json").is_file()
     again = predict(folder, out, checkpoint)                   # the same names again: all resumed
     assert again.exit_code == 0 and f"0 predicted, {len(HOSTILE_NAMES)} already done" in again.output
@@ -183,8 +184,8 @@ def test_image_names_that_would_leave_out_stay_inside(tmp_path, checkpoint):
 
 def test_output_names_are_deterministic_and_distinct(tmp_path):
     paths = [tmp_path / "p" / name for name in HOSTILE_NAMES] + [tmp_path / "q" / "a.png", tmp_path / "q" / "a-1.png"]
-    names = batch.output_names(paths)
-    assert names == batch.output_names(list(paths))
+    names = inputs.output_names(paths)
+    assert names == inputs.output_names(list(paths))
     assert len({n.casefold() for n in names}) == len(names)
     for name in names:
         assert (tmp_path / name).resolve().parent == tmp_path.resolve()
@@ -237,14 +238,14 @@ def test_a_locked_output_folder_is_refused_with_the_holders_pid(tmp_path, checkp
     write_image(folder / "a.png")
     out = tmp_path / "out"
     out.mkdir()
-    with batch.output_lock(out):
+    with outputs.output_lock(out):
         result = predict(folder, out, checkpoint)
         assert_one_line_error(result, f"is in use by another danet run (pid {os.getpid()})", str(out))
         attention = run("attention", folder / "a.png", "--point", "3,3", "--out", out, "--checkpoint", checkpoint,
                         "--device", "cpu")
         assert_one_line_error(attention, "in use by another danet run")
     assert not (out / "a").exists() and not (out / "manifest.json").exists()
-    assert not (out / batch.LOCK_NAME).exists()              # released and removed
+    assert not (out / outputs.LOCK_NAME).exists()              # released and removed
     assert predict(folder, out, checkpoint).exit_code == 0
 
 
@@ -254,10 +255,10 @@ def test_a_stale_lock_from_a_killed_run_is_taken_over(tmp_path, checkpoint):
     write_image(folder / "a.png")
     out = tmp_path / "out"
     out.mkdir()
-    (out / batch.LOCK_NAME).write_text("999999\n")           # written, but nobody holds the flock
+    (out / outputs.LOCK_NAME).write_text("999999\n")           # written, but nobody holds the flock
     result = predict(folder, out, checkpoint)
     assert result.exit_code == 0, result.stderr
-    assert not (out / batch.LOCK_NAME).exists() and len(complete_folders(out)) == 1
+    assert not (out / outputs.LOCK_NAME).exists() and len(complete_folders(out)) == 1
 
 
 def cli_process(*args, **kwargs) -> subprocess.Popen:
@@ -301,7 +302,7 @@ def test_two_concurrent_runs_one_proceeds_the_other_exits_with_the_lock_message(
     args = ["predict", folder, "--out", out, "--checkpoint", checkpoint, "--device", "cpu"]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     # The second run is imported and waiting before the first starts, so it meets the first mid-run.
-    second = subprocess.Popen([sys.executable, "-c", WARM_CLI, str(out / batch.LOCK_NAME), *map(str, args)],
+    second = subprocess.Popen([sys.executable, "-c", WARM_CLI, str(out / outputs.LOCK_NAME), *map(str, args)],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = cli_process(*args)
     try:
@@ -342,7 +343,7 @@ def test_a_killed_run_leaves_no_record_for_an_incomplete_result_and_the_rerun_co
     assert rerun.exit_code == 0, rerun.stderr
     assert f"{16 - len(done)} predicted, {len(done)} already done" in rerun.output
     assert len(complete_folders(out)) == 16
-    assert not partials(out) and not (out / batch.LOCK_NAME).exists()
+    assert not partials(out) and not (out / outputs.LOCK_NAME).exists()
 
 
 # ---- 5. disk full and read-only ---------------------------------------------------------------
@@ -352,20 +353,20 @@ def test_disk_full_is_one_line_naming_the_path_and_leaves_no_record_or_partial(t
     for name in "abc":
         write_image(folder / f"{name}.png", seed=ord(name))
     out = tmp_path / "out"
-    real_fsync = batch._fsync
+    real_fsync = outputs._fsync
 
     def full(path):
         if path.name.startswith(".cam_overlay") and path.parent.name == "b":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(path)
 
-    monkeypatch.setattr(batch, "_fsync", full)
+    monkeypatch.setattr(outputs, "_fsync", full)
     line = assert_one_line_error(predict(folder, out, checkpoint), "no space left on device",
                                  str(out / "b" / "cam_overlay.png"))
     assert "cannot write" in line
     assert not (out / "b" / "prediction.json").exists() and not (out / "b" / "cam_overlay.png").exists()
     assert [p.name for p in complete_folders(out)] == ["a"] and not partials(out)
-    monkeypatch.setattr(batch, "_fsync", real_fsync)
+    monkeypatch.setattr(outputs, "_fsync", real_fsync)
     rerun = predict(folder, out, checkpoint)
     assert rerun.exit_code == 0 and "2 predicted, 1 already done" in rerun.output
     assert "redid 1 of 3 images: an earlier run did not finish" in rerun.output
@@ -380,9 +381,9 @@ def test_read_only_output_is_one_line_naming_the_path(tmp_path, checkpoint, monk
     def read_only(source, target):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(batch.os, "replace", read_only)
+    monkeypatch.setattr(outputs.os, "replace", read_only)
     assert_one_line_error(predict(folder, out, checkpoint), "read-only", str(out / "legend.png"))
-    assert not partials(out) and not (out / batch.LOCK_NAME).exists()
+    assert not partials(out) and not (out / outputs.LOCK_NAME).exists()
 
 
 @pytest.mark.slow
@@ -421,7 +422,7 @@ def test_a_real_full_disk_is_one_line_and_no_record_vouches_for_partial_files(tm
     result = predict(folder, out, checkpoint)
     assert_one_line_error(result, "no space left on device", f"cannot write {out}")
     complete_folders(out)
-    assert not partials(out) and not (out / batch.LOCK_NAME).exists()
+    assert not partials(out) and not (out / outputs.LOCK_NAME).exists()
 
 
 def test_a_real_read_only_folder_is_one_line(tmp_path, checkpoint, small_tmpfs):
@@ -539,7 +540,7 @@ def test_recursive_over_a_very_deep_tree_with_a_symlink_loop(tmp_path, tree, che
     write_image(root / "top.png")
     os.symlink(root, root / "d" / "loop")                    # a loop back to the top
     os.symlink(deep, root / "shortcut")                      # a second way to the same folder
-    found = batch.collect_images([root], recursive=True)
+    found = inputs.collect_images([root], recursive=True)
     assert sorted(p.name for p in found) == ["bottom.gif", "top.png"]
     out = tmp_path / "out"
     result = predict(root, out, checkpoint, "--recursive")
@@ -548,9 +549,9 @@ def test_recursive_over_a_very_deep_tree_with_a_symlink_loop(tmp_path, tree, che
 
 
 def test_one_suffix_list_for_predict_and_datasets(tmp_path):
-    assert batch.IMAGE_SUFFIXES is image_module.IMAGE_SUFFIXES
-    assert ".gif" in batch.IMAGE_SUFFIXES
-    for suffix in batch.IMAGE_SUFFIXES:                      # every listed suffix opens as what it names
+    assert inputs.IMAGE_SUFFIXES is image_module.IMAGE_SUFFIXES
+    assert ".gif" in inputs.IMAGE_SUFFIXES
+    for suffix in inputs.IMAGE_SUFFIXES:                      # every listed suffix opens as what it names
         fmt = Image.registered_extensions()[suffix]
         assert fmt in image_module.ALLOWED_FORMATS or fmt == "MPO"
     data = make_camvid_like(tmp_path / "data", n_train=1, n_val=1)

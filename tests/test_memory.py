@@ -1,4 +1,4 @@
-"""danet.memory: the forward-memory estimate, checked against shapes and a measured RSS delta."""
+"""danet.inspection.memory: the forward-memory estimate, checked against shapes and a measured RSS delta."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.measure import can_reset_peak
 from danet.inspection import inspect_image
-from danet.memory import (ALLOCATOR_SLACK, check_forward_fits, estimate_forward, estimate_forward_bytes,
+from danet.inspection.memory import (ALLOCATOR_SLACK, check_forward_fits, estimate_forward, estimate_forward_bytes,
                           pam_working_bytes)
 from danet.models import create_model
 from danet.models.attention import EXPLICIT_MAX_POSITIONS
@@ -97,9 +97,9 @@ def test_estimate_grows_quadratically_with_the_grid():
 
 
 def test_fit_check_says_why_a_forward_will_not_fit(monkeypatch):
-    import danet.memory
+    import danet.inspection.memory
 
-    monkeypatch.setattr(danet.memory, "available_bytes", lambda device="cpu": 2 ** 30)   # 1 GiB free
+    monkeypatch.setattr(danet.inspection.memory, "available_bytes", lambda device="cpu": 2 ** 30)   # 1 GiB free
     config = create_model(backbone="mobilenetv2_100", num_classes=11, head_channels=16).config
     assert check_forward_fits(config, 64, 64) is None
     message = check_forward_fits(config, 2048, 4096)

@@ -1,4 +1,4 @@
-"""Online hard example mining in ``danet.train``: which pixels it keeps, and that the loss is
+"""Online hard example mining in ``danet.jobs.train``: which pixels it keeps, and that the loss is
 cross-entropy over exactly those pixels."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from danet.data.camvid import IGNORE_INDEX
-from danet.train import hard_pixels, seg_loss
+from danet.jobs.train import hard_pixels, seg_loss
 
 
 def _logits_for(probabilities: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 
 from danet.models import create_model
 from danet.models.registry import normalisation
-from danet.pretrained import _tensors, imagenet_file, load_imagenet_backbone
+from danet.models.pretrained import _tensors, imagenet_file, load_imagenet_backbone
 
 
 @pytest.mark.parametrize("backbone, package", [

@@ -1,4 +1,4 @@
-"""``python -m danet.weights.publish``: the card's val figure is measured on the file as shipped."""
+"""``python -m danet.jobs.publish``: the card's val figure is measured on the file as shipped."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from safetensors import safe_open
 
 import danet
 from conftest import make_camvid_like, save_tiny
-from danet.evaluate import evaluate_loaded
-from danet.weights.publish import publish
+from danet.jobs.evaluate import evaluate_loaded
+from danet.jobs.publish import publish
 
 
 def test_publish_measures_the_shipped_file(tmp_path, tiny_camvid_model):

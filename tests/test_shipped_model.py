@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import danet
-from danet.evaluate import evaluate_model
+from danet.jobs.evaluate import evaluate_model
 from danet.weights import default_weights_path
 
 

@@ -9,9 +9,9 @@ import torch
 
 from conftest import make_camvid_like
 from danet.data.camvid import SegmentationDataset
-from danet.evaluate import evaluate_model
-from danet.metrics import confusion_matrix, scores
-from danet.train import TrainConfig, build, class_weights, seg_loss, train
+from danet.jobs.evaluate import evaluate_model
+from danet.analysis.metrics import confusion_matrix, scores
+from danet.jobs.train import TrainConfig, build, class_weights, seg_loss, train
 
 
 def tiny_config(data, out, **kw):

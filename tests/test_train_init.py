@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_camvid_like
 from danet.errors import InputError
-from danet.train import TrainConfig, build, param_groups, train
+from danet.jobs.train import TrainConfig, build, param_groups, train
 
 TINY = dict(backbone="mobilenetv2_100", head_channels=16, imagenet=False, batch_size=2, crop=(32, 48),
             scale=(1.0, 1.0), warmup_steps=1, class_weights="none", threads=1, device="cpu")

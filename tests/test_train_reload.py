@@ -7,7 +7,7 @@ import torch
 import danet
 from conftest import make_camvid_like
 from danet.models import normalisation
-from danet.train import TrainConfig, build, train
+from danet.jobs.train import TrainConfig, build, train
 
 
 def test_one_training_step_reloads_with_equal_outputs(tmp_path):

@@ -12,12 +12,12 @@ Modules, one job each (definitions with formulas in docs/measures.md):
 
 Everything here is read-only on the model and the result; nothing imports a UI library.
 """
-from .ablation import Ablation, ablate, head_logits
-from .cam import CamSaturation, cam_saturation, mixed_channels
-from .contribution import Contribution, contribution, contribution_sentence, percent
-from .knockout import Knockout, knockout_curve
-from .specificity import Specificity, query_specificity, specificity_from_qk
-from .summary import ImageMeasures, measure_image
+from danet.analysis.ablation import Ablation, ablate, head_logits
+from danet.analysis.cam import CamSaturation, cam_saturation, mixed_channels
+from danet.analysis.contribution import Contribution, contribution, contribution_sentence, percent
+from danet.analysis.knockout import Knockout, knockout_curve
+from danet.analysis.specificity import Specificity, query_specificity, specificity_from_qk
+from danet.analysis.summary import ImageMeasures, measure_image
 
 __all__ = ["Ablation", "ablate", "head_logits", "CamSaturation", "cam_saturation", "mixed_channels",
            "Contribution", "contribution", "contribution_sentence", "percent", "Knockout", "knockout_curve",

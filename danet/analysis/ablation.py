@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError, LabelMapError
-from ..metrics import confusion_matrix, scores
-from ..models.attention import pam_aggregate
-from .common import as_tensor, require
+from danet.errors import InputError, LabelMapError
+from danet.analysis.metrics import confusion_matrix, scores
+from danet.models.attention import pam_aggregate
+from danet.analysis.common import as_tensor, require
 
 OUTPUTS = ("fused", "pam", "cam")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from danet.errors import InputError
 
 ONE_HOT_PERPLEXITY = 1.1
 ONE_HOT_SHARE = 0.9

@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..errors import InputError
+from danet.errors import InputError
 
 # One block of softmax rows holds at most this many elements (16 MiB in fp32), whatever N is,
 # so every pass over the attention matrix runs in O(block * N) memory.
@@ -18,7 +18,7 @@ def require(result, *names: str) -> None:
     missing = [name for name in names if getattr(result, name, None) is None]
     if missing:
         raise InputError(f"this inspection result has no {', '.join(missing)}: it was not made by "
-                         f"danet.inspection.inspect_image; inspect the image again")
+                         f"danet.inspection.result.inspect_image; inspect the image again")
 
 
 def as_tensor(array) -> torch.Tensor:

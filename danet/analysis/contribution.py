@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..models.attention import pam_aggregate
-from .common import as_tensor, require
+from danet.errors import InputError
+from danet.models.attention import pam_aggregate
+from danet.analysis.common import as_tensor, require
 
 
 @dataclass(frozen=True)

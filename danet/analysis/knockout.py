@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .ablation import check_model
-from .common import as_tensor, check_cell, require
+from danet.errors import InputError
+from danet.analysis.ablation import check_model
+from danet.analysis.common import as_tensor, check_cell, require
 
 MAX_K = 64
 DRAWS = 5

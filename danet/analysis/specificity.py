@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .common import as_tensor, require, row_blocks
+from danet.errors import InputError
+from danet.analysis.common import as_tensor, require, row_blocks
 
 MAX_QUERIES = 4096
 # The second pass reuses the first pass's rows when they take at most this much (the model's own

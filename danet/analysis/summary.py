@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cam import CamSaturation, cam_saturation
-from .contribution import Contribution, contribution
-from .specificity import MAX_QUERIES, Specificity, query_specificity
+from danet.analysis.cam import CamSaturation, cam_saturation
+from danet.analysis.contribution import Contribution, contribution
+from danet.analysis.specificity import MAX_QUERIES, Specificity, query_specificity
 
 
 @dataclass(frozen=True)

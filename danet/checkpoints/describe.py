@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models import DANet
-from .layouts import LAYOUTS_BY_NAME, Layout, dilation_name
-from .meta import LoadedModel
+from danet.models import DANet
+from danet.checkpoints.layouts import LAYOUTS_BY_NAME, Layout, dilation_name
+from danet.checkpoints.meta import LoadedModel
 
 
 def layer4_dilations(model: DANet) -> list[int] | None:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.palettes import DATASETS, DatasetInfo, generic_dataset
+from danet.data.palettes import DATASETS, DatasetInfo, generic_dataset
 
 # Our head, module by module (relative to ``head.``). Each public layout renames these.
 OUR_HEAD_MODULES = (

@@ -9,19 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..data.palettes import DatasetInfo
-from ..device import select_device
-from ..errors import CheckpointError
-from ..models import DANet, DANetConfig
-from ..models.registry import TIMM_BACKBONES, normalisation
-from .layouts import DANET_LENS, MetaHints, dilation_name
-from .mapping import Mapped, detect_layout, infer_architecture, map_to_ours, unwrap
-from .meta import METADATA_FORMAT, LoadedModel, ModelMeta
-from .read import RawCheckpoint, read_checkpoint
-from .resolve import apply_overrides, read_own_meta, resolve_dataset, resolve_dilation
-from .strict import build_empty, load_strict
+from danet.data.palettes import DatasetInfo
+from danet.runtime.device import select_device
+from danet.errors import CheckpointError
+from danet.models import DANet, DANetConfig
+from danet.models.registry import TIMM_BACKBONES, normalisation
+from danet.checkpoints.layouts import DANET_LENS, MetaHints, dilation_name
+from danet.checkpoints.mapping import Mapped, detect_layout, infer_architecture, map_to_ours, unwrap
+from danet.checkpoints.meta import METADATA_FORMAT, OWN_META_KEY, LoadedModel, ModelMeta
+from danet.checkpoints.read import RawCheckpoint, read_checkpoint
+from danet.checkpoints.resolve import apply_overrides, read_own_meta, resolve_dataset, resolve_dilation
+from danet.checkpoints.strict import build_empty, load_strict
 
-OWN_META_KEY = "danet_lens"     # a training run's last.pt carries its ModelMeta strings here
 
 
 def _own_header(raw: RawCheckpoint) -> dict[str, str] | None:

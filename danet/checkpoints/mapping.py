@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.backbones import RESNET_LAYERS
-from ..errors import CheckpointError
-from .layouts import LAYOUTS, Layout, stem_style, to_foreign, to_ours
+from danet.models.backbones import RESNET_LAYERS
+from danet.errors import CheckpointError
+from danet.checkpoints.layouts import LAYOUTS, Layout, stem_style, to_foreign, to_ours
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")   # where training code nests weights
 MAX_LISTED = 5
@@ -183,7 +183,7 @@ def infer_architecture(mapped: Mapped, timm_candidates=()) -> Architecture:
 
 def _match_timm(mapped: Mapped, candidates) -> str:
     """Our timm backbones leave no name in a bare state dict: try the ones we train."""
-    from ..models.backbones import TimmBackbone
+    from danet.models.backbones import TimmBackbone
 
     wanted = {k[len("backbone."):]: tuple(v.shape) for k, v in mapped.state.items() if k.startswith("backbone.")}
     wanted = {k: v for k, v in wanted.items() if not k.endswith("num_batches_tracked")}

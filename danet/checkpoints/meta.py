@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.palettes import DatasetInfo, generic_dataset, get_dataset
-from ..models import IMAGENET_MEAN, IMAGENET_STD, DANet, DANetConfig
+from danet.data.palettes import DatasetInfo, generic_dataset, get_dataset
+from danet.models import IMAGENET_MEAN, IMAGENET_STD, DANet, DANetConfig
 
 METADATA_FORMAT = "danet-lens/1"
+OWN_META_KEY = "danet_lens"     # a training run's last.pt carries its ModelMeta strings here
 
 
 @dataclass

@@ -4,7 +4,7 @@ The format is decided from the first bytes, never from the name alone; safetenso
 first, since about one valid header length in 32 starts with the byte a pickle starts with.
 
 Every pickle (torch zip or legacy) is unpickled in a short-lived child process with memory,
-CPU and wall-clock limits (``sandbox.py``): ``weights_only`` stops code from running, but not a
+CPU and wall-clock limits (``isolated.py`` on ``danet.safety.sandbox``): ``weights_only`` stops code from running, but not a
 pickle that crashes the unpickler, hashes quadratically or allocates what it likes. The child
 hands back only checked tensors and bounded plain metadata. Safetensors files are read here,
 in-process, but only after their header has passed ``check_safetensors_header``: a bounded
@@ -33,8 +33,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 
-from ..errors import CheckpointError
-from ..regular_file import FileRefused, open_regular as open_regular_file
+from danet.errors import CheckpointError
+from danet.safety.paths import FileRefused, open_regular as open_regular_file
 
 # ---- bounds on what a checkpoint may declare (all far above any real DANet) ------------------
 MAX_FILE_BYTES = 4 << 30          # 4 GiB: ResNet-152 DANet with SGD state is ~0.7 GB
@@ -325,9 +325,10 @@ def read_checkpoint(source: str | Path | bytes, name: str | None = None, *, isol
     """Open a path or in-memory bytes (e.g. an upload) as safetensors or a PyTorch pickle.
 
     Pickles are always parsed in the sandbox's child process; safetensors too when ``isolate``
-    (default: ``sandbox.ISOLATE_SAFETENSORS``).
+    (default: ``isolated.ISOLATE_SAFETENSORS``).
     """
-    from . import sandbox
+    from danet.checkpoints import isolated
+    from danet.safety import sandbox
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, path = bytes(source), None
@@ -347,9 +348,9 @@ def read_checkpoint(source: str | Path | bytes, name: str | None = None, *, isol
     safetensors_name = name.lower().endswith(".safetensors")
     if kind == "unknown" or (kind != "safetensors" and safetensors_name):
         raise _not_a_checkpoint(name, head, safetensors_name)
-    isolate = sandbox.ISOLATE_SAFETENSORS if isolate is None else isolate
+    isolate = isolated.ISOLATE_SAFETENSORS if isolate is None else isolate
     if kind == "safetensors" and not isolate:
         return read_safetensors(data, path, name, size)
     if not sandbox.SUPPORTED:
         return read_in_process(data if data is not None else path, name, size, head)
-    return sandbox.read_isolated(data if data is not None else path, name, size)
+    return isolated.read_isolated(data if data is not None else path, name, size)

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..models import DANet
-from .meta import ModelMeta
+from danet.models import DANet
+from danet.checkpoints.meta import ModelMeta
 
 
 def save_model(model: DANet, meta: ModelMeta, path: str | Path, dtype: torch.dtype | None = None) -> None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import CheckpointError
-from ..models import DANet, DANetConfig
-from .layouts import to_foreign
-from .mapping import Mapped, listed
+from danet.errors import CheckpointError
+from danet.models import DANet, DANetConfig
+from danet.checkpoints.layouts import to_foreign
+from danet.checkpoints.mapping import Mapped, listed
 
 
 def _foreign(mapped: Mapped, key: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from . import attention, checkpoints, evaluate, predict, stats, train
+from danet.cli import attention, checkpoints, evaluate, predict, stats, train
 
 HELP = "DANet attention inspector: train, evaluate, predict, export attention, convert and describe checkpoints."
 

@@ -1,4 +1,4 @@
 """``python -m danet.cli``, the same as the ``danet`` command."""
-from . import main
+from danet.cli import main
 
 main()

@@ -1,7 +1,7 @@
 """``danet attention`` (PAM maps, CAM matrix and channel maps as files), ``danet figure`` (the
 paper-style figure) and ``danet measures`` (does attention matter here, and is it specific?), all
-for one image and its query points; the work is in ``danet.attention_export`` and
-``danet.measures_export``."""
+for one image and its query points; the work is in ``danet.jobs.attention`` and
+``danet.jobs.measures``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +10,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..attention_export import check_figure_path, export_attention, export_figure, read_query
-from ..batch import prepare_output_dir
-from ..measures_export import measure_query, write_measures
-from .errors import reports_errors, warn
-from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.jobs.attention import check_figure_path, export_attention, export_figure, read_query
+from danet.safety.outputs import prepare_output_dir
+from danet.jobs.measures import measure_query, write_measures
+from danet.cli.errors import reports_errors, warn
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 Image = Annotated[Path, typer.Argument(metavar="IMAGE", help="image file", show_default=False)]
 Points = Annotated[List[str], typer.Option("--point", metavar="X,Y", help="query pixel X,Y in the file's pixels (repeat for more points)")]

@@ -9,11 +9,11 @@ from typing import Optional
 
 import typer
 
-from ..checkpoints import convert as convert_checkpoint, describe
-from ..errors import InputError
-from ..weights import ModelCard, default_card
-from .errors import reports_errors, warn
-from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.checkpoints import convert as convert_checkpoint, describe
+from danet.errors import InputError
+from danet.weights import ModelCard, default_card
+from danet.cli.errors import reports_errors, warn
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 @reports_errors

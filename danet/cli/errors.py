@@ -12,8 +12,8 @@ from typing import Callable, Iterator, NoReturn, TypeVar
 
 import typer
 
-from ..batch import one_line
-from ..errors import DanetError
+from danet.errors import one_line
+from danet.errors import DanetError
 
 REPORTED = (DanetError, OSError)
 F = TypeVar("F", bound=Callable)

@@ -1,5 +1,5 @@
 """``danet evaluate``: scores of any loadable checkpoint on a CamVid-layout folder
-(``danet.evaluate.evaluate_loaded``), with the model options every other command takes; under
+(``danet.jobs.evaluate.evaluate_loaded``), with the model options every other command takes; under
 ``torchrun`` the images are shared across the processes and rank 0 prints the merged scores."""
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from .. import distributed
-from ..batch import describe_model, save_json
-from ..errors import InputError
-from ..evaluate import evaluate_loaded, scores_record
-from .errors import reports_errors
-from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.runtime import distributed
+from danet.jobs.inputs import describe_model
+from danet.safety.outputs import save_json
+from danet.errors import InputError
+from danet.jobs.evaluate import evaluate_loaded, scores_record
+from danet.cli.errors import reports_errors
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 def parse_scales(text: str) -> tuple[float, ...]:

@@ -11,14 +11,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import distributed
-from ..checkpoints.layouts import DILATION_ALIASES, DILATIONS
-from ..checkpoints.meta import LoadedModel
-from ..data.palettes import DATASETS
-from ..device import select_device
-from ..errors import DanetError, InputError
-from ..loader import load
-from .errors import fail, warn
+from danet.runtime import distributed
+from danet.checkpoints.layouts import DILATION_ALIASES, DILATIONS
+from danet.checkpoints.meta import LoadedModel
+from danet.data.palettes import DATASETS
+from danet.runtime.device import select_device
+from danet.errors import DanetError, InputError
+from danet.loader import load
+from danet.cli.errors import fail, warn
 
 FROM_FILE = "default: what the file records, else its layout's"
 

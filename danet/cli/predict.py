@@ -1,4 +1,4 @@
-"""``danet predict``: colour masks and overlays for many images (``danet.predict.predict_images``);
+"""``danet predict``: colour masks and overlays for many images (``danet.jobs.predict.predict_images``);
 under ``torchrun`` the images are shared across the processes and rank 0 writes the manifest."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from .. import distributed
-from ..batch import collect_images
-from ..predict import predict_images
-from .errors import fail, reports_errors
-from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.runtime import distributed
+from danet.jobs.inputs import collect_images
+from danet.jobs.predict import predict_images
+from danet.cli.errors import fail, reports_errors
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 @reports_errors

@@ -1,6 +1,6 @@
 """``danet attention-stats``: same-class attention mass and lift, entropy, distance, specificity and PAM
 contribution per class, a module ablation, and the per-image measures' means
-(``danet.stats_report.write_attention_stats``), shown as two tables and a few sentences; under ``torchrun``
+(``danet.jobs.attention_stats.write_attention_stats``), shown as two tables and a few sentences; under ``torchrun``
 the images are shared across the processes and rank 0 writes and prints the merged result."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import distributed
-from ..stats_report import overall_sentences, write_attention_stats
-from .errors import reports_errors
-from .options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.runtime import distributed
+from danet.jobs.attention_stats import overall_sentences, write_attention_stats
+from danet.cli.errors import reports_errors
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 @reports_errors

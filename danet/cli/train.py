@@ -1,4 +1,4 @@
-"""``danet train``: DANet on a CamVid-layout folder (``danet.train.train``), resumable; data-parallel
+"""``danet train``: DANet on a CamVid-layout folder (``danet.jobs.train.train``), resumable; data-parallel
 when launched by ``torchrun`` (``docs/distributed.md``)."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Optional
 
 import typer
 
-from .. import distributed
-from ..errors import InputError
-from ..train import TrainConfig, train as run_training
-from .errors import reports_errors
-from .options import Device
+from danet.runtime import distributed
+from danet.errors import InputError
+from danet.jobs.train import TrainConfig, train as run_training
+from danet.cli.errors import reports_errors
+from danet.cli.options import Device
 
 
 def parse_crop(text: str) -> tuple[int, int]:

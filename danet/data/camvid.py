@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageLoadError, LabelMapError
-from ..models import IMAGENET_MEAN, IMAGENET_STD
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_first_frame, load_image, read_source
+from danet.errors import ImageLoadError, LabelMapError
+from danet.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise
+from danet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_first_frame, load_image, read_source
 
 IGNORE_INDEX = 11
 DATASET_MAX_PIXELS = DEFAULT_MAX_PIXELS
@@ -126,12 +126,6 @@ class SegmentationAugment:
             image = (image - image.mean()) * contrast + image.mean()
             image = np.clip(image * brightness, 0, 255)
         return image.astype(np.uint8), np.ascontiguousarray(label)
-
-
-def normalise(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """HxWx3 uint8 -> (3, H, W) normalised float tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 class SegmentationDataset(torch.utils.data.Dataset):

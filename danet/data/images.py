@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError
-from ..regular_file import FileRefused, open_regular
+from danet.errors import ImageLoadError
+from danet.safety.paths import FileRefused, open_regular
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
 MAX_DECODE_PIXELS = 64 * 1024 * 1024      # 8192 x 8192: above this a file is treated as a bomb

@@ -5,7 +5,7 @@ at most ~4 s of decoding), but within them one upload can still hold a core and 
 MB for seconds, and a decoder bug (a crash in libjpeg/libpng/libwebp) would take the whole
 process with it. A server that many people share (the Streamlit app) therefore decodes uploads
 through ``load_image_isolated`` / ``load_label_map_isolated``: the child is forked by the
-checkpoint sandbox's fork server (``danet.checkpoints.sandbox.run_limited``: ``RLIMIT_AS``,
+sandbox's fork server (``danet.safety.sandbox.run_limited``: ``RLIMIT_AS``,
 ``RLIMIT_CPU``, a wall-clock kill), decodes with exactly the in-process rules, and hands back
 only a checked uint8 / int64 array and its notices. The caller waits on a pipe (no lock, no
 GIL held), so other sessions are not slowed, and whatever the child does ends as the loader's
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, ImageLoadError, LabelMapError
-from .images import DEFAULT_MAX_PIXELS, MIN_SIDE, LoadedImage, load_image
-from .labels import load_label_map
+from danet.errors import ImageLoadError, LabelMapError
+from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, LoadedImage, load_image
+from danet.data.labels import load_label_map
+from danet.safety import sandbox
 
 MEMORY_MB = 2048
 """Address space the child may add: a 64 MP 16-bit RGBA TIFF is 512 MB decoded, plus its conversions."""
@@ -34,31 +35,25 @@ WALL_LIMIT_S = 60
 """Wall seconds, looser than CPU time because a busy machine shares its cores."""
 
 
-def _limits():
-    from ..checkpoints.sandbox import Limits
-
-    return Limits(MEMORY_MB, CPU_LIMIT_S, WALL_LIMIT_S)
+def _limits() -> sandbox.Limits:
+    return sandbox.Limits(MEMORY_MB, CPU_LIMIT_S, WALL_LIMIT_S)
 
 
 def _supported() -> bool:
-    from ..checkpoints import sandbox
-
     return sandbox.SUPPORTED
 
 
 def _run(kind: str, data: bytes, name: str, params: dict, error) -> tuple[np.ndarray, dict]:
     """Decode ``data`` in a child; (array, info) or ``error`` with one line."""
-    from ..checkpoints.sandbox import run_limited
-
     folder = tempfile.mkdtemp(prefix="danet-decode-")            # private (0700), removed below
     try:
         path = os.path.join(folder, "input")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
             handle.write(data)
         try:
-            code = run_limited(f"{__name__}:_decode_child", [kind, path, folder, json.dumps(params)],
+            code = sandbox.run_limited(f"{__name__}:_decode_child", [kind, path, folder, json.dumps(params)],
                                _limits(), name, folder)
-        except CheckpointError as exc:                # crash, hang, CPU or memory limit: one line
+        except sandbox.SandboxError as exc:                # crash, hang, CPU or memory limit: one line
             raise error(str(exc)) from None
         info_path = os.path.join(folder, "info.json")
         if code != 0 or not os.path.isfile(info_path):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UnknownNameError
+from danet.errors import UnknownNameError
 
 
 @dataclass(frozen=True)

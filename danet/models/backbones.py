@@ -136,7 +136,7 @@ class TimmBackbone(nn.Module):
     """The deepest feature map of a ``timm`` model built with ``features_only``.
 
     Weights are never downloaded here: ImageNet initialisation is a separate training-time
-    step (``danet.pretrained``).
+    step (``danet.models.pretrained``).
     """
 
     def __init__(self, name: str, output_stride: int = 8):

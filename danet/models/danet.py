@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import DilatedResNet, TimmBackbone
-from .head import DAHead
-from .registry import BACKBONES, register_model
+from danet.models.backbones import DilatedResNet, TimmBackbone
+from danet.models.head import DAHead
+from danet.models.registry import BACKBONES, register_model
 
 
 @dataclass(frozen=True)

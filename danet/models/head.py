@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .attention import ChannelAttention, PositionAttention
+from danet.models.attention import ChannelAttention, PositionAttention
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -13,12 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import UnknownNameError
+from danet.data.normalise import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+from danet.errors import UnknownNameError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)          # TF EfficientNet-Lite was trained on [-1, 1] inputs
-INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@
 //   column  exp(q_i . k_j - lse_i) for all i ("who looks here")
 //   region  the mean of the rows (or columns) of the cells inside a dragged box
 // then the display mode of danet_app/display_modes.py, coloured with the same lookup tables as
-// danet.viz. A click (no drag) sends a "pin" trigger to Python; nothing else reruns the script.
+// danet.render.overlays. A click (no drag) sends a "pin" trigger to Python; nothing else reruns the script.
 // What was drawn is exposed as data-* attributes on #danet-attention for the browser tests.
 //
 // The heavy per-image part (image, Q, K, lse, mean row, cell classes) arrives once per session

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from danet.errors import InputError
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:

@@ -3,7 +3,7 @@ PAM attends to same-class pixels, how spread and how far its attention is, per c
 switching PAM or CAM off costs in mIoU and changed pixels; plus the per-image measures of
 ``danet.analysis`` (query specificity, contribution, CAM saturation) per query, per image and overall.
 
-The measures are defined in ``danet.attention_stats`` and docs/measures.md. Files are written under temporary names
+The measures are defined in ``danet.analysis.attention_stats`` and docs/measures.md. Files are written under temporary names
 and renamed; ``summary.json`` comes last and marks a complete run. Under ``torchrun`` the images are shared
 across the processes, merged on every rank, and rank 0 alone writes the folder.
 """
@@ -15,15 +15,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import distributed
-from .analysis.contribution import percent
-from .attention_stats import (IMAGE_COLUMNS, QUERY_COLUMNS, AttentionStats, compute_attention_stats, rows_to_csv,
+from danet.runtime import distributed
+from danet.analysis.contribution import percent
+from danet.analysis.attention_stats import (IMAGE_COLUMNS, QUERY_COLUMNS, AttentionStats, compute_attention_stats, rows_to_csv,
                               select_evenly)
-from .batch import describe_model, prepare_output_dir, save_json, save_text
-from .checkpoints.meta import LoadedModel
-from .data.camvid import list_pairs
-from .errors import InputError
-from .figures import attention_stats_figure, save as save_figure
+from danet.jobs.inputs import describe_model
+from danet.safety.outputs import prepare_output_dir, save_json, save_text
+from danet.checkpoints.meta import LoadedModel
+from danet.data.camvid import list_pairs
+from danet.errors import InputError
+from danet.render.figures import attention_stats_figure, save as save_figure
 
 SUMMARY = "summary.json"
 SUMMARY_COLUMNS = ("class", "queries", "same_class_mass_gt", "same_class_mass_gt_median", "same_class_mass_gt_q25",

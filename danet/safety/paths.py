@@ -6,6 +6,7 @@ descriptor (``fstat``), so a path swapped after a check cannot slip through. Cal
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from contextlib import contextmanager
@@ -43,3 +44,11 @@ def open_regular(path: Path, max_bytes: int) -> Iterator[tuple[int, int]]:
         yield fd, info.st_size
     finally:
         os.close(fd)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

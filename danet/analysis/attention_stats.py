@@ -45,8 +45,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .errors import LabelMapError
-from .metrics import confusion_matrix, scores
+from danet.errors import LabelMapError
+from danet.analysis.metrics import confusion_matrix, scores
 
 VOID = -1
 
@@ -130,7 +130,7 @@ def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray,
         logs = np.where(rows > 0, np.log(np.where(rows > 0, rows, 1.0)), 0.0)
     entropy = -(rows * logs).sum(1)
     if mean_row is not None:
-        from .analysis.specificity import js_and_share
+        from danet.analysis.specificity import js_and_share
 
         mean = torch.as_tensor(np.asarray(mean_row, dtype=np.float64).ravel())
         js, share = (t.numpy() for t in js_and_share(torch.from_numpy(rows), mean / mean.sum()))
@@ -294,9 +294,9 @@ def image_attention_stats(model, meta, index: int, image_path: Path, label_path:
     ``index`` is the image's position in the whole list: the query sampling is seeded by
     ``(seed, index)``, so an image gets the same queries whichever process handles it.
     """
-    from .analysis import head_logits, measure_image
-    from .data.camvid import read_pair
-    from .inspection import inspect_image
+    from danet.analysis import head_logits, measure_image
+    from danet.data.camvid import read_pair
+    from danet.inspection import inspect_image
 
     num_classes = meta.config.num_classes
     if ignore_index is None:
@@ -365,7 +365,7 @@ def merge_parts(parts: Iterable[StatsPart]) -> StatsPart:
 def gather_parts(part: StatsPart) -> StatsPart:
     """Under ``torchrun``: every rank's part merged, on every rank. The confusion matrices and pixel
     counts are summed with an int64 ``all_reduce``; the per-image rows (small) are gathered."""
-    from . import distributed
+    from danet.runtime import distributed
 
     if not distributed.is_active():
         return part
@@ -435,11 +435,11 @@ def compute_attention_stats(model, meta, pairs: list[tuple[Path, Path]], points_
     contribution passes (their columns are then NaN). ``progress`` wraps this process's pairs.
 
     ``distributed`` (default: inside a process group of several ranks, ``torchrun``) shares the
-    images out by ``danet.distributed.shard`` and merges the parts on every rank; every rank must
+    images out by ``danet.runtime.distributed.shard`` and merges the parts on every rank; every rank must
     then call this with the same arguments. Queries are seeded by each image's index in ``pairs``,
     so the result equals one process's.
     """
-    from . import distributed as dist_helpers
+    from danet.runtime import distributed as dist_helpers
 
     sharded = dist_helpers.is_active() if distributed is None else distributed and dist_helpers.is_active()
     indices = list(range(len(pairs)))

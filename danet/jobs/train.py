@@ -23,16 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints.meta import ModelMeta
-from .checkpoints.load import OWN_META_KEY
-from .checkpoints.save import save_model
-from .data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
-from .data.palettes import CAMVID
-from . import distributed
-from .errors import InputError
-from .evaluate import evaluate_model
-from .models import DANet, DANetConfig
-from .models.registry import normalisation
+from danet.checkpoints.meta import ModelMeta
+from danet.checkpoints.meta import OWN_META_KEY
+from danet.checkpoints.save import save_model
+from danet.data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
+from danet.data.palettes import CAMVID
+from danet.runtime import distributed
+from danet.errors import InputError
+from danet.jobs.evaluate import evaluate_model
+from danet.models import DANet, DANetConfig
+from danet.models.registry import normalisation
 
 
 @dataclass
@@ -143,7 +143,7 @@ def build(cfg: TrainConfig) -> DANet:
     if cfg.init:
         initialise_from(model, cfg.init, parts=cfg.init_parts)
     elif cfg.imagenet and not config.is_resnet:
-        from .pretrained import load_imagenet_backbone
+        from danet.models.pretrained import load_imagenet_backbone
         load_imagenet_backbone(model)
     return model
 
@@ -153,7 +153,7 @@ def initialise_from(model: DANet, source: str, parts: str = "all") -> None:
     a trained DANet (``parts="all"``: backbone, widths and classes must agree), or a new head on
     its trained backbone (``"backbone"``: the head keeps its fresh initialisation, alpha = beta = 0,
     and may be of another width). The run's own settings (dropout, schedule, crops) stay the run's."""
-    from .loader import load
+    from danet.loader import load
     if parts not in ("all", "backbone"):
         raise InputError(f"--init-parts must be all or backbone, got {parts!r}")
     loaded = load(source, device="cpu")

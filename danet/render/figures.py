@@ -12,7 +12,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .viz import colorize, point_colour
+from danet.render.overlays import colorize, point_colour
 
 # Editable text in PDF/SVG (TrueType, not paths) and a compact sans font.
 PUBLICATION_RC = {"font.size": 9, "axes.titlesize": 9, "font.family": "DejaVu Sans",
@@ -24,7 +24,7 @@ PANEL_WIDTH = 2.6   # inches per image panel
 
 def save(figure: Figure, path: str | Path, dpi: int = 300) -> None:
     """Write ``figure`` atomically in the format of ``path``'s suffix (png, pdf or svg)."""
-    from .batch import save_figure
+    from danet.safety.outputs import save_figure
 
     suffix = Path(path).suffix.lstrip(".").lower()
     if suffix not in FIGURE_FORMATS:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .device import select_device
-from .errors import InputError
+from danet.runtime.device import select_device
+from danet.errors import InputError
 
 T = TypeVar("T")
 

@@ -13,19 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .memory import check_inspection_fits
-from .models import IMAGENET_MEAN, IMAGENET_STD, DANet
-
-
-def to_tensor(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> normalised (1, 3, H, W) float tensor."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
-    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
-    mean = torch.tensor(mean).view(3, 1, 1)
-    std = torch.tensor(std).view(3, 1, 1)
-    return ((x - mean) / std).unsqueeze(0)
+from danet.errors import InputError
+from danet.inspection.memory import check_inspection_fits
+from danet.data.normalise import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from danet.models import DANet
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """mIoU, per-class IoU, pixel accuracy and confusion matrix over a CamVid-layout folder.
 
-Under ``torchrun`` each process scores its share of the images (``danet.distributed.shard``) and
+Under ``torchrun`` each process scores its share of the images (``danet.runtime.distributed.shard``) and
 the int64 confusion matrices are summed across processes, so the scores are exactly those of one
 process over all images, on every rank.
 """
@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed as dist_helpers
-from .checkpoints.meta import LoadedModel
-from .data.camvid import IGNORE_INDEX, list_pairs, normalise, read_pair
-from .errors import LabelMapError
-from .metrics import confusion_matrix, scores
-from .models import IMAGENET_MEAN, IMAGENET_STD, DANet
+from danet.runtime import distributed as dist_helpers
+from danet.checkpoints.meta import LoadedModel
+from danet.data.camvid import IGNORE_INDEX, list_pairs, normalise, read_pair
+from danet.errors import LabelMapError
+from danet.analysis.metrics import confusion_matrix, scores
+from danet.models import IMAGENET_MEAN, IMAGENET_STD, DANet
 
 
 @torch.inference_mode()

@@ -6,11 +6,11 @@ sha256 and every setting that changes an output (``output_settings``: model sha2
 config, opacity, size limits, package version; the logits dtype when logits are asked for). An
 image whose record matches and whose files are all present is skipped; one whose settings differ
 is redone and the summary says how many and why. The output folder is locked for the run
-(``danet.batch.output_lock``) and every per-image folder is a real folder directly inside it. Consecutive images of one size are batched through
+(``danet.safety.outputs.output_lock``) and every per-image folder is a real folder directly inside it. Consecutive images of one size are batched through
 the model (``batch_size``); on the CPU batch 1 is the default, as batching measured no faster
 there (the convolutions already use every core) while memory grows with the batch.
 
-Under ``torchrun`` each process predicts its share of the images (``danet.distributed.shard``),
+Under ``torchrun`` each process predicts its share of the images (``danet.runtime.distributed.shard``),
 so each image is written once, by one rank; rank 0 gathers the reports and writes the one
 ``manifest.json`` and the legend. Every rank returns the merged report.
 """
@@ -25,14 +25,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed
-from .batch import (OutputBusyError, OutputError, child_folder, collect_images, describe_model, file_sha256, one_line,
-                    output_lock, output_names, prepare_output_dir, read_json, save_json, save_npz, save_png)
-from .checkpoints.meta import LoadedModel
-from .data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
-from .errors import InputError
-from .inspection import to_tensor
-from .viz import colorize, legend, mask_overlay
+from danet.runtime import distributed
+from danet.errors import one_line
+from danet.jobs.inputs import collect_images, describe_model, output_names
+from danet.safety.outputs import OutputBusyError, OutputError, child_folder, output_lock, prepare_output_dir, read_json, save_json, save_npz, save_png
+from danet.safety.paths import file_sha256
+from danet.checkpoints.meta import LoadedModel
+from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
+from danet.errors import InputError
+from danet.inspection import to_tensor
+from danet.render.overlays import colorize, legend, mask_overlay
 
 OUTPUTS = ("fused", "pam", "cam")
 RECORD = "prediction.json"
@@ -81,7 +83,7 @@ def expected_files(save_logits: bool) -> list[str]:
 def output_settings(loaded: LoadedModel, model_sha: str, opacity: float) -> dict:
     """Every setting besides the image that changes an output: a rerun redoes images whose
     record holds other values (the logits dtype is compared separately, only when asked for)."""
-    from . import __version__        # at call time: the package finishes importing first
+    from danet import __version__        # at call time: the package finishes importing first
 
     meta = loaded.meta
     return {"model_sha256": model_sha, "config": meta.config.to_dict(), "dataset": meta.dataset.name,

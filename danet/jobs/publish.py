@@ -1,6 +1,6 @@
 """Make a trained model the shipped default, its card measured rather than copied.
 
-    python -m danet.weights.publish runs/x/best.safetensors --data ../shared/data/camvid \\
+    python -m danet.jobs.publish runs/x/best.safetensors --data ../shared/data/camvid \\
         --command "danet train ..." --history "1: 71.1, ..." --note "..."
 
 The file is loaded through ``danet.load`` (every check a stranger's file gets), evaluated on val
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.save import save_model
-from ..evaluate import evaluate_loaded, scores_record
-from ..loader import load
-from . import default_card, default_weights_path
+from danet.checkpoints.save import save_model
+from danet.jobs.evaluate import evaluate_loaded, scores_record
+from danet.loader import load
+from danet.weights import default_card, default_weights_path
 
 EVALUATED_WITH = ("danet evaluate --data ../shared/data/camvid --split val "
                   "(single scale, no flip, fp16 weights as shipped)")

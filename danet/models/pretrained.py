@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .models import DANet
-from .models.registry import BACKBONES
+from danet.errors import InputError
+from danet.models import DANet
+from danet.models.registry import BACKBONES
 
 def imagenet_file(backbone: str) -> Path:
     """The installed ImageNet ``.pth`` for ``backbone`` (see ``BACKBONES``); never downloads."""

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import attention
-from .models.attention import ChannelAttention, PositionAttention
-from .models.danet import DANet, DANetConfig
+from danet.models import attention
+from danet.models.attention import ChannelAttention, PositionAttention
+from danet.models.danet import DANet, DANetConfig
 
 
 ALLOCATOR_SLACK = {"cpu": 1.6, "cuda": 1.2}   # process memory / live tensors (see module docstring)
@@ -277,7 +277,7 @@ def check_inspection_fits(config: DANetConfig, image_size: tuple[int, int], devi
     1 MP are 1.8 GB) on top of the network's own peak. Returns the estimate when it fits in
     ``headroom`` of the free memory; raises ``InputError`` naming the sizes otherwise.
     """
-    from .errors import InputError
+    from danet.errors import InputError
 
     width, height = (int(v) for v in image_size)
     estimate = estimate_forward(config, height, width, device)

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .batch import (OutputError, check_points, clean_stale_partials, describe_model, file_sha256, output_lock,
-                    parse_point, prepare_output_dir, save_json, save_npy, save_png, save_text)
-from .checkpoints.meta import LoadedModel
-from .data.images import ImageLoadError, LoadedImage, load_image
-from .errors import InputError
-from .figures import FIGURE_FORMATS, attention_figure, cam_matrix_figure, save as save_figure
-from .inspection import InspectionResult, inspect_image
-from .viz import heatmap, heatmap_overlay, mark_points
+from danet.jobs.inputs import check_points, describe_model, parse_point
+from danet.safety.outputs import OutputError, clean_stale_partials, output_lock, prepare_output_dir, save_json, save_npy, save_png, save_text
+from danet.safety.paths import file_sha256
+from danet.checkpoints.meta import LoadedModel
+from danet.data.images import ImageLoadError, LoadedImage, load_image
+from danet.errors import InputError
+from danet.render.figures import FIGURE_FORMATS, attention_figure, cam_matrix_figure, save as save_figure
+from danet.inspection import InspectionResult, inspect_image
+from danet.render.overlays import heatmap, heatmap_overlay, mark_points
 
 MANIFEST = "manifest.json"
 
@@ -92,7 +93,7 @@ def export_attention(loaded: LoadedModel, query: Query, out: str | Path, *, chan
 
 def _write_attention(loaded, query, result, out, model_info, channels, channels_total, opacity, top_k,
                      progress) -> dict:
-    from . import __version__
+    from danet import __version__
 
     try:
         (out / MANIFEST).unlink(missing_ok=True)   # the old manifest must not vouch for new files

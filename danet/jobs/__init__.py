@@ -1,0 +1,1 @@
+"""What each command runs, as a function: one module per CLI command, writing into one output folder."""

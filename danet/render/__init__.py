@@ -1,0 +1,1 @@
+"""Pictures of results: numpy overlays (``overlays``) and matplotlib figures without pyplot (``figures``)."""

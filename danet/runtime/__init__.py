@@ -1,0 +1,1 @@
+"""Where the library runs: the one device rule and running under torchrun."""
