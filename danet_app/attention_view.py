@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from danet.render import overlays as viz
-from danet.analysis.attention_stats import grid_labels
+from danet.maps.grid import grid_labels
 from danet.inspection import InspectionResult
 
 from danet_app import display_modes

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from danet.analysis.attention_stats import grid_labels
+from danet.maps.grid import grid_labels
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
 import json
