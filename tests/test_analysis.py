@@ -9,19 +9,28 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model
 from scipy.spatial.distance import jensenshannon
 
-from conftest import make_tiny_model
-from danet.analysis import (ablate, cam_saturation, contribution, contribution_sentence, head_logits,
-                            knockout_curve, measure_image, mixed_channels, percent, query_specificity,
-                            specificity_from_qk)
-from danet.analysis.common import row_blocks
+from danet.analysis import (
+    ablate,
+    cam_saturation,
+    contribution,
+    contribution_sentence,
+    head_logits,
+    knockout_curve,
+    measure_image,
+    mixed_channels,
+    percent,
+    query_specificity,
+    specificity_from_qk,
+)
+from danet.analysis.attention_stats import switched_off
 from danet.analysis.contribution import cam_contribution, pam_contribution
 from danet.analysis.knockout import Knockout, removed_context
-from danet.analysis.attention_stats import switched_off
+from danet.analysis.metrics import confusion_matrix, scores
 from danet.errors import DanetError, InputError, LabelMapError
 from danet.inspection import inspect_image, to_tensor
-from danet.analysis.metrics import confusion_matrix, scores
 
 IMAGE_SIZE = (64, 96)                 # -> an 8 x 12 feature grid at output stride 8
 
@@ -125,15 +134,6 @@ def test_large_grids_are_sampled_with_a_seed():
     np.testing.assert_allclose(one.sinks.ravel(), rows.mean(0), rtol=1e-5)
     with pytest.raises(DanetError, match="max_queries"):
         specificity_from_qk(query, key, (6, 8), max_queries=0)
-
-
-def test_row_blocks_cover_every_query_in_small_chunks():
-    generator = torch.Generator().manual_seed(3)
-    query, key = torch.randn(10, 3, generator=generator), torch.randn(10, 3, generator=generator)
-    blocks = list(row_blocks(query, key, chunk_elements=25))          # 2 rows at a time
-    assert len(blocks) == 5
-    stacked = torch.cat([rows for _, _, rows in blocks])
-    np.testing.assert_allclose(stacked.numpy(), explicit_rows(query, key), atol=1e-6)
 
 
 def test_specificity_of_a_result_uses_its_rows(result):

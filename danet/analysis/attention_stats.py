@@ -38,17 +38,16 @@ import copy
 import csv
 import io
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from danet.errors import LabelMapError
 from danet.analysis.metrics import confusion_matrix, scores
+from danet.errors import LabelMapError
 from danet.maps.grid import VOID, cell_centres, grid_labels, pixel_cells  # noqa: F401  (re-exported)
-
 
 QUERY_COLUMNS = ("image", "row", "col", "x", "y", "gt_class", "pred_class", "same_class_mass_gt",
                  "chance_gt", "same_class_mass_pred", "chance_pred", "entropy", "entropy_normalised",
@@ -228,11 +227,11 @@ class StatsPart:
     images: dict[int, tuple[dict, dict[str, list]]] = field(default_factory=dict)  # index -> (row, query columns)
 
     @classmethod
-    def empty(cls, variants, num_classes: int) -> "StatsPart":
+    def empty(cls, variants, num_classes: int) -> StatsPart:
         return cls({name: {o: np.zeros((num_classes, num_classes), np.int64) for o in ("fused", "pam", "cam")}
                     for name, _, _ in variants}, {name: 0 for name, _, _ in variants})
 
-    def add(self, other: "StatsPart") -> "StatsPart":
+    def add(self, other: StatsPart) -> StatsPart:
         """Add ``other``'s counts and images into this part (in place); an image index seen twice is
         a bug in the sharding, so it raises."""
         overlap = self.images.keys() & other.images.keys()

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from danet.errors import InputError
 from danet.analysis.ablation import check_model
-from danet.analysis.common import as_tensor, check_cell, require
+from danet.analysis.common import as_tensor, require
+from danet.errors import InputError
 
 MAX_K = 64
 DRAWS = 5
@@ -171,7 +171,7 @@ def knockout_curve(model, result, point: tuple[float, float] | None = None, *, c
             cell = result.pixel_to_cell(*point)
         except ValueError as error:
             raise InputError(str(error)) from None
-    cell = check_cell(cell, result.grid_size)
+    cell = result.grid.check_cell(cell)
     n = result.num_positions
     if n < 2:
         raise InputError("a knockout needs a feature grid of at least 2 cells")

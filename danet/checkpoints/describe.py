@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from danet.models import DANet
 from danet.checkpoints.layouts import LAYOUTS_BY_NAME, Layout, dilation_name
 from danet.checkpoints.meta import LoadedModel
+from danet.models import Segmentor
 
 
-def layer4_dilations(model: DANet) -> list[int] | None:
+def layer4_dilations(model: Segmentor) -> list[int] | None:
     """Dilation of each layer4 block's 3x3 conv (None for timm backbones)."""
     layer4 = getattr(model.backbone, "layer4", None)
     if layer4 is None:

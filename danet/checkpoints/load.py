@@ -9,18 +9,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from danet.data.palettes import DatasetInfo
-from danet.runtime.device import select_device
-from danet.errors import CheckpointError
-from danet.models import DANet, DANetConfig
-from danet.models.registry import TIMM_BACKBONES, normalisation
 from danet.checkpoints.layouts import DANET_LENS, MetaHints, dilation_name
-from danet.checkpoints.mapping import Mapped, detect_layout, infer_architecture, map_to_ours, unwrap
+from danet.checkpoints.mapping import (
+    Mapped,
+    detect_layout,
+    infer_architecture,
+    map_to_ours,
+    unwrap,
+)
 from danet.checkpoints.meta import METADATA_FORMAT, OWN_META_KEY, LoadedModel, ModelMeta
 from danet.checkpoints.read import RawCheckpoint, read_checkpoint
-from danet.checkpoints.resolve import apply_overrides, read_own_meta, resolve_dataset, resolve_dilation
+from danet.checkpoints.resolve import (
+    apply_overrides,
+    read_own_meta,
+    resolve_dataset,
+    resolve_dilation,
+)
 from danet.checkpoints.strict import build_empty, load_strict
-
+from danet.data.palettes import DatasetInfo
+from danet.errors import CheckpointError
+from danet.models import DANetConfig, Segmentor
+from danet.models.registry import TIMM_BACKBONES, normalisation
+from danet.runtime.device import select_device
 
 
 def _own_header(raw: RawCheckpoint) -> dict[str, str] | None:
@@ -35,7 +45,7 @@ def _own_header(raw: RawCheckpoint) -> dict[str, str] | None:
     return None
 
 
-def _load_own(raw: RawCheckpoint, header: dict[str, str], dilation, dataset, align_corners) -> tuple[DANet, ModelMeta, Mapped]:
+def _load_own(raw: RawCheckpoint, header: dict[str, str], dilation, dataset, align_corners) -> tuple[Segmentor, ModelMeta, Mapped]:
     meta = apply_overrides(read_own_meta(header, raw.name), dilation, dataset, align_corners)
     meta.extra = {**meta.extra, "container": "danet-lens safetensors" if raw.header else raw.container}
     if dilation is not None and meta.config.is_resnet:
@@ -50,7 +60,7 @@ def _load_own(raw: RawCheckpoint, header: dict[str, str], dilation, dataset, ali
     return model, meta, mapped
 
 
-def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple[DANet, ModelMeta, Mapped]:
+def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple[Segmentor, ModelMeta, Mapped]:
     unwrapped = unwrap(raw.obj)
     layout = detect_layout(unwrapped.state)
     mapped = map_to_ours(unwrapped.state, layout)
@@ -79,12 +89,12 @@ def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple
 
 def load_model(source: str | Path | bytes, *, dilation: str | None = None, dataset: str | DatasetInfo | None = None,
                align_corners: bool | None = None, device: str = "auto", name: str | None = None) -> LoadedModel:
-    """Load a DANet checkpoint of any supported layout, in eval mode on ``device``.
+    """Load a Segmentor checkpoint of any supported layout, in eval mode on ``device``.
 
     Prefer ``danet.load``, which also knows the embedded default. ``source`` is a path or the
     file's bytes (``name`` then labels it in messages). Shapes give the architecture;
     ``dilation``, ``align_corners`` and ``dataset`` override the layout's defaults. Raises
-    ``CheckpointError`` for anything that is not a loadable DANet checkpoint.
+    ``CheckpointError`` for anything that is not a loadable Segmentor checkpoint.
     """
     device = select_device(device)
     raw = read_checkpoint(source, name)

@@ -10,8 +10,9 @@ is built on that kernel here, a block of queries at a time, so nothing ever hold
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch

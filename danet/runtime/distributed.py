@@ -10,16 +10,17 @@ their input.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from danet.runtime.device import select_device
 from danet.errors import InputError
+from danet.runtime.device import select_device
 
 T = TypeVar("T")
 
