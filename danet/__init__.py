@@ -9,35 +9,13 @@ Typical use::
 
 This package never imports streamlit or plotly; the app lives in ``danet_app``.
 """
-from danet.errors import (
-           CheckpointError,
-           DanetError,
-           ImageLoadError,
-           InputError,
-           LabelMapError,
-           UnknownNameError,
-)
+from danet.runtime.device import select_device
+from danet.errors import CheckpointError, DanetError, ImageLoadError, InputError, LabelMapError, UnknownNameError
 from danet.inspection import InspectionResult, inspect_image
 from danet.loader import load
 from danet.models import DANet, DANetConfig, create_model, get_model, list_models
-from danet.runtime.device import select_device
 
-__all__ = [
-           "CheckpointError",
-           "DANet",
-           "DANetConfig",
-           "DanetError",
-           "ImageLoadError",
-           "InputError",
-           "InspectionResult",
-           "LabelMapError",
-           "UnknownNameError",
-           "__version__",
-           "create_model",
-           "get_model",
-           "inspect_image",
-           "list_models",
-           "load",
-           "select_device",
-]
+__all__ = ["load", "inspect_image", "InspectionResult", "select_device", "list_models", "get_model", "create_model",
+           "DANet", "DANetConfig", "DanetError", "CheckpointError", "ImageLoadError", "InputError", "LabelMapError",
+           "UnknownNameError", "__version__"]
 __version__ = "0.2.0"

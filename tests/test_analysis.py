@@ -9,28 +9,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
 from scipy.spatial.distance import jensenshannon
 
-from danet.analysis import (
-    ablate,
-    cam_saturation,
-    contribution,
-    contribution_sentence,
-    head_logits,
-    knockout_curve,
-    measure_image,
-    mixed_channels,
-    percent,
-    query_specificity,
-    specificity_from_qk,
-)
-from danet.analysis.attention_stats import switched_off
+from conftest import make_tiny_model
+from danet.analysis import (ablate, cam_saturation, contribution, contribution_sentence, head_logits,
+                            knockout_curve, measure_image, mixed_channels, percent, query_specificity,
+                            specificity_from_qk)
 from danet.analysis.contribution import cam_contribution, pam_contribution
 from danet.analysis.knockout import Knockout, removed_context
-from danet.analysis.metrics import confusion_matrix, scores
+from danet.analysis.attention_stats import switched_off
 from danet.errors import DanetError, InputError, LabelMapError
 from danet.inspection import inspect_image, to_tensor
+from danet.analysis.metrics import confusion_matrix, scores
 
 IMAGE_SIZE = (64, 96)                 # -> an 8 x 12 feature grid at output stride 8
 

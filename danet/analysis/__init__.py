@@ -14,36 +14,11 @@ Everything here is read-only on the model and the result; nothing imports a UI l
 """
 from danet.analysis.ablation import Ablation, ablate, head_logits
 from danet.analysis.cam import CamSaturation, cam_saturation, mixed_channels
-from danet.analysis.contribution import (
-           Contribution,
-           contribution,
-           contribution_sentence,
-           percent,
-)
+from danet.analysis.contribution import Contribution, contribution, contribution_sentence, percent
 from danet.analysis.knockout import Knockout, knockout_curve
-from danet.analysis.specificity import (
-           Specificity,
-           query_specificity,
-           specificity_from_qk,
-)
+from danet.analysis.specificity import Specificity, query_specificity, specificity_from_qk
 from danet.analysis.summary import ImageMeasures, measure_image
 
-__all__ = [
-           "Ablation",
-           "CamSaturation",
-           "Contribution",
-           "ImageMeasures",
-           "Knockout",
-           "Specificity",
-           "ablate",
-           "cam_saturation",
-           "contribution",
-           "contribution_sentence",
-           "head_logits",
-           "knockout_curve",
-           "measure_image",
-           "mixed_channels",
-           "percent",
-           "query_specificity",
-           "specificity_from_qk",
-]
+__all__ = ["Ablation", "ablate", "head_logits", "CamSaturation", "cam_saturation", "mixed_channels",
+           "Contribution", "contribution", "contribution_sentence", "percent", "Knockout", "knockout_curve",
+           "Specificity", "query_specificity", "specificity_from_qk", "ImageMeasures", "measure_image"]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from danet.analysis.common import require
-from danet.analysis.metrics import confusion_matrix, scores
 from danet.errors import InputError, LabelMapError
+from danet.analysis.metrics import confusion_matrix, scores
+from danet.analysis.common import require
 
 
 @dataclass(frozen=True)

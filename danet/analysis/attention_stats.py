@@ -38,15 +38,15 @@ import copy
 import csv
 import io
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from danet.analysis.metrics import confusion_matrix, scores
 from danet.errors import LabelMapError
+from danet.analysis.metrics import confusion_matrix, scores
 from danet.maps.grid import VOID, cell_centres, grid_labels, pixel_cells  # noqa: F401  (re-exported)
 
 QUERY_COLUMNS = ("image", "row", "col", "x", "y", "gt_class", "pred_class", "same_class_mass_gt",

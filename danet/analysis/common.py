@@ -1,10 +1,14 @@
 """Shared pieces of the measures: input checks and tensor conversion (rows come from ``danet.maps``)."""
 from __future__ import annotations
 
+
 import numpy as np
 import torch
 
 from danet.errors import InputError
+
+# One block of softmax rows holds at most this many elements (16 MiB in fp32), whatever N is,
+# so every pass over the attention matrix runs in O(block * N) memory.
 
 
 def require(result, *names: str) -> None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from danet.analysis.common import as_tensor, require
 from danet.errors import InputError
 from danet.maps.dot_softmax import aggregate as pam_aggregate
+from danet.analysis.common import as_tensor, require
 
 
 @dataclass(frozen=True)

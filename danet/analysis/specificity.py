@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from danet.analysis.common import as_tensor
 from danet.errors import InputError
+from danet.analysis.common import as_tensor
 from danet.maps import DotSoftmaxMap, Grid
 
 MAX_QUERIES = 4096

@@ -8,34 +8,15 @@ architecture from shapes), ``layouts`` (the key maps as data, with per-layout ho
 ``load`` (the pipeline). ``save``/``convert`` write our ``.safetensors``; ``describe`` says what
 a loaded model is. The format specification these follow is ``docs/checkpoint-formats.md``.
 """
+from danet.errors import CheckpointError
 from danet.checkpoints.convert import convert
 from danet.checkpoints.describe import describe, layer4_dilations
-from danet.checkpoints.layouts import (
-           DILATIONS,
-           LAYOUTS,
-           LAYOUTS_BY_NAME,
-           Layout,
-           parse_dilation,
-)
+from danet.checkpoints.layouts import DILATIONS, LAYOUTS, LAYOUTS_BY_NAME, Layout, parse_dilation
 from danet.checkpoints.load import load_model
 from danet.checkpoints.meta import LoadedModel, ModelMeta
 from danet.checkpoints.read import read_checkpoint
 from danet.checkpoints.save import save_model
-from danet.errors import CheckpointError
 
-__all__ = [
-           "DILATIONS",
-           "LAYOUTS",
-           "LAYOUTS_BY_NAME",
-           "CheckpointError",
-           "Layout",
-           "LoadedModel",
-           "ModelMeta",
-           "convert",
-           "describe",
-           "layer4_dilations",
-           "load_model",
-           "parse_dilation",
-           "read_checkpoint",
-           "save_model",
-]
+__all__ = ["CheckpointError", "DILATIONS", "LAYOUTS", "LAYOUTS_BY_NAME", "Layout", "LoadedModel", "ModelMeta",
+           "convert", "describe", "layer4_dilations", "load_model", "parse_dilation", "read_checkpoint",
+           "save_model"]

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from danet.safety.outputs import atomic_path, clean_stale_partials, write_error
+from danet.data.palettes import DatasetInfo
+from danet.errors import CheckpointError, InputError
 from danet.checkpoints.load import load_model
 from danet.checkpoints.meta import LoadedModel
 from danet.checkpoints.save import save_model
-from danet.data.palettes import DatasetInfo
-from danet.errors import CheckpointError, InputError
-from danet.safety.outputs import atomic_path, clean_stale_partials, write_error
 
 
 def convert(source: str | Path | bytes, destination: str | Path, *, dilation: str | None = None,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from danet.models import Segmentor
 from danet.checkpoints.layouts import LAYOUTS_BY_NAME, Layout, dilation_name
 from danet.checkpoints.meta import LoadedModel
-from danet.models import Segmentor
 
 
 def layer4_dilations(model: Segmentor) -> list[int] | None:

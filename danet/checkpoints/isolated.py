@@ -24,25 +24,10 @@ import torch
 
 from danet.checkpoints.mapping import unwrap
 from danet.checkpoints.meta import OWN_META_KEY
-from danet.checkpoints.read import (
-    DTYPE_NAMES,
-    MAX_JSON_DEPTH,
-    RawCheckpoint,
-    bounded_json,
-    check_tensor_set,
-    open_regular,
-    read_in_process,
-    read_safetensors,
-    torch_tensor_problem,
-)
+from danet.checkpoints.read import (DTYPE_NAMES, MAX_JSON_DEPTH, RawCheckpoint, bounded_json, check_tensor_set,
+                                    open_regular, read_in_process, read_safetensors, torch_tensor_problem)
 from danet.errors import CheckpointError
-from danet.safety.sandbox import (
-    EXIT_REFUSED,
-    Limits,
-    SandboxError,
-    child_message,
-    run_limited,
-)
+from danet.safety.sandbox import EXIT_REFUSED, Limits, SandboxError, child_message, run_limited
 
 # ---- limits (module constants so tests, and deployments, can lower them) ------------------------
 

@@ -10,8 +10,8 @@ manner of timm's per-model checkpoint filters. Nothing here touches tensors.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Layout:
     align_corners: bool
     ignored_prefixes: tuple[str, ...] = ()      # whole keys dropped on purpose (fc, aux head)
     optional_head: tuple[str, ...] = ()         # our head modules the layout may omit
-    read_meta: Callable[[dict, int], MetaHints] | None = None   # what the file's non-tensor entries say
+    read_meta: Callable[[dict, int], "MetaHints"] | None = None   # what the file's non-tensor entries say
 
     def is_ignored(self, key: str) -> bool:
         return key.endswith("num_batches_tracked") or key.startswith(self.ignored_prefixes)

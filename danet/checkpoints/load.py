@@ -9,28 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from danet.data.palettes import DatasetInfo
+from danet.runtime.device import select_device
+from danet.errors import CheckpointError
+from danet.models import Segmentor, DANetConfig
+from danet.models.registry import TIMM_BACKBONES, normalisation
 from danet.checkpoints.layouts import DANET_LENS, MetaHints, dilation_name
-from danet.checkpoints.mapping import (
-    Mapped,
-    detect_layout,
-    infer_architecture,
-    map_to_ours,
-    unwrap,
-)
+from danet.checkpoints.mapping import Mapped, detect_layout, infer_architecture, map_to_ours, unwrap
 from danet.checkpoints.meta import METADATA_FORMAT, OWN_META_KEY, LoadedModel, ModelMeta
 from danet.checkpoints.read import RawCheckpoint, read_checkpoint
-from danet.checkpoints.resolve import (
-    apply_overrides,
-    read_own_meta,
-    resolve_dataset,
-    resolve_dilation,
-)
+from danet.checkpoints.resolve import apply_overrides, read_own_meta, resolve_dataset, resolve_dilation
 from danet.checkpoints.strict import build_empty, load_strict
-from danet.data.palettes import DatasetInfo
-from danet.errors import CheckpointError
-from danet.models import DANetConfig, Segmentor
-from danet.models.registry import TIMM_BACKBONES, normalisation
-from danet.runtime.device import select_device
 
 
 def _own_header(raw: RawCheckpoint) -> dict[str, str] | None:
@@ -89,12 +78,12 @@ def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple
 
 def load_model(source: str | Path | bytes, *, dilation: str | None = None, dataset: str | DatasetInfo | None = None,
                align_corners: bool | None = None, device: str = "auto", name: str | None = None) -> LoadedModel:
-    """Load a Segmentor checkpoint of any supported layout, in eval mode on ``device``.
+    """Load a checkpoint of any supported layout, in eval mode on ``device``.
 
     Prefer ``danet.load``, which also knows the embedded default. ``source`` is a path or the
     file's bytes (``name`` then labels it in messages). Shapes give the architecture;
     ``dilation``, ``align_corners`` and ``dataset`` override the layout's defaults. Raises
-    ``CheckpointError`` for anything that is not a loadable Segmentor checkpoint.
+    ``CheckpointError`` for anything that is not a loadable checkpoint.
     """
     device = select_device(device)
     raw = read_checkpoint(source, name)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from danet.checkpoints.layouts import LAYOUTS, Layout, stem_style, to_foreign, to_ours
-from danet.errors import CheckpointError
 from danet.models.backbones import RESNET_LAYERS
+from danet.errors import CheckpointError
+from danet.checkpoints.layouts import LAYOUTS, Layout, stem_style, to_foreign, to_ours
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")   # where training code nests weights
 MAX_LISTED = 5
@@ -62,7 +62,7 @@ def unwrap(obj) -> Unwrapped:
         raise CheckpointError(f"no weights found: the file's top-level entries are {listed(sorted(map(str, obj)))}"
                               f" and none of {', '.join(WRAPPER_KEYS)} holds tensors")
     if any(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+        tensors = {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
         wrapper += " (module. prefix)"
     return Unwrapped(tensors, meta, wrapper)
 

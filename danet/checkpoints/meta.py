@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from danet.data.palettes import DatasetInfo, generic_dataset, get_dataset
-from danet.models import IMAGENET_MEAN, IMAGENET_STD, DANetConfig, Segmentor
+from danet.models import IMAGENET_MEAN, IMAGENET_STD, Segmentor, DANetConfig
 
 METADATA_FORMAT = "danet-lens/1"
 OWN_META_KEY = "danet_lens"     # a training run's last.pt carries its ModelMeta strings here

@@ -34,8 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 
 from danet.errors import CheckpointError
-from danet.safety.paths import FileRefused
-from danet.safety.paths import open_regular as open_regular_file
+from danet.safety.paths import FileRefused, open_regular as open_regular_file
 
 # ---- bounds on what a checkpoint may declare (all far above any real DANet) ------------------
 MAX_FILE_BYTES = 4 << 30          # 4 GiB: ResNet-152 DANet with SGD state is ~0.7 GB

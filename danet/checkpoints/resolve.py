@@ -10,13 +10,13 @@ import dataclasses
 
 import numpy as np
 
-from danet.checkpoints.layouts import parse_dilation
-from danet.checkpoints.meta import ModelMeta
-from danet.checkpoints.read import MAX_DIM, MAX_JSON_DEPTH, bounded_json, json_depth
 from danet.data.palettes import DatasetInfo, dataset_for_classes, get_dataset
 from danet.errors import CheckpointError, UnknownNameError
 from danet.models import DANetConfig
 from danet.models.backbones import RESNET_LAYERS, STEMS
+from danet.checkpoints.layouts import parse_dilation
+from danet.checkpoints.meta import ModelMeta
+from danet.checkpoints.read import MAX_DIM, MAX_JSON_DEPTH, bounded_json, json_depth
 
 MAX_CLASSES = 10_000
 """Above any real label set (ADE20K-full has 3,688) and checked before a model is built: each

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from danet.checkpoints.meta import ModelMeta
 from danet.models import Segmentor
+from danet.checkpoints.meta import ModelMeta
 
 
 def save_model(model: Segmentor, meta: ModelMeta, path: str | Path, dtype: torch.dtype | None = None) -> None:

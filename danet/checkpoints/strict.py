@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from danet.errors import CheckpointError
+from danet.models import Segmentor, DANetConfig
 from danet.checkpoints.layouts import to_foreign
 from danet.checkpoints.mapping import Mapped, listed
-from danet.errors import CheckpointError
-from danet.models import DANetConfig, Segmentor
 
 
 def _foreign(mapped: Mapped, key: str) -> str:

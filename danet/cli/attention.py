@@ -4,32 +4,20 @@ for one image and its query points; the work is in ``danet.jobs.attention`` and
 ``danet.jobs.measures``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+import json
+from typing import Annotated, List, Optional
 
 import typer
 
-from danet.cli.errors import reports_errors, warn
-from danet.cli.options import (
-    AlignCorners,
-    Checkpoint,
-    Dataset,
-    Device,
-    Dilation,
-    load_chosen,
-)
-from danet.jobs.attention import (
-    check_figure_path,
-    export_attention,
-    export_figure,
-    read_query,
-)
-from danet.jobs.measures import measure_query, write_measures
+from danet.jobs.attention import check_figure_path, export_attention, export_figure, read_query
 from danet.safety.outputs import prepare_output_dir
+from danet.jobs.measures import measure_query, write_measures
+from danet.cli.errors import reports_errors, warn
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 Image = Annotated[Path, typer.Argument(metavar="IMAGE", help="image file", show_default=False)]
-Points = Annotated[list[str], typer.Option("--point", metavar="X,Y", help="query pixel X,Y in the file's pixels (repeat for more points)")]
+Points = Annotated[List[str], typer.Option("--point", metavar="X,Y", help="query pixel X,Y in the file's pixels (repeat for more points)")]
 
 
 @reports_errors
@@ -37,7 +25,7 @@ def attention(
     image: Image,
     point: Points,
     out: Path = typer.Option(..., "--out", help="output folder"),
-    channel: list[int] = typer.Option([], "--channel", help="CAM channel to export before/after (repeatable)"),
+    channel: List[int] = typer.Option([], "--channel", help="CAM channel to export before/after (repeatable)"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
     dataset: Dataset = None,
@@ -64,7 +52,7 @@ def figure(
     align_corners: AlignCorners = None,
     device: Device = "auto",
     dpi: int = typer.Option(300, min=50, max=1200, help="resolution of raster output"),
-    title: str | None = typer.Option(None, help="figure title"),
+    title: Optional[str] = typer.Option(None, help="figure title"),
     all_classes: bool = typer.Option(False, help="legend lists every class, not only predicted ones"),
     columns: int = typer.Option(4, min=2, max=8, help="panels per row"),
 ):
@@ -80,8 +68,8 @@ def figure(
 def measures(
     image: Image,
     point: Points = [],
-    out: Path | None = typer.Option(None, "--out", help="also write measures.json and the PNGs into this folder"),
-    labels: Path | None = typer.Option(None, "--labels", metavar="LABELMAP", show_default=False,
+    out: Optional[Path] = typer.Option(None, "--out", help="also write measures.json and the PNGs into this folder"),
+    labels: Optional[Path] = typer.Option(None, "--labels", metavar="LABELMAP", show_default=False,
                                           help="label map of the image (ids or the dataset's colours): "
                                                "adds the fused mIoU change of each ablation"),
     as_json: bool = typer.Option(False, "--json", help="print the record (measures.json) instead of sentences"),

@@ -5,22 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from danet.checkpoints import convert as convert_checkpoint
-from danet.checkpoints import describe
-from danet.cli.errors import reports_errors, warn
-from danet.cli.options import (
-    AlignCorners,
-    Checkpoint,
-    Dataset,
-    Device,
-    Dilation,
-    load_chosen,
-)
+from danet.checkpoints import convert as convert_checkpoint, describe
 from danet.errors import InputError
 from danet.weights import ModelCard, default_card
+from danet.cli.errors import reports_errors, warn
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 @reports_errors
@@ -46,7 +39,7 @@ def convert(
 
 @reports_errors
 def info(
-    path: Path | None = typer.Argument(None, metavar="CHECKPOINT", show_default=False,
+    path: Optional[Path] = typer.Argument(None, metavar="CHECKPOINT", show_default=False,
                                          help="same as --checkpoint"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,

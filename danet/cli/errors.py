@@ -7,13 +7,13 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, TypeVar
+from typing import Callable, Iterator, NoReturn, TypeVar
 
 import typer
 
-from danet.errors import DanetError, one_line
+from danet.errors import one_line
+from danet.errors import DanetError
 
 REPORTED = (DanetError, OSError)
 F = TypeVar("F", bound=Callable)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import typer
@@ -11,20 +12,13 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from danet.cli.errors import reports_errors
-from danet.cli.options import (
-    AlignCorners,
-    Checkpoint,
-    Dataset,
-    Device,
-    Dilation,
-    load_chosen,
-)
+from danet.runtime import distributed
+from danet.jobs.inputs import describe_model
+from danet.safety.outputs import save_json
 from danet.errors import InputError
 from danet.jobs.evaluate import evaluate_loaded, scores_record
-from danet.jobs.inputs import describe_model
-from danet.runtime import distributed
-from danet.safety.outputs import save_json
+from danet.cli.errors import reports_errors
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -48,7 +42,7 @@ def evaluate(
     device: Device = "auto",
     flip: bool = typer.Option(False, help="average with the horizontally flipped input"),
     scales: str = typer.Option("1.0", help="comma-separated inference scales, e.g. 0.75,1.0,1.25"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write the scores (and the model) as JSON"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores (and the model) as JSON"),
 ):
     """mIoU over the dataset's classes, per-class IoU, pixel accuracy and confusion matrix."""
     scale_values = parse_scales(scales)

@@ -7,32 +7,32 @@ A command declares ``checkpoint: Checkpoint = None``, ``device: Device = "auto"`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from danet.runtime import distributed
 from danet.checkpoints.layouts import DILATION_ALIASES, DILATIONS
 from danet.checkpoints.meta import LoadedModel
-from danet.cli.errors import fail, warn
 from danet.data.palettes import DATASETS
+from danet.runtime.device import select_device
 from danet.errors import DanetError, InputError
 from danet.loader import load
-from danet.runtime import distributed
-from danet.runtime.device import select_device
+from danet.cli.errors import fail, warn
 
 FROM_FILE = "default: what the file records, else its layout's"
 
-Checkpoint = Annotated[Path | None, typer.Option(
+Checkpoint = Annotated[Optional[Path], typer.Option(
     "--checkpoint", metavar="PATH", show_default=False,
     help="checkpoint in any supported layout (.safetensors, .pth, .pth.tar, .pt); default: the embedded CamVid model")]
-Dilation = Annotated[str | None, typer.Option(
+Dilation = Annotated[Optional[str], typer.Option(
     "--dilation", metavar="PATTERN", show_default=False,
     help=f"ResNet layer4 dilations ({', '.join(DILATIONS)}, or {', '.join(sorted(DILATION_ALIASES))}); "
          f"for timm backbones only the output stride counts; {FROM_FILE}")]
-Dataset = Annotated[str | None, typer.Option(
+Dataset = Annotated[Optional[str], typer.Option(
     "--dataset", metavar="NAME", show_default=False,
     help=f"label set ({', '.join(DATASETS)}); default: what the file records, else guessed from the class count")]
-AlignCorners = Annotated[bool | None, typer.Option(
+AlignCorners = Annotated[Optional[bool], typer.Option(
     "--align-corners/--no-align-corners", show_default=False,
     help=f"bilinear upsampling mode; {FROM_FILE}")]
 Device = Annotated[str, typer.Option(

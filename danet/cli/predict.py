@@ -3,33 +3,27 @@ under ``torchrun`` the images are shared across the processes and rank 0 writes 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
-from danet.cli.errors import fail, reports_errors
-from danet.cli.options import (
-    AlignCorners,
-    Checkpoint,
-    Dataset,
-    Device,
-    Dilation,
-    load_chosen,
-)
+from danet.runtime import distributed
 from danet.jobs.inputs import collect_images
 from danet.jobs.predict import predict_images
-from danet.runtime import distributed
+from danet.cli.errors import fail, reports_errors
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 @reports_errors
 def predict(
-    inputs: list[Path] = typer.Argument(..., metavar="IMAGES_OR_DIRS", help="image files and/or folders"),
+    inputs: List[Path] = typer.Argument(..., metavar="IMAGES_OR_DIRS", help="image files and/or folders"),
     out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per image)"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
     dataset: Dataset = None,
     align_corners: AlignCorners = None,
     device: Device = "auto",
-    batch_size: int | None = typer.Option(
+    batch_size: Optional[int] = typer.Option(
         None, min=1, help="images of one size per forward pass; default 1 on the CPU (no gain measured), "
                           "8 on a GPU"),
     save_logits: bool = typer.Option(False, help="also write logits.npz (logits and probabilities)"),

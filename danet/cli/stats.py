@@ -5,22 +5,16 @@ the images are shared across the processes and rank 0 writes and prints the merg
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from danet.cli.errors import reports_errors
-from danet.cli.options import (
-    AlignCorners,
-    Checkpoint,
-    Dataset,
-    Device,
-    Dilation,
-    load_chosen,
-)
-from danet.jobs.attention_stats import overall_sentences, write_attention_stats
 from danet.runtime import distributed
+from danet.jobs.attention_stats import overall_sentences, write_attention_stats
+from danet.cli.errors import reports_errors
+from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
 @reports_errors
@@ -29,10 +23,10 @@ def attention_stats(
     out: Path = typer.Option(..., "--out", help="output folder"),
     split: str = typer.Option("val", help="which <split> folder to use"),
     points_per_image: int = typer.Option(20, min=1, help="query cells sampled per image (non-void)"),
-    max_images: int | None = typer.Option(None, min=1, help="use at most this many images, spread evenly"),
+    max_images: Optional[int] = typer.Option(None, min=1, help="use at most this many images, spread evenly"),
     seed: int = typer.Option(0, help="seed of the query sampling"),
     ablation: bool = typer.Option(True, help="also score the model with alpha=0 / beta=0 (on copies)"),
-    ignore_index: int | None = typer.Option(None, help="void label id; default: the model's dataset's"),
+    ignore_index: Optional[int] = typer.Option(None, help="void label id; default: the model's dataset's"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
     dataset: Dataset = None,

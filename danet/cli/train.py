@@ -6,15 +6,15 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from danet.runtime import distributed
+from danet.errors import InputError
+from danet.jobs.train import TrainConfig, train as run_training
 from danet.cli.errors import reports_errors
 from danet.cli.options import Device
-from danet.errors import InputError
-from danet.jobs.train import TrainConfig
-from danet.jobs.train import train as run_training
-from danet.runtime import distributed
 
 
 def parse_crop(text: str) -> tuple[int, int]:
@@ -61,17 +61,17 @@ def train(
     freeze_bn: bool = typer.Option(False, help="BatchNorm keeps its running statistics (small per-process batches)"),
     sync_bn: bool = typer.Option(False, help="SyncBatchNorm across torchrun processes (CUDA only)"),
     class_weights: str = typer.Option("sqrt-median", help="none | median | sqrt-median"),
-    init: Path | None = typer.Option(None, help="start from this checkpoint's weights (any layout, same "
+    init: Optional[Path] = typer.Option(None, help="start from this checkpoint's weights (any layout, same "
                                         "backbone and widths): fine-tuning; replaces --imagenet"),
     init_parts: str = typer.Option("all", help="all | backbone: with --init, copy every weight, or the "
                                    "backbone only (a new head, alpha = beta = 0, any width)"),
     freeze_backbone: bool = typer.Option(False, help="train the head only; the backbone keeps its weights "
                                          "and BatchNorm statistics"),
-    key_channels: int | None = typer.Option(None, min=1, help="PAM query/key width d; default: head "
+    key_channels: Optional[int] = typer.Option(None, min=1, help="PAM query/key width d; default: head "
                                                "channels / 8"),
     attention_lr_scale: float = typer.Option(1.0, min=0.0, help="alpha and beta learn at lr times this, "
                                              "without weight decay"),
-    ohem_thresh: float | None = typer.Option(None, min=0.0, max=1.0, help="online hard example mining: "
+    ohem_thresh: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="online hard example mining: "
                                                 "train on pixels whose true-class probability is below this "
                                                 "(0.7 is usual)"),
     ohem_min_kept: int = typer.Option(100_000, min=1, help="with --ohem-thresh, at least this many "
@@ -79,9 +79,9 @@ def train(
     aux_weight: float = typer.Option(0.5, min=0.0, help="weight of the PAM- and CAM-branch losses"),
     seed: int = typer.Option(0),
     device: Device = "auto",
-    threads: int | None = typer.Option(None, min=1, help="CPU threads"),
-    max_steps: int | None = typer.Option(None, min=1, help="stop after this many steps"),
-    export: Path | None = typer.Option(None, help="also write the best model here (.safetensors)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="stop after this many steps"),
+    export: Optional[Path] = typer.Option(None, help="also write the best model here (.safetensors)"),
 ):
     """Train DANet on CamVid (CUDA uses mixed precision); resumes from OUT/last.pt when it exists."""
     config = TrainConfig(data=str(data), out=str(out), backbone=backbone, head_channels=head_channels,

@@ -9,15 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from danet.data.images import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_SUFFIXES,
-    decode_first_frame,
-    load_image,
-    read_source,
-)
-from danet.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise
 from danet.errors import ImageLoadError, LabelMapError
+from danet.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise
+from danet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_first_frame, load_image, read_source
 
 IGNORE_INDEX = 11
 DATASET_MAX_PIXELS = DEFAULT_MAX_PIXELS

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from danet.errors import ImageLoadError, LabelMapError
 from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, LoadedImage, load_image
 from danet.data.labels import load_label_map
-from danet.errors import ImageLoadError, LabelMapError
 from danet.safety import sandbox
 
 MEMORY_MB = 2048

@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from danet.data.images import MAX_DECODE_PIXELS, decode_first_frame, read_source
 from danet.errors import LabelMapError
+from danet.data.images import MAX_DECODE_PIXELS, decode_first_frame, read_source
+
+
 
 
 def _plural(count: int, word: str) -> str:

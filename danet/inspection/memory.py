@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from danet.models.segmentor import Segmentor, DANetConfig
 from danet.maps.dot_softmax import method_for
 from danet.models.heads.da import pam_working_bytes  # noqa: F401  (re-exported: the tests measure it)
-from danet.models.segmentor import DANetConfig, Segmentor
 
 ALLOCATOR_SLACK = {"cpu": 1.6, "cuda": 1.2}   # process memory / live tensors (see module docstring)
 

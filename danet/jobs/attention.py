@@ -14,25 +14,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from danet.jobs.inputs import check_points, describe_model, parse_point
+from danet.safety.outputs import OutputError, clean_stale_partials, output_lock, prepare_output_dir, save_json, save_npy, save_png, save_text
+from danet.safety.paths import file_sha256
 from danet.checkpoints.meta import LoadedModel
 from danet.data.images import ImageLoadError, LoadedImage, load_image
 from danet.errors import InputError
+from danet.render.figures import FIGURE_FORMATS, attention_figure, cam_matrix_figure, save as save_figure
 from danet.inspection import InspectionResult, inspect_image
-from danet.jobs.inputs import check_points, describe_model, parse_point
-from danet.render.figures import FIGURE_FORMATS, attention_figure, cam_matrix_figure
-from danet.render.figures import save as save_figure
 from danet.render.overlays import heatmap, heatmap_overlay, mark_points
-from danet.safety.outputs import (
-    OutputError,
-    clean_stale_partials,
-    output_lock,
-    prepare_output_dir,
-    save_json,
-    save_npy,
-    save_png,
-    save_text,
-)
-from danet.safety.paths import file_sha256
 
 MANIFEST = "manifest.json"
 

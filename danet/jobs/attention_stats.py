@@ -15,23 +15,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from danet.analysis.attention_stats import (
-    IMAGE_COLUMNS,
-    QUERY_COLUMNS,
-    AttentionStats,
-    compute_attention_stats,
-    rows_to_csv,
-    select_evenly,
-)
+from danet.runtime import distributed
 from danet.analysis.contribution import percent
+from danet.analysis.attention_stats import (IMAGE_COLUMNS, QUERY_COLUMNS, AttentionStats, compute_attention_stats, rows_to_csv,
+                              select_evenly)
+from danet.jobs.inputs import describe_model
+from danet.safety.outputs import prepare_output_dir, save_json, save_text
 from danet.checkpoints.meta import LoadedModel
 from danet.data.camvid import list_pairs
 from danet.errors import InputError
-from danet.jobs.inputs import describe_model
-from danet.render.figures import attention_stats_figure
-from danet.render.figures import save as save_figure
-from danet.runtime import distributed
-from danet.safety.outputs import prepare_output_dir, save_json, save_text
+from danet.render.figures import attention_stats_figure, save as save_figure
 
 SUMMARY = "summary.json"
 SUMMARY_COLUMNS = ("class", "queries", "same_class_mass_gt", "same_class_mass_gt_median", "same_class_mass_gt_q25",

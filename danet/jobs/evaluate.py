@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from danet.analysis.metrics import confusion_matrix, scores
+from danet.runtime import distributed as dist_helpers
 from danet.checkpoints.meta import LoadedModel
 from danet.data.camvid import IGNORE_INDEX, list_pairs, normalise, read_pair
 from danet.errors import LabelMapError
+from danet.analysis.metrics import confusion_matrix, scores
 from danet.models import IMAGENET_MEAN, IMAGENET_STD, Segmentor
-from danet.runtime import distributed as dist_helpers
 
 
 @torch.inference_mode()

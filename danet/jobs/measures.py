@@ -16,31 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from danet.analysis import (
-    Ablation,
-    ImageMeasures,
-    Knockout,
-    ablate,
-    knockout_curve,
-    measure_image,
-)
+from danet.analysis import Ablation, ImageMeasures, Knockout, ablate, knockout_curve, measure_image
 from danet.analysis.contribution import percent
 from danet.analysis.knockout import DRAWS, MAX_K
 from danet.analysis.specificity import MAX_QUERIES
+from danet.jobs.attention import Query
+from danet.jobs.inputs import describe_model
+from danet.safety.outputs import OutputError, output_lock, prepare_output_dir, save_json
+from danet.safety.paths import file_sha256
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
 from danet.errors import InputError, LabelMapError
+from danet.render.figures import contribution_figure, deletion_curve_figure, save as save_figure, sinks_figure
 from danet.inspection import InspectionResult, inspect_image
-from danet.jobs.attention import Query
-from danet.jobs.inputs import describe_model
-from danet.render.figures import (
-    contribution_figure,
-    deletion_curve_figure,
-    sinks_figure,
-)
-from danet.render.figures import save as save_figure
-from danet.safety.outputs import OutputError, output_lock, prepare_output_dir, save_json
-from danet.safety.paths import file_sha256
 
 RECORD = "measures.json"
 VARIANTS = ((True, False), (False, True), (True, True))     # (pam_off, cam_off): PAM off, CAM off, both

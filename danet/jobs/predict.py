@@ -17,33 +17,24 @@ so each image is written once, by one rank; rank 0 gathers the reports and write
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from danet.runtime import distributed
+from danet.errors import one_line
+from danet.jobs.inputs import collect_images, describe_model, output_names
+from danet.safety.outputs import OutputBusyError, OutputError, child_folder, output_lock, prepare_output_dir, read_json, save_json, save_npz, save_png
+from danet.safety.paths import file_sha256
 from danet.checkpoints.meta import LoadedModel
 from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
-from danet.errors import InputError, one_line
+from danet.errors import InputError
 from danet.inspection import to_tensor
-from danet.jobs.inputs import collect_images, describe_model, output_names
 from danet.render.overlays import colorize, legend, mask_overlay
-from danet.runtime import distributed
-from danet.safety.outputs import (
-    OutputBusyError,
-    OutputError,
-    child_folder,
-    output_lock,
-    prepare_output_dir,
-    read_json,
-    save_json,
-    save_npz,
-    save_png,
-)
-from danet.safety.paths import file_sha256
 
 OUTPUTS = ("fused", "pam", "cam")      # DANet's; a model's own come from ``model.outputs``
 RECORD = "prediction.json"

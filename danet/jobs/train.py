@@ -23,15 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from danet.checkpoints.meta import OWN_META_KEY, ModelMeta
+from danet.checkpoints.meta import ModelMeta
+from danet.checkpoints.meta import OWN_META_KEY
 from danet.checkpoints.save import save_model
 from danet.data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
 from danet.data.palettes import CAMVID
+from danet.runtime import distributed
 from danet.errors import InputError
 from danet.jobs.evaluate import evaluate_model
-from danet.models import DANetConfig, Segmentor
+from danet.models import Segmentor, DANetConfig
 from danet.models.registry import normalisation
-from danet.runtime import distributed
 
 
 @dataclass
@@ -149,7 +150,7 @@ def build(cfg: TrainConfig) -> Segmentor:
 
 def initialise_from(model: Segmentor, source: str, parts: str = "all") -> None:
     """Copy the weights of ``source`` (any layout ``danet.load`` reads) into ``model``: fine-tuning
-    a trained Segmentor (``parts="all"``: backbone, widths and classes must agree), or a new head on
+    a trained model (``parts="all"``: backbone, widths and classes must agree), or a new head on
     its trained backbone (``"backbone"``: the head keeps its fresh initialisation, alpha = beta = 0,
     and may be of another width). The run's own settings (dropout, schedule, crops) stay the run's."""
     from danet.loader import load

@@ -8,14 +8,5 @@ from danet.maps.mixture import MixtureMap
 
 MAP_KINDS = {cls.kind: cls for cls in (DotSoftmaxMap, GlobalMap, CrissCrossMap, MixtureMap)}
 
-__all__ = [
-           "MAP_KINDS",
-           "AttentionMap",
-           "CrissCrossMap",
-           "DotSoftmaxMap",
-           "GlobalMap",
-           "Grid",
-           "MapFlags",
-           "MixtureMap",
-           "upsample",
-]
+__all__ = ["AttentionMap", "MapFlags", "upsample", "CrissCrossMap", "DotSoftmaxMap", "GlobalMap", "Grid",
+           "MixtureMap", "MAP_KINDS"]

@@ -16,7 +16,6 @@ from danet.errors import InputError
 from danet.models import DANet
 from danet.models.registry import BACKBONES
 
-
 def imagenet_file(backbone: str) -> Path:
     """The installed ImageNet ``.pth`` for ``backbone`` (see ``BACKBONES``); never downloads."""
     entry = BACKBONES.get(backbone)

@@ -10,16 +10,12 @@ keyword-only, returns a randomly initialised ``DANet``, and is found by name.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Callable
 
-from danet.data.normalise import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INCEPTION_MEAN,
-    INCEPTION_STD,
-)
+from danet.data.normalise import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from danet.errors import UnknownNameError
+
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,16 @@ their input.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from danet.errors import InputError
 from danet.runtime.device import select_device
+from danet.errors import InputError
 
 T = TypeVar("T")
 

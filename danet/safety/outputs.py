@@ -12,9 +12,9 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -100,14 +100,16 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        np.save(handle, np.asarray(array))
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, np.asarray(array))
 
 
 def save_npz(path: str | Path, compress: bool = False, **arrays) -> None:
     """Uncompressed by default: float maps barely compress (about 13 %) and zlib costs seconds."""
-    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        (np.savez_compressed if compress else np.savez)(handle, **arrays)
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            (np.savez_compressed if compress else np.savez)(handle, **arrays)
 
 
 def save_text(path: str | Path, text: str) -> None:
