@@ -36,7 +36,7 @@ def make_result(class_map: np.ndarray, query: torch.Tensor, key: torch.Tensor, g
     logits = torch.nn.functional.one_hot(torch.from_numpy(class_map).long(), len(CLASSES)).permute(2, 0, 1).float()
     cam = torch.softmax(torch.randn(channels, channels, generator=torch.Generator().manual_seed(0)), 1)
     maps = torch.rand(channels, *grid, generator=torch.Generator().manual_seed(1))
-    return InspectionResult(
+    return InspectionResult.for_da(
         image_size=(height, width), grid_size=grid, fused_logits=logits, pam_logits=logits.clone(),
         cam_logits=logits.roll(1, 0), pam_query=query, pam_key=key, cam_attention=cam.numpy(),
         cam_input=maps.numpy(), cam_output=(maps * 1.1).numpy(), alpha=0.5, beta=0.25, align_corners=False)

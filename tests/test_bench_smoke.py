@@ -15,7 +15,7 @@ from benchmarks import run
 from benchmarks.measure import can_reset_peak, run_probe
 from benchmarks.reference import ChunkedPAM, ReferencePAM, chunked_aggregate
 from benchmarks.report import Table, fit_exponent
-from danet.models.attention import PositionAttention, pam_aggregate
+from danet.models import PositionAttention, pam_aggregate
 
 pytestmark = pytest.mark.skipif(not can_reset_peak(), reason="peak memory needs Linux /proc/self/clear_refs")
 

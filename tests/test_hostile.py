@@ -442,7 +442,7 @@ def outputs(loaded, seed: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        result = loaded.model(x)
+        result = tuple(loaded.model(x).values())
     return torch.cat([t.flatten() for t in (result if isinstance(result, (tuple, list)) else (result,))])
 
 

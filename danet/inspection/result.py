@@ -7,8 +7,10 @@ serve many threads/sessions at once, each getting its own result.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from danet.data.normalise import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from danet.errors import InputError
 from danet.inspection.memory import check_inspection_fits
 from danet.maps import AttentionMap, Grid, upsample
+from danet.maps.base import as_float
 from danet.models.segmentor import Segmentor
 
 
@@ -41,7 +44,31 @@ class InspectionResult:
     align_corners: bool = True
     seconds: float = 0.0                 # wall time of the forward
     device: str = "cpu"
+    map_builder: Callable | None = field(default=None, repr=False)   # the head's ``maps``: kept, grid -> maps
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def for_da(cls, *, image_size, grid_size, fused_logits, pam_logits, cam_logits, pam_query, pam_key,
+               cam_attention, cam_input, cam_output, alpha: float, beta: float, align_corners: bool = True,
+               pam_input=None, pam_value=None, **rest) -> "InspectionResult":
+        """A DANet result from its 0.2 fields (e.g. built by hand in a test or a notebook)."""
+        from danet.models.heads.da import da_maps
+
+        kept = {name: as_float(value) for name, value in (
+            ("pam_query", pam_query), ("pam_key", pam_key), ("pam_value", pam_value), ("pam_input", pam_input),
+            ("cam_attention", cam_attention), ("cam_input", cam_input), ("cam_output", cam_output)) if value is not None}
+        grid = Grid(tuple(image_size), tuple(grid_size))
+        return cls(image_size=tuple(image_size), grid_size=tuple(grid_size),
+                   logits={"fused": fused_logits, "pam": pam_logits, "cam": cam_logits}, kept=kept,
+                   maps=da_maps(kept, grid), gains={"pam": float(alpha), "cam": float(beta)}, head="da",
+                   align_corners=align_corners, map_builder=da_maps, **rest)
+
+    def with_kept(self, **changes) -> "InspectionResult":
+        """A copy with kept tensors replaced (None removes one) and the maps rebuilt from them."""
+        kept = {**self.kept, **{k: as_float(v) for k, v in changes.items() if v is not None}}
+        kept = {k: v for k, v in kept.items() if changes.get(k, 0) is not None}
+        maps = self.map_builder(kept, self.grid) if self.map_builder else self.maps
+        return dataclasses.replace(self, kept=kept, maps=maps, _cache={})
 
     # ---- predictions -------------------------------------------------------------------
     @property
@@ -143,7 +170,7 @@ def make_result(head, state_logits: dict, kept: dict, image_size, grid_size, *, 
     grid = Grid(tuple(image_size), tuple(grid_size))
     return InspectionResult(image_size=tuple(image_size), grid_size=tuple(grid_size), logits=state_logits, kept=kept,
                             maps=head.maps(kept, grid), gains=head.gains(), head=head.name,
-                            align_corners=align_corners, seconds=seconds, device=device)
+                            align_corners=align_corners, seconds=seconds, device=device, map_builder=head.maps)
 
 
 @torch.inference_mode()

@@ -50,7 +50,7 @@ class DANetConfig:
             object.__setattr__(self, "head_options", tuple(tuple(pair) for pair in self.head_options))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "head_options": dict(self.head_options)}
 
     @classmethod
     def from_dict(cls, data: dict) -> DANetConfig:

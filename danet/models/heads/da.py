@@ -158,6 +158,14 @@ KEYS = {
 }
 
 
+def da_maps(kept, grid: Grid) -> dict:
+    """PAM's map: rows softmax(q_p . K) with no 1/sqrt(d) scale (CAM's C x C matrix is not spatial)."""
+    if "pam_query" not in kept or "pam_key" not in kept:
+        return {}
+    return {"pam": DotSoftmaxMap(grid, kept["pam_query"], kept["pam_key"], scale=1.0,
+                                 title="PAM: softmax(q . K), no 1/sqrt(d)")}
+
+
 @register_head
 class DAHead(AttentionHead):
     """DANet head with module names that say what each piece does."""
@@ -210,8 +218,7 @@ class DAHead(AttentionHead):
         return HeadState(logits, kept)
 
     def maps(self, kept, grid: Grid) -> dict:
-        return {"pam": DotSoftmaxMap(grid, kept["pam_query"], kept["pam_key"], scale=1.0,
-                                     title="PAM: softmax(q . K), no 1/sqrt(d)")}
+        return da_maps(kept, grid)
 
     def recompute(self, kept, off: frozenset[str]) -> dict[str, torch.Tensor]:
         """(K, h, w) logits from one image's ``kept``. alpha = 0 makes PAM the identity (E = A), beta = 0 does the same for CAM: the rest of
