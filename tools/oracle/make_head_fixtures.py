@@ -487,7 +487,7 @@ HEADS = {
     "psa_even": {"cfg": head_cfg("PSAHead", channels=16, mask_size=(7, 9), psa_type="bi-direction", compact=False,
                                  shrink_factor=2, normalization_factor=1.0, psa_softmax=True),
                  "capture": cap_psa, "gains": {"attention.1": 2.0, "attention_p.1": 2.0}, "hw": (9, 10)},
-    "isa": {"cfg": head_cfg("ISAHead", channels=24, isa_channels=12, down_factor=(4, 3)), "capture": cap_isa,
+    "isa": {"cfg": head_cfg("ISAHead", channels=24, isa_channels=12, down_factor=(4, 2)), "capture": cap_isa,
             "gains": {"global_relation.query_project": 2.0, "global_relation.key_project": 2.0,
                       "local_relation.query_project": 3.0, "local_relation.key_project": 3.0}},
     "ann": {"cfg": head_cfg("ANNHead", in_channels=[24, 40], in_index=[2, 3], channels=24, project_channels=12,
