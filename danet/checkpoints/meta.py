@@ -9,7 +9,9 @@ import numpy as np
 from danet.data.palettes import DatasetInfo, generic_dataset, get_dataset
 from danet.models import IMAGENET_MEAN, IMAGENET_STD, Segmentor, DANetConfig
 
-METADATA_FORMAT = "danet-lens/1"
+# v2 records the head (``config.head``, ``config.head_options``); a v1 file is DANet's DA head.
+METADATA_FORMAT = "danet-lens/2"
+READABLE_FORMATS = ("danet-lens/1", "danet-lens/2")
 OWN_META_KEY = "danet_lens"     # a training run's last.pt carries its ModelMeta strings here
 
 
