@@ -36,6 +36,9 @@ if "danet_app.sidebar" not in sys.modules:          # the first run of this proc
         st.info("Loading the default model and the libraries (torch, timm)… the page fills in by itself.",
                 icon=":material/hourglass_top:")
 
+from danet_app import warmup  # noqa: E402  (light: the thread imports the heavy part)
+
+warmup.start()                               # once per process: the first visit's run starts it
 from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)
 
 selection = sidebar.render()
