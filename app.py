@@ -19,6 +19,9 @@ import sys
 
 import streamlit as st
 
+from danet_app.timeline import mark
+
+mark("script run starts")
 st.set_page_config(page_title="danet-lens", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [
@@ -41,6 +44,8 @@ from danet_app import warmup  # noqa: E402  (light: the thread imports the heavy
 warmup.start()                               # once per process: the first visit's run starts it
 from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)
 
+mark("app imports done")
+
 selection = sidebar.render()
 skeleton.empty()
 if selection is None:
@@ -50,3 +55,4 @@ if selection is None:
 else:
     page.run()
 sidebar.show_diagnostics()
+mark("script run ends")

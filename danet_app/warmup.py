@@ -17,6 +17,8 @@ import os
 import threading
 import time
 
+from danet_app.timeline import mark
+
 _started = False
 _disabled = False
 _lock = threading.Lock()
@@ -45,6 +47,7 @@ def start() -> bool:
 def _step(name: str, started: float) -> float:
     now = time.perf_counter()
     seconds[name] = now - started
+    mark(f"warm-up: {name}")
     return now
 
 
