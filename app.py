@@ -19,6 +19,9 @@ import sys
 
 import streamlit as st
 
+from danet_app.timeline import mark
+
+mark("script run starts")
 st.set_page_config(page_title="danet-lens", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [
@@ -36,7 +39,12 @@ if "danet_app.sidebar" not in sys.modules:          # the first run of this proc
         st.info("Loading the default model and the libraries (torch, timm)… the page fills in by itself.",
                 icon=":material/hourglass_top:")
 
+from danet_app import warmup  # noqa: E402  (light: the thread imports the heavy part)
+
+warmup.start()                               # once per process: the first visit's run starts it
 from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)
+
+mark("app imports done")
 
 selection = sidebar.render()
 skeleton.empty()
@@ -47,3 +55,4 @@ if selection is None:
 else:
     page.run()
 sidebar.show_diagnostics()
+mark("script run ends")

@@ -25,6 +25,7 @@ from danet.maps.grid import grid_labels
 from danet.inspection import InspectionResult
 
 from danet_app import display_modes
+from danet_app.timeline import mark
 
 STATIC = Path(__file__).resolve().parent / "static"
 COMPONENT_NAME = "danet_attention_view"
@@ -94,7 +95,9 @@ def payload_bytes(payload: dict) -> int:
 def cached_payload(result_key: str, result: InspectionResult, image: np.ndarray, classes: tuple[str, ...]) -> dict:
     """``build_payload`` once per result, shared read-only by all sessions (and filled by the
     server's warm-up for the default view): the row sweep is O(N^2 d)."""
-    return _cached_payload(result_key, result, image, classes)
+    payload = _cached_payload(result_key, result, image, classes)
+    mark("payload ready")
+    return payload
 
 
 def _payload_with_size(result_key: str, _result, _image, _classes) -> dict:
@@ -143,5 +146,7 @@ def view_data(payload: dict, view_settings: dict, *, send_payload: bool) -> dict
 def attention_view(payload: dict, view_settings: dict, *, key: str, send_payload: bool, on_pin, on_need):
     """Mount the view; ``on_pin`` runs (as a callback, before the rerun) when a point is pinned,
     ``on_need`` when the browser lacks the payload of the id it was given (after a reload)."""
-    return renderer()(data=view_data(payload, view_settings, send_payload=send_payload), key=key,
-                      on_pin_change=on_pin, on_need_change=on_need, width="stretch", height="content")
+    mounted = renderer()(data=view_data(payload, view_settings, send_payload=send_payload), key=key,
+                         on_pin_change=on_pin, on_need_change=on_need, width="stretch", height="content")
+    mark("view sent" + (" with its payload" if send_payload else ""))
+    return mounted

@@ -5,27 +5,36 @@ sidebar's default size limit and builds the attention view's payload: the sideba
 view's caches (``st.cache_resource``, keyed by content hashes) then hold exactly what the first
 visitor's run asks for (the resource cache lets one caller compute a value while others wait).
 
-``streamlit run serve.py`` starts it when the server starts (``st.App``'s lifespan);
-``streamlit run app.py`` when ``danet_app`` is first imported (the first visit). Set
-``DANET_APP_WARMUP=0`` to turn it off; test processes (pytest) never start it. ``seconds`` keeps
-how long each step took (printed to the server log), for the cold-start breakdown.
+Only the entry points start it, explicitly: ``streamlit run serve.py`` when the server starts
+(``st.App``'s lifespan), ``streamlit run app.py`` at the first visit. Importing ``danet_app``
+starts nothing. Set ``DANET_APP_WARMUP=0`` to turn it off; ``disable()`` turns it off for one
+process (the tests, which drive ``app.py`` in-process through AppTest). ``seconds`` keeps how
+long each step took (printed to the server log), for the cold-start breakdown.
 """
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 
+from danet_app.timeline import mark
+
 _started = False
+_disabled = False
 _lock = threading.Lock()
 seconds: dict[str, float] = {}
+
+
+def disable() -> None:
+    """Never start the warm-up in this process (for a process that runs the app's script itself)."""
+    global _disabled
+    _disabled = True
 
 
 def start() -> bool:
     """Start the warm-up thread unless it ran in this process already; True if this call started it."""
     global _started
-    if os.environ.get("DANET_APP_WARMUP", "1") == "0" or "pytest" in sys.modules:
+    if _disabled or os.environ.get("DANET_APP_WARMUP", "1") == "0":
         return False
     with _lock:
         if _started:
@@ -38,6 +47,7 @@ def start() -> bool:
 def _step(name: str, started: float) -> float:
     now = time.perf_counter()
     seconds[name] = now - started
+    mark(f"warm-up: {name}")
     return now
 
 
