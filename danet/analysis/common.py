@@ -11,6 +11,8 @@ from danet.errors import InputError
 # One block of softmax rows holds at most this many elements (16 MiB in fp32), whatever N is,
 # so every pass over the attention matrix runs in O(block * N) memory.
 CHUNK_ELEMENTS = 1 << 22
+SEED_MAX = 2**32 - 1
+"""Seeds are 0..2^32-1: what numpy's and torch's generators take everywhere (numpy refuses negatives)."""
 
 
 def require(result, *names: str) -> None:
@@ -49,3 +51,10 @@ def check_cell(cell: tuple[int, int], grid_size: tuple[int, int]) -> tuple[int, 
     if not (0 <= row < grid_size[0] and 0 <= col < grid_size[1]):
         raise InputError(f"cell ({row}, {col}) lies outside the {grid_size[0]}x{grid_size[1]} feature grid")
     return row, col
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int in 0..``SEED_MAX``; anything else is an ``InputError`` (numpy's own is a ``ValueError``)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"seed must be a whole number from 0 to {SEED_MAX:,}, not {seed!r}")
+    return int(seed)
