@@ -17,9 +17,8 @@ import numpy as np
 from danet.maps.grid import grid_labels
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
-import json
-
 from danet.errors import InputError, LabelMapError
+from danet.safety.records import read_points_record
 from danet.inspection import InspectionResult
 from danet.analysis.metrics import confusion_matrix, scores
 
@@ -232,25 +231,12 @@ def points_from_param(text: str, image_size: tuple[int, int], max_points: int = 
 
 def points_from_record(data: bytes | str, image_sha256: str, image_size: tuple[int, int],
                        max_points: int = MAX_POINTS) -> list[tuple[int, int]]:
-    """The points of a downloaded JSON record, if it is a record of this image (same sha256 and size)."""
-    try:
-        record = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("the file is not a JSON record") from None
-    if not isinstance(record, dict) or record.get("tool") != "danet-lens" or not isinstance(record.get("points"), list):
-        raise InputError("the file is not a danet-lens record (no tool/points)")
-    image = record.get("image") if isinstance(record.get("image"), dict) else {}
-    if image.get("sha256") != image_sha256:
-        raise InputError(f"the record is for another image ({image.get('name', 'unnamed')}); choose that image first")
-    height, width = image_size
-    if image.get("size") not in (None, {"height": height, "width": width}):
-        raise InputError(f"the record's image was {image['size']}, this one is {{'height': {height}, 'width': {width}}}"
-                         " (another size limit)")
-    try:
-        text = ";".join(f"{int(p['x'])},{int(p['y'])}" for p in record["points"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError("the record's points have no x/y") from None
-    return points_from_param(text, image_size, max_points)
+    """The points of a downloaded JSON record, if it is a record of this image (same sha256 and size).
+
+    The record is a stranger's file: ``danet.safety.records`` bounds its size, nesting, values
+    and numbers before parsing and checks each field; any problem is one ``InputError`` line.
+    """
+    return read_points_record(data, image_sha256, image_size, max_points).points
 
 
 # ---- per-point attention statistics -----------------------------------------------------------

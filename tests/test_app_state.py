@@ -273,3 +273,16 @@ def test_forward_counter_and_result_key():
     counter.record(0.5)
     assert counter.total == 1 and counter.last_seconds == 0.5
     assert result_key("m", "img", "cpu") != result_key("m", "img", "cuda")
+
+
+def test_the_app_record_round_trips_through_the_bounded_reader():
+    """A record the app exports (json_record) is read back by the app's loader unchanged."""
+    from danet_app.state import points_from_record
+
+    result = make_result(np.zeros((96, 128), np.int64), torch.zeros(6, 6), torch.zeros(6, 6))
+    points = [{"index": 1, "x": 5, "y": 6, "class": "a"}, {"index": 2, "x": 120, "y": 90, "class": "b"}]
+    model = {"classes": [f"class {i}" for i in range(3000)]}
+    metrics = {w: {"miou": None, "iou": {f"class {i}": 0.5 for i in range(3000)}} for w in ("fused", "pam", "cam")}
+    text = json_record(model, image_summary("i.png", "ab" * 32, (96, 128), (96, 128)), result, points,
+                       metrics=metrics)
+    assert points_from_record(text, "ab" * 32, (96, 128)) == [(5, 6), (120, 90)]

@@ -7,8 +7,8 @@ import torch
 
 from danet.errors import InputError
 
-# One block of softmax rows holds at most this many elements (16 MiB in fp32), whatever N is,
-# so every pass over the attention matrix runs in O(block * N) memory.
+SEED_MAX = 2**32 - 1
+"""Seeds are 0..2^32-1: what numpy's and torch's generators take everywhere (numpy refuses negatives)."""
 
 
 def require(result, *names: str) -> None:
@@ -24,3 +24,8 @@ def as_tensor(array) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
         return array.detach().to("cpu", torch.float32)
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+def check_seed(seed) -> int:
+    """``seed`` as an int in 0..``SEED_MAX``; anything else is an ``InputError`` (numpy's own is a ``ValueError``)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"seed must be a whole number from 0 to {SEED_MAX:,}, not {seed!r}")
+    return int(seed)

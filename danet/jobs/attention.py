@@ -25,6 +25,8 @@ from danet.inspection import InspectionResult, inspect_image
 from danet.render.overlays import heatmap, heatmap_overlay, mark_points
 
 MANIFEST = "manifest.json"
+MAX_QUERY_POINTS = 64
+"""Points one command takes: each is a map (and files, or a figure panel) of its own."""
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Query:
 def read_query(image: str | Path, points: list[str | tuple[float, float]], *, need_points: bool = True) -> Query:
     """Decode ``image`` and check ``points`` (``"X,Y"`` strings or pairs) against it; with
     ``need_points=False`` an empty list is allowed."""
+    if len(points) > MAX_QUERY_POINTS:
+        raise InputError(f"{len(points):,} points given; at most {MAX_QUERY_POINTS} (each is a map of its own)")
     given = [parse_point(p) if isinstance(p, str) else (float(p[0]), float(p[1])) for p in points]
     path = Path(image)
     if not path.is_file():

@@ -18,7 +18,7 @@ import numpy as np
 
 from danet.analysis import Ablation, ImageMeasures, Knockout, ablate, knockout_curve, measure_image
 from danet.analysis.contribution import percent
-from danet.analysis.knockout import DRAWS, MAX_K
+from danet.analysis.knockout import DRAWS, MAX_K, check_knockout_settings
 from danet.analysis.specificity import MAX_QUERIES
 from danet.jobs.attention import Query
 from danet.jobs.inputs import describe_model
@@ -151,8 +151,7 @@ def measure_query(loaded: LoadedModel, query: Query, *, labels: str | Path | Non
     """Inspect ``query``'s image once and take every measure: ``measure_image``, ``ablate`` for PAM
     off, CAM off and both (with the label map ``labels``: the fused mIoU change too), and
     ``knockout_curve`` for each point (``max_k``, ``draws`` and ``seed`` as there)."""
-    if max_k < 1 or draws < 1:
-        raise InputError(f"max_k and draws must be at least 1, got {max_k} and {draws}")
+    check_knockout_settings(max_k, draws, seed)             # before the forward, not after it
     label_map = read_labels(labels, query, loaded) if labels is not None else None
     model = loaded.model
     result = inspect_image(model, query.picture.array, loaded.meta.mean, loaded.meta.std)
