@@ -19,7 +19,7 @@ import sys
 
 import streamlit as st
 
-st.set_page_config(page_title="danet-lens", page_icon=":material/visibility:", layout="wide")
+st.set_page_config(page_title="danet-lens", page_icon="🔎", layout="wide")
 
 PAGES = [
     st.Page("app_pages/inspector.py", title="DANet inspector", icon=":material/ads_click:", default=True),

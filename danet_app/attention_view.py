@@ -25,6 +25,7 @@ from danet.analysis.attention_stats import grid_labels
 from danet.inspection import InspectionResult
 
 from danet_app import display_modes
+from danet_app.literal import plain
 
 STATIC = Path(__file__).resolve().parent / "static"
 COMPONENT_NAME = "danet_attention_view"
@@ -72,7 +73,7 @@ def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[st
         "q": display_modes.b64(query, dtype), "k": display_modes.b64(keys, dtype),
         "lse": display_modes.b64(lse, np.float32), "mean_row": display_modes.b64(mean_row, np.float32),
         "cell_classes": display_modes.b64(cells, np.uint16 if wide else np.uint8), "cell_classes_wide": wide,
-        "classes": list(classes),
+        "classes": [plain(name, 80) for name in classes],        # outside text: the view escapes it too
         "lut_diverging": display_modes.b64(display_modes.colour_lut(display_modes.DIVERGING_CMAP), np.uint8),
     }
 
