@@ -202,7 +202,11 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
     if notice:
         st.warning(notice)
     points = [tuple(p) for p in st.session_state.get("points", [])]
-    payload = cached_payload(selection.result_key, result, image, classes)
+    try:
+        payload = cached_payload(selection.result_key, result, image, classes)
+    except DanetError as error:              # too large for a browser: the other tab still works
+        st.error(f"The interactive view is not shown: {md(error)}")
+        return
     sent = payloads_sent()
     send = payload["id"] not in sent
     attention_view(payload, settings(mode, view, cmap, upsampling, opacity, fraction, points), key=VIEW_KEY,

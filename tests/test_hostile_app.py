@@ -48,7 +48,7 @@ from streamlit.testing.v1 import AppTest
 from danet.checkpoints import ModelMeta, isolated, save_model
 from danet.data.palettes import DatasetInfo
 from danet.errors import DanetError, InputError
-from danet_app import budget, sidebar
+from danet_app import attention_view, budget, sidebar
 from danet_app.literal import ECHO_LIMIT, file_stem, plain, visible
 from danet_app.state import FORWARDS, MAX_POINTS, read_points_param, read_record_points
 
@@ -228,6 +228,37 @@ def test_result_budget_refusal_names_a_size_that_fits():
     if "DANET_APP_RESULT_CACHE_MB" not in os.environ:     # the figures docs/hardening.md states
         assert budget.result_bytes_estimate(150, 1000, 1000) <= cache.budget      # ADE20K at 1 MP: 1.8 GB
         assert 0.05 < budget.max_megapixels(3000, cache.budget) < 0.06            # 3,000 classes: ~0.06 MP
+
+
+# ---- the attention view's payload ------------------------------------------------------------------
+def test_a_view_payload_too_large_for_a_browser_is_refused_before_it_is_built():
+    # the case: d = 16,384 on a 480x360 image (2,700 cells) would send 236 MB (225 MiB)
+    assert 235e6 < attention_view.payload_bytes_estimate(2700, 16384, 11) < 237e6
+    with pytest.raises(InputError, match=r"would send 225 MB .* d = 16,384 on 2,700 cells.*more than the 48 MB") as error:
+        attention_view.refuse_large_payload(2700, 16384, 11, 64.0)
+    assert "Downscale above" in str(error.value) and "\n" not in str(error.value)
+    attention_view.refuse_large_payload(2700, 16, 11, 64.0)           # the default model: 0.6 MB
+    with pytest.raises(InputError, match="too wide for the interactive view at any image size"):
+        attention_view.refuse_large_payload(2700, 16384, 11, 64.0, limit=2**20)
+
+
+def test_the_app_refuses_a_wide_pam_view_in_one_line_and_keeps_the_rest(files, tmp_path, monkeypatch):
+    wide = save_tiny(make_tiny_model(11, head_channels=8, key_channels=4096), tmp_path / "wide.safetensors",
+                     dtype=torch.float16)
+    at = session(("wide.safetensors", wide.read_bytes()), ("crop.png", files["crop.png"]))
+    assert not at.exception and errors(at) == []
+    # within the limit the payload is kept, counted by its bytes (192 cells x 4,096 x 2 x 2 = 4 MB)
+    key = ("view", at.session_state["selection"].result_key)
+    cache = attention_view.payload_cache()
+    assert cache.budget == attention_view.PAYLOAD_CACHE_BYTES and key in cache
+    assert 4 * 2**20 < cache._entries[key][1] < 6 * 2**20
+    monkeypatch.setattr(attention_view, "MAX_PAYLOAD_BYTES", 2 * 2**20)
+    at.run()
+    assert not at.exception
+    (shown,) = errors(at)
+    assert shown.startswith("The interactive view is not shown: the attention view for this image would send 4 MB")
+    assert "d = 4,096 on 192 cells" in shown
+    assert len(at.image) >= 4                                     # the predictions tab is still drawn
 
 
 # ---- memory over many uploads -------------------------------------------------------------------
