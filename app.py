@@ -22,7 +22,7 @@ import streamlit as st
 from danet_app.timeline import mark
 
 mark("script run starts")
-st.set_page_config(page_title="danet-lens", page_icon=":material/visibility:", layout="wide")
+st.set_page_config(page_title="danet-lens", page_icon="🔎", layout="wide")
 
 PAGES = [
     st.Page("app_pages/inspector.py", title="DANet inspector", icon=":material/ads_click:", default=True),

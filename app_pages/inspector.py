@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from danet.render import overlays as viz
 from danet.errors import DanetError
+from danet.render import overlays as viz
 from danet_app import display_modes, sidebar
 from danet_app.attention_view import attention_view, cached_payload, settings
 from danet_app.exports import (compose_panels, encode_png, figure_with_key, image_summary, json_record,
                                metrics_for_json, model_summary, npz_bundle)
-from danet_app.state import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, drop_point,
-                             point_statistics, points_from_param, points_from_record, points_to_param,
-                             score_outputs)
+from danet_app.literal import code, file_stem, md, plain
+from danet_app.state import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, drop_point, point_statistics,
+                             points_to_param, read_points_param, read_record_points, score_outputs)
 
 VIEW_KEY = "attention_view"
 OUTPUT_TITLES = {"fused": "Fused (DANet output)", "pam": "PAM branch", "cam": "CAM branch"}
@@ -120,9 +120,12 @@ def restore_from_url() -> None:
     if st.query_params.get("image") != selection.image_sha256[:12] or not st.query_params.get("points"):
         return
     try:
-        st.session_state["points"] = points_from_param(st.query_params["points"], result.image_size)
+        st.session_state["points"], kept = read_points_param(st.query_params["points"], result.image_size)
     except DanetError as error:
-        st.session_state["point_notice"] = f"Points in the URL not used: {error}"
+        st.session_state["point_notice"] = f"Points in the URL not used: {md(error)}"
+    else:
+        if kept:
+            st.session_state["point_notice"] = md(kept)
 
 
 def load_record() -> None:
@@ -131,11 +134,12 @@ def load_record() -> None:
     if upload is None:
         return
     try:
-        st.session_state["points"] = points_from_record(upload.getvalue(), selection.image_sha256,
-                                                        result.image_size)
-        st.session_state["point_notice"] = f"Loaded {len(st.session_state['points'])} points from {upload.name}."
+        st.session_state["points"], kept = read_record_points(upload.getvalue(), selection.image_sha256,
+                                                              result.image_size)
+        st.session_state["point_notice"] = (f"Loaded {len(st.session_state['points'])} points from "
+                                            f"{code(upload.name)}." + (f" {md(kept)}." if kept else ""))
     except DanetError as error:
-        st.session_state["point_notice"] = f"Record not loaded: {error}"
+        st.session_state["point_notice"] = f"Record not loaded: {md(error)}"
 
 
 def heat_panel(row: np.ndarray, point: tuple[int, int], index: int, mode: str, fraction: float, cmap: str,
@@ -161,7 +165,7 @@ restore_from_url()
 
 st.title("DANet inspector")
 cached = "just now" if selection.computed_now else "cached"
-st.caption(f"**{selection.image_name}** ({width}x{height}) · forward **{result.seconds:.2f} s** on "
+st.caption(f"**{md(selection.image_name)}** ({width}x{height}) · forward **{result.seconds:.2f} s** on "
            f"**{result.device}** ({cached}) · feature grid {result.grid_size[0]}x{result.grid_size[1]} "
            f"= {result.num_positions} cells · PAM alpha {result.alpha:.3f}, CAM beta {result.beta:.3f}")
 
@@ -198,7 +202,11 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
     if notice:
         st.warning(notice)
     points = [tuple(p) for p in st.session_state.get("points", [])]
-    payload = cached_payload(selection.result_key, result, image, classes)
+    try:
+        payload = cached_payload(selection.result_key, result, image, classes)
+    except DanetError as error:              # too large for a browser: the other tab still works
+        st.error(f"The interactive view is not shown: {md(error)}")
+        return
     sent = payloads_sent()
     send = payload["id"] not in sent
     attention_view(payload, settings(mode, view, cmap, upsampling, opacity, fraction, points), key=VIEW_KEY,
@@ -223,14 +231,16 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
                 with column:
                     st.markdown(
                         f"**{index + 1}** · ({s.x}, {s.y}) · cell ({s.cell[0]}, {s.cell[1]})  \n"
-                        f"class **{s.class_name}**  \n"
+                        f"class **{md(s.class_name)}**  \n"
                         f"entropy **{s.entropy_bits:.2f} bits** ({s.entropy_fraction:.0%} of uniform)  \n"
                         f"same-class mass **{s.same_class_share:.1%}**  \n"
-                        f"most attended: {s.top_class_name} ({s.top_class_share:.0%})")
+                        f"most attended: {md(s.top_class_name)} ({s.top_class_share:.0%})")
                     st.button("Remove", key=f"remove_{s.x}_{s.y}", on_click=drop_point,
                               args=(st.session_state, (s.x, s.y)))
         with st.expander("Point statistics as a table"):
-            st.dataframe(pd.DataFrame([s.to_dict() for s in stats]).set_index("index"), width="stretch")
+            table = pd.DataFrame([s.to_dict() for s in stats]).set_index("index")
+            table[["class", "top_class"]] = table[["class", "top_class"]].map(plain)
+            st.dataframe(table, width="stretch")
             st.caption("Entropy of the attention row in bits (uniform over the grid = 100%); same-class mass = "
                        "attention on grid cells whose majority fused prediction is the point's class.")
 
@@ -248,7 +258,7 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
         image_info = image_summary(selection.image_name, selection.image_sha256, (height, width),
                                    (original_height, original_width))
         model_info = model_summary(selection.loaded, selection.model_sha256, selection.model_id)
-        stem = selection.image_name.rsplit(".", 1)[0]
+        stem = file_stem(selection.image_name)
 
         def figure_png() -> bytes:
             views = prediction_views(selection.result_key, 0.55, result, image, palette)
@@ -259,13 +269,13 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
                 for i, (s, row) in enumerate(zip(stats, rows)):
                     panel, lo, hi = heat_panel(row, points[i], i, mode, fraction, cmap, opacity, upsampling,
                                                mean_row)
-                    panels.append((f"point {i + 1} ({s.x}, {s.y}) {s.class_name}", panel))
+                    panels.append((f"point {i + 1} ({s.x}, {s.y}) {plain(s.class_name, 40)}", panel))
                     bars.append((display_modes.DIVERGING_CMAP if mode == "specific" else cmap, lo, hi))
             figure = compose_panels(panels, columns=4, colour_bars=bars,
                                     bar_label=display_modes.MODES[mode])
-            legend = viz.legend(classes, palette, present=views["present"])
-            return encode_png(figure_with_key(figure, f"{selection.loaded.source} · {selection.image_name}",
-                                              legend))
+            legend = viz.legend([plain(c, 40) for c in classes], palette, present=views["present"])
+            title = f"{plain(selection.loaded.source, 80)} · {plain(selection.image_name, 80)}"
+            return encode_png(figure_with_key(figure, title, legend))
 
         def maps_npz() -> bytes:
             labels = selection.labels.labels if selection.labels is not None else None
@@ -306,7 +316,8 @@ with predictions_tab:
     columns[1].image(viz.legend(viz.DISAGREEMENT_LABELS, viz.DISAGREEMENT_PALETTE), width="content")
     columns[1].markdown(f"PAM differs from fused on **{shares['pam']:.1%}** of pixels, "
                         f"CAM on **{shares['cam']:.1%}**.")
-    columns[2].image(viz.legend(classes, palette, present=views["present"]), caption="Predicted classes",
+    columns[2].image(viz.legend([plain(c, 40) for c in classes], palette, present=views["present"]),
+                     caption="Predicted classes",
                      width="content")
     if selection.labels is not None:
         truth = viz.mask_overlay(image, selection.labels.labels, palette, opacity)
@@ -319,6 +330,6 @@ with predictions_tab:
                           help="Mean over classes present in the label map or the prediction")
             column.caption(f"pixel accuracy {scored[which]['pixel_accuracy']:.1%}")
         table = pd.DataFrame({f"{which} IoU %": np.round(scored[which]["iou"] * 100, 1) for which in OUTPUTS},
-                             index=list(classes))
+                             index=[plain(c, 80) for c in classes])
         # every class visible up to 30 rows; a 3,000-class model scrolls inside a bounded table
         st.dataframe(table, width="stretch", height=35 * (min(len(table), 30) + 1) + 3)

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from danet.render import overlays as viz
 from danet.analysis import ablate, contribution, knockout_curve, query_specificity
 from danet.analysis.knockout import MAX_K
 from danet.analysis.specificity import MAX_QUERIES
 from danet.errors import DanetError
+from danet.render import overlays as viz
 from danet_app import sidebar
+from danet_app.literal import md
 from danet_app.measures_view import (ablation_reading, changed_overlay, class_transitions, contribution_reading,
                                      grid_overlay, js_histogram, knockout_figure, knockout_reading,
                                      specificity_reading)
@@ -159,7 +160,7 @@ def ablation_section() -> None:
         with st.spinner("Recomputing the head..."):
             ablation, seconds = cached_ablation(key, pam_off, cam_off, labels_digest(labels), model, result, labels)
     except DanetError as error:
-        st.error(f"The ablation failed: {error}")
+        st.error(f"The ablation failed: {md(error)}")
         return
     st.markdown(ablation_reading(ablation, height * width))
     if labels is None:
@@ -210,7 +211,7 @@ def knockout_section() -> None:
         with st.spinner("Knocking out cells..."):
             knockout, seconds = cached_knockout(key, cell, max_k, model, result)
     except DanetError as error:
-        st.error(f"The knockout failed: {error}")
+        st.error(f"The knockout failed: {md(error)}")
         return
     left, right = st.columns([1, 2])
     row = result.rows([(x, y)])

@@ -13,8 +13,10 @@ import streamlit as st
 from danet.checkpoints.describe import describe
 from danet.weights import default_card, default_weights_path
 from danet_app import sidebar
+from danet_app.literal import capped, md, plain
 from danet_app.state import model_facts, recorded_scores
 
+METADATA_CHARS = 20_000       # of the metadata JSON shown (a file may carry megabytes of it)
 CODE_LICENCE = "danet-lens code: Apache-2.0. An uploaded checkpoint keeps whatever licence its authors gave it."
 
 selection = sidebar.current()
@@ -31,12 +33,12 @@ facts = model_facts(described, selection.model_sha256, selection.device)
 
 left, right = st.columns([3, 2])
 with left:
-    table = pd.DataFrame({"value": list(facts.values())}, index=list(facts))
+    table = pd.DataFrame({"value": [plain(v, 200) for v in facts.values()]}, index=list(facts))
     st.dataframe(table, width="stretch", height=35 * len(facts) + 40)
     for warning in loaded.warnings:
-        st.warning(warning)
+        st.warning(md(warning))
 with right:
-    st.caption(f"{meta.dataset.name} classes and colours")
+    st.caption(f"{md(meta.dataset.name)} classes and colours")
     sidebar.show_legend(meta.classes, meta.palette, key="model_page")     # bounded: paged for large label sets
 
 st.subheader("Validation accuracy recorded with the weights")
@@ -50,20 +52,21 @@ if scores.any:
     if scores.epoch is not None:
         metrics[2].metric("epoch", str(scores.epoch))
     if scores.per_class_iou:
-        frame = pd.DataFrame({"IoU %": list(scores.per_class_iou.values())}, index=list(scores.per_class_iou))
+        frame = pd.DataFrame({"IoU %": list(scores.per_class_iou.values())},
+                             index=[plain(name, 60) for name in scores.per_class_iou])
         st.bar_chart(frame, horizontal=True, sort=False, height=30 * len(frame) + 60, x_label="val IoU %")
     for label, text in (("Trained on", scores.training_data), ("Evaluated with", scores.evaluated_with),
                         ("Trained with", scores.training_command), ("val mIoU per epoch", scores.history)):
         if text:
-            st.caption(f"{label}: {text}")
+            st.caption(f"{label}: {md(text, 2000)}")
 else:
     st.caption("This checkpoint carries no validation scores.")
 
 if meta.extra:
     with st.expander("All metadata stored with the weights (JSON)"):
-        st.code(json.dumps(meta.extra, indent=2, default=str), language="json")
+        st.code(capped(json.dumps(meta.extra, indent=2, default=str), METADATA_CHARS), language="json")
 
 st.subheader("Licence")
 if scores.licence:
-    st.markdown(f"The weights: {scores.licence}")
+    st.markdown(f"The weights: {md(scores.licence, 2000)}")
 st.markdown(CODE_LICENCE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,12 @@ from PIL import Image
 
 from danet.render import overlays as viz
 from danet.maps.grid import grid_labels
+from danet.errors import InputError
 from danet.inspection import InspectionResult
 
 from danet_app import display_modes
+from danet_app.budget import ByteBudgetCache
+from danet_app.literal import plain
 from danet_app.timeline import mark
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -73,7 +77,7 @@ def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[st
         "q": display_modes.b64(query, dtype), "k": display_modes.b64(keys, dtype),
         "lse": display_modes.b64(lse, np.float32), "mean_row": display_modes.b64(mean_row, np.float32),
         "cell_classes": display_modes.b64(cells, np.uint16 if wide else np.uint8), "cell_classes_wide": wide,
-        "classes": list(classes),
+        "classes": [plain(name, 80) for name in classes],        # outside text: the view escapes it too
         "lut_diverging": display_modes.b64(display_modes.colour_lut(display_modes.DIVERGING_CMAP), np.uint8),
     }
 
@@ -92,30 +96,84 @@ def payload_bytes(payload: dict) -> int:
     return len(json.dumps(payload).encode())
 
 
+MB = 2**20
+MAX_PAYLOAD_BYTES = int(float(os.environ.get("DANET_APP_MAX_VIEW_MB", 48)) * MB)
+"""The most one image's view may send to a browser. The default model's is 0.57 MB; a
+2048x1024 frame at d = 64 (N = 32,768 cells, float16 Q and K) about 12 MB. A 2 MB model with
+PAM query/key channels d = 16,384 on a 480x360 image would be 236 MB (and ~2.4 GB on the server
+while it is built): refused before anything is built."""
+PAYLOAD_CACHE_BYTES = int(float(os.environ.get("DANET_APP_VIEW_CACHE_MB", 256)) * MB)
+"""Built payloads kept for all sessions (by bytes: one entry may be 0.5 MB or 48 MB)."""
+
+
+def _b64_bytes(raw: int) -> int:
+    return 4 * -(-raw // 3)
+
+
+def payload_bytes_estimate(cells: int, channels: int, num_classes: int = 1) -> int:
+    """Bytes of a payload's arrays, known before it is built: Q and K (float32 while small,
+    float16 above), each row's log-sum-exp and the mean row, the cell classes, all base64. The
+    image and the pixel classes (compressed) come on top."""
+    per_value = 4 if cells * channels <= FLOAT32_LIMIT else 2
+    return (2 * _b64_bytes(cells * channels * per_value) + 2 * _b64_bytes(cells * 4)
+            + _b64_bytes(cells * (2 if num_classes > 255 else 1)))
+
+
+def refuse_large_payload(cells: int, channels: int, num_classes: int, pixels_per_cell: float,
+                         limit: int | None = None) -> None:
+    """``InputError`` in one line when the view for this model and image would exceed ``limit``
+    (default ``MAX_PAYLOAD_BYTES``)."""
+    limit = MAX_PAYLOAD_BYTES if limit is None else limit
+    estimate = payload_bytes_estimate(cells, channels, num_classes)
+    if estimate <= limit:
+        return
+    fits = limit / max(estimate / cells, 1)                  # cells whose arrays fit (float16)
+    megapixels = fits * pixels_per_cell / 1e6
+    advice = (f"lower \"Downscale above (megapixels)\" to {megapixels:.2g} or less" if megapixels >= 0.01
+              else "this model's PAM is too wide for the interactive view at any image size")
+    raise InputError(f"the attention view for this image would send {estimate / MB:,.0f} MB to the browser "
+                     f"(PAM query/key channels d = {channels:,} on {cells:,} cells), more than the "
+                     f"{limit / MB:,.0f} MB it may send; {advice}")
+
+
 def cached_payload(result_key: str, result: InspectionResult, image: np.ndarray, classes: tuple[str, ...]) -> dict:
     """``build_payload`` once per result, shared read-only by all sessions (and filled by the
-    server's warm-up for the default view): the row sweep is O(N^2 d)."""
-    payload = _cached_payload(result_key, result, image, classes)
+    server's warm-up for the default view): the row sweep is O(N^2 d). Kept by bytes
+    (``PAYLOAD_CACHE_BYTES``); a payload over ``MAX_PAYLOAD_BYTES`` is refused with
+    ``InputError`` before it is built."""
+    cells, channels = result.num_positions, int(result.pam_query.shape[1])
+    height, width = result.image_size
+    refuse_large_payload(cells, channels, len(classes), height * width / max(cells, 1))
+
+    def build() -> dict:
+        payload = build_payload(result, image, classes, result_key)
+        payload["bytes"] = payload_bytes(payload)
+        if payload["bytes"] > MAX_PAYLOAD_BYTES:           # the image itself made it too large
+            raise InputError(f"the attention view for this image would send {payload['bytes'] / MB:,.0f} MB to "
+                             f"the browser, more than the {MAX_PAYLOAD_BYTES / MB:,.0f} MB it may send")
+        return payload
+
+    payload = payload_cache().get(("view", result_key), build, lambda payload: payload["bytes"])
     mark("payload ready")
     return payload
 
 
-def _payload_with_size(result_key: str, _result, _image, _classes) -> dict:
-    payload = build_payload(_result, _image, _classes, result_key)
-    payload["bytes"] = payload_bytes(payload)
-    return payload
+_cache_holder = None
 
 
-_cache = None
-
-
-def _cached_payload(result_key, result, image, classes):
-    global _cache
-    if _cache is None:
+def payload_cache() -> ByteBudgetCache:
+    """The process's payload cache, behind ``st.cache_resource`` (so clearing Streamlit's cache
+    clears it); made on first use."""
+    global _cache_holder
+    if _cache_holder is None:
         import streamlit as st
 
-        _cache = st.cache_resource(max_entries=4, show_spinner=False)(_payload_with_size)
-    return _cache(result_key, result, image, classes)
+        _cache_holder = st.cache_resource(show_spinner=False)(_new_payload_cache)
+    return _cache_holder()
+
+
+def _new_payload_cache() -> ByteBudgetCache:
+    return ByteBudgetCache(PAYLOAD_CACHE_BYTES, "attention view payload")
 
 
 _renderer = None

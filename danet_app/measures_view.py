@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 from danet.render import overlays as viz
 from danet.analysis import Ablation, CamSaturation, Knockout, Specificity
 
+from danet_app.literal import md, plain
+
 # Specificity readings: the mean row explains >= SAME_SHARE of a row -> "the same cells";
 # below SPECIFIC_SHARE -> query-specific; in between, partly.
 SAME_SHARE, SPECIFIC_SHARE = 0.8, 0.4
@@ -72,7 +74,7 @@ def knockout_reading(knockout: Knockout, classes: tuple[str, ...]) -> str:
         knockout.predicted_class)
     flip = (f"removing the top {knockout.flip_k} cells changes the class" if knockout.flip_k is not None
             else "no top-k removal changes the class")
-    return (f"Verdict: **{knockout.verdict}**. Predicted class **{name}** at cell {knockout.cell}; AUC of the "
+    return (f"Verdict: **{knockout.verdict}**. Predicted class **{md(name)}** at cell {knockout.cell}; AUC of the "
             f"logit drop: top {auc['top']:+.4f}, random {auc['random']:+.4f}, least {auc['least']:+.4f}; "
             f"{flip}. For scale, removing PAM's whole term at the cell drops the logit by "
             f"{knockout.pam_off_drop:+.4f}.")
@@ -167,6 +169,6 @@ def class_transitions(before: np.ndarray, after: np.ndarray, classes: tuple[str,
     order = np.argsort(-counts, kind="stable")[:top]
 
     def name(i: int) -> str:
-        return classes[i] if i < len(classes) else str(i)
+        return plain(classes[i], 80) if i < len(classes) else str(i)
 
     return [(name(int(i // k)), name(int(i % k)), int(counts[i])) for i in order if counts[i] > 0]

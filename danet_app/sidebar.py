@@ -28,12 +28,12 @@ from danet.inspection import InspectionResult, inspect_image
 from danet.loader import DEFAULT_SOURCE as DEFAULT_NAME
 from danet.render.overlays import legend
 from danet.weights import default_weights_path
-
 from danet_app import budget
 from danet_app.budget import ByteBudgetCache
+from danet_app.literal import code, md, visible
 from danet_app.timeline import mark
 from danet_app.state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
-                    sha256_bytes, switch_image_points)
+                             sha256_bytes, switch_image_points)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"       # a source checkout has them; an installed app offers uploads only
@@ -189,19 +189,19 @@ def choose_model() -> tuple[LoadedModel | None, str, str]:
     failure = remembered_failure(identity)
     if failure is None:
         try:
-            with st.spinner(f"Loading {name}..."):
+            with st.spinner(f"Loading {code(name)}..."):
                 return load_uploaded_model(digest, name, dilation, dataset, DEVICE, data), identity, digest
         except Exception as error:  # noqa: BLE001 - a bad file must not crash the app
             failure = describe_error(error)
             remember_failure(identity, failure)
-    st.sidebar.error(f"Could not load `{name}`: {failure}")
+    st.sidebar.error(f"Could not load {code(name)}: {md(failure)}")
     return None, "", ""
 
 
 def _default_model() -> tuple[LoadedModel | None, str, str]:
     path = default_weights_path()
     if not path.is_file():
-        st.sidebar.error(f"The default weights are missing from the installed package (`{path}`). "
+        st.sidebar.error(f"The default weights are missing from the installed package ({code(path)}). "
                          "Upload a checkpoint instead.")
         return None, "", ""
     digest = file_sha256(path)
@@ -215,7 +215,7 @@ def _default_model() -> tuple[LoadedModel | None, str, str]:
         with st.spinner("Loading the default model..."):
             return load_default_model(pinned, DEVICE), model_id(pinned), pinned
     except Exception as error:  # noqa: BLE001 - shown to the user, the app keeps running
-        st.sidebar.error(f"Could not load the default weights: {describe_error(error)}")
+        st.sidebar.error(f"Could not load the default weights: {md(describe_error(error))}")
         return None, "", ""
 
 
@@ -224,21 +224,21 @@ def model_caption(loaded: LoadedModel, device: str) -> str:
     config = loaded.meta.config
     details = [f"stem {config.stem}"] if config.stem is not None else []
     details.append(f"output stride {config.output_stride}" + (", multi-grid" if config.multi_grid else ""))
-    return (f"**{config.backbone}** ({', '.join(details)}) · layout **{loaded.meta.layout}** · "
-            f"{config.num_classes} classes · dataset **{loaded.meta.dataset.name}** · device **{device}**")
+    return (f"**{md(config.backbone)}** ({md(', '.join(details))}) · layout **{md(loaded.meta.layout)}** · "
+            f"{config.num_classes} classes · dataset **{md(loaded.meta.dataset.name)}** · device **{md(device)}**")
 
 
 def show_model_summary(loaded: LoadedModel) -> None:
     st.sidebar.caption(model_caption(loaded, DEVICE))
     for warning in loaded.warnings:
-        st.sidebar.warning(warning)
+        st.sidebar.warning(md(warning))
     with st.sidebar.expander("Classes and colours"):
         show_legend(loaded.meta.classes, loaded.meta.palette)
 
 
 def short_name(name: str, limit: int = LEGEND_NAME_CHARS) -> str:
     """A class name cut to ``limit`` characters (with an ellipsis) for the legend."""
-    name = " ".join(str(name).split())
+    name = visible(" ".join(str(name).split()))       # a right-to-left override shows as \u202e
     return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
@@ -317,9 +317,9 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
             remember_failure(f"image:{digest}:{max_pixels}", failure)
         else:
             for notice in image.notices:
-                st.sidebar.info(notice)
+                st.sidebar.info(md(notice))
             return image, name, digest, label_bytes
-    st.sidebar.error(f"Could not use `{name}`: {failure}")
+    st.sidebar.error(f"Could not use {code(name)}: {md(failure)}")
     return None, name, "", None
 
 
@@ -331,10 +331,10 @@ def check_label_map(loaded: LoadedModel, image: LoadedImage, data: bytes | None,
     try:
         labels = cached_label_map(data, image.array.shape[:2], loaded, trusted)
     except DanetError as error:
-        st.sidebar.error(f"Label map not used: {error}")
+        st.sidebar.error(f"Label map not used: {md(error)}")
         return None
     for notice in labels.notices:
-        st.sidebar.info(notice)
+        st.sidebar.info(md(notice))
     return labels
 
 
@@ -352,7 +352,7 @@ def build_selection() -> Selection | None:
     if (label_bytes is not None and st.session_state.get("image_source") == SAMPLE_SOURCE
             and loaded.meta.dataset.name != SAMPLE_DATASET):
         st.sidebar.info(f"The samples' ground truth uses {SAMPLE_DATASET} classes; this model predicts "
-                        f"{loaded.meta.dataset.name} classes, so it is not scored against it.")
+                        f"{md(loaded.meta.dataset.name)} classes, so it is not scored against it.")
         label_bytes = None
     labels = check_label_map(loaded, image, label_bytes,
                              trusted=st.session_state.get("image_source") == SAMPLE_SOURCE)
@@ -363,13 +363,13 @@ def build_selection() -> Selection | None:
     result, forwards_before = None, FORWARDS.total
     if failure is None:
         try:
-            with st.spinner(f"Running DANet on {name} ({DEVICE})..."):
+            with st.spinner(f"Running DANet on {code(name)} ({DEVICE})..."):
                 result = run_forward(key, loaded, image.array)
         except DanetError as error:          # refused before running: too big for memory or the cache
-            failure = f"Not run: {error}"
+            failure = f"Not run: {md(error)}"
             remember_failure(key, failure)
         except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge input
-            failure = f"The forward pass failed: {describe_error(error)}"
+            failure = f"The forward pass failed: {md(describe_error(error))}"
             remember_failure(key, failure)
     mark("forward done")
     if failure is not None:
@@ -404,6 +404,6 @@ def show_diagnostics() -> None:
         if selection is not None:
             key = re.sub(r"[0-9a-f]{64}", lambda digest: digest.group()[:12] + "…", selection.result_key)
             st.caption(f"device {selection.device} · forward {selection.result.seconds:.2f} s · "
-                       f"result key `{key}`")
+                       f"result key {code(key, 400)}")
         for label, seconds in st.session_state.get("timings", {}).items():
             st.caption(f"{label}: {seconds * 1000:.0f} ms")

@@ -5,6 +5,7 @@ test_app.py, test_app_measures.py, test_hardening_app.py and test_hostile_app.py
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,19 @@ def small_image() -> np.ndarray:
     return np.asarray(Image.open(SAMPLES[0]).convert("RGB"))[100:196, 100:228].copy()
 
 
+def rendered(markdown: str) -> str:
+    """The text a markdown source shows, for sources the app escaped with ``danet_app.literal``:
+    backslash escapes resolved, word joiners and leading-space references dropped."""
+    return re.sub(r"\\(.)", r"\1", markdown.replace("\u2060", "").replace("&#32;", " "))
+
+
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]                 # the whole page, sidebar included
+    return [rendered(e.value) for e in at.error]       # the whole page, sidebar included
+
+
+def texts(elements) -> list[str]:
+    """What a list of AppTest markdown-like elements (info, caption, warning, ...) shows."""
+    return [rendered(e.value) for e in elements]
 
 
 def point_cards(at: AppTest) -> list[str]:

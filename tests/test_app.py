@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import make_tiny_model, save_tiny
 from danet.weights import default_card, default_weights_path
 from danet_app.state import FORWARDS
-from helpers_app import SAMPLES, errors, png, point_cards, small_image, with_tiny_model
+from helpers_app import SAMPLES, errors, png, point_cards, rendered, small_image, texts, with_tiny_model
 
 pytestmark = pytest.mark.app              # slow ones (several forwards, big inputs) are marked slow too
 
@@ -51,7 +51,7 @@ def test_default_model_on_a_sample(fresh_caches):
     assert not at.exception
     assert errors(at) == []
     assert at.title[0].value == "DANet inspector"
-    caption = at.caption[0].value
+    caption = rendered(at.caption[0].value)
     assert SAMPLES[0].name in caption and "forward" in caption and ("cpu" in caption or "cuda" in caption)
     assert "(just now)" in caption                # fresh caches: this run did the forward
     assert len(at.metric) == 3                     # sample ground truth: mIoU of fused, PAM, CAM
@@ -79,13 +79,13 @@ def test_model_page_reads_the_shipped_card_and_describe():
     assert facts["head channels (C)"] == str(card.head_channels)
     assert facts["weights sha256"] == hashlib.sha256(default_weights_path().read_bytes()).hexdigest()
     assert "stem" not in facts.index                       # MobileNetV2 has no ResNet stem
-    assert any(card.licence in m.value for m in at.markdown)
+    assert any(card.licence in m for m in texts(at.markdown))
 
 
 def test_sidebar_names_no_stem_for_a_timm_backbone(tiny_checkpoint):
     # bug: the sidebar said "stem 7x7" for MobileNetV2
     at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
-    summary = " ".join(c.value for c in at.sidebar.caption)
+    summary = " ".join(texts(at.sidebar.caption))
     assert "mobilenetv2_100" in summary and "output stride 8" in summary
     assert "stem" not in summary and "7x7" not in summary
 
@@ -233,7 +233,7 @@ def test_label_map_upload_checked(tiny_checkpoint):
     labels[:10] = 200                                           # ... with 1280 pixels of an unknown id
     at.sidebar.file_uploader(key="label_upload").set_value(("labels.png", png(labels), "image/png")).run()
     assert not at.exception and errors(at) == []
-    assert any("outside 0..10" in i.value for i in at.sidebar.info)
+    assert any("outside 0..10" in i for i in texts(at.sidebar.info))
     assert len(at.metric) == 3 and at.dataframe
 
 
@@ -245,7 +245,7 @@ def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
     at.sidebar.radio(key="image_source").set_value("Upload an image").run()
     at.sidebar.file_uploader(key="image_upload").set_value(("big.png", png(big), "image/png")).run()
     assert not at.exception and errors(at) == []
-    assert any("downscaled from 1600x1200" in i.value for i in at.sidebar.info)
+    assert any("downscaled from 1600x1200" in i for i in texts(at.sidebar.info))
     assert "(365x273)" in at.caption[0].value or "(365x274)" in at.caption[0].value
 
 
@@ -263,12 +263,12 @@ def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(
         ("DANet18.pth.tar", buffer.getvalue(), "application/octet-stream")).run()
     assert not at.exception and errors(at) == []
-    summary = " ".join(c.value for c in at.sidebar.caption)
+    summary = " ".join(texts(at.sidebar.caption))
     assert "layout **official**" in summary and "resnet18" in summary and "multi-grid" in summary
     at.sidebar.selectbox(key="dilation").set_value("2-4-4").run()        # what the file cannot tell
     at.sidebar.selectbox(key="dataset_choice").set_value("camvid").run()
     assert not at.exception and errors(at) == []
-    summary = " ".join(c.value for c in at.sidebar.caption)
+    summary = " ".join(texts(at.sidebar.caption))
     assert "multi-grid" not in summary and "dataset **camvid**" in summary
     assert "stem deep" in summary or "stem 7x7" in summary                # a ResNet does have a stem
     at.switch_page(MODEL).run()
@@ -285,7 +285,7 @@ def test_sample_ground_truth_only_scores_models_of_its_dataset(tmp_path):
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(
         (path.name, path.read_bytes(), "application/octet-stream")).run()
     assert not at.exception and errors(at) == []
-    assert any("not scored" in i.value for i in at.sidebar.info)
+    assert any("not scored" in i for i in texts(at.sidebar.info))
     assert len(at.metric) == 0 and at.title[0].value == "DANet inspector"
 
 

@@ -20,9 +20,11 @@ import gc
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -31,15 +33,24 @@ import psutil
 import pytest
 import streamlit as st
 import torch
+from conftest import make_tiny_model, save_tiny
+from helpers_app import errors, png, point_cards, rendered
+from helpers_browser import CHROMIUM, launch_chromium, streamlit_server
+from helpers_hostile import (
+    BYTEARRAY_PICKLE,
+    hash_bomb_pickle,
+    progressive_jpeg,
+    zip_with_pickle,
+)
+from helpers_markup import PAYLOADS, audit, normalised, short_payloads
 from streamlit.testing.v1 import AppTest
 
-from conftest import make_tiny_model, save_tiny
-from danet.checkpoints import isolated
-from danet_app import budget, sidebar
-from danet_app.state import FORWARDS
-from helpers_app import errors, png, point_cards
-from helpers_browser import CHROMIUM, launch_chromium, streamlit_server
-from helpers_hostile import BYTEARRAY_PICKLE, hash_bomb_pickle, progressive_jpeg, zip_with_pickle
+from danet.checkpoints import ModelMeta, isolated, save_model
+from danet.data.palettes import DatasetInfo
+from danet.errors import DanetError, InputError
+from danet_app import attention_view, budget, sidebar
+from danet_app.literal import ECHO_LIMIT, file_stem, plain, visible
+from danet_app.state import FORWARDS, MAX_POINTS, read_points_param, read_record_points
 
 pytestmark = [pytest.mark.app, pytest.mark.fuzz]
 
@@ -254,6 +265,37 @@ def test_result_budget_refusal_names_a_size_that_fits():
         assert 0.05 < budget.max_megapixels(3000, cache.budget) < 0.06            # 3,000 classes: ~0.06 MP
 
 
+# ---- the attention view's payload ------------------------------------------------------------------
+def test_a_view_payload_too_large_for_a_browser_is_refused_before_it_is_built():
+    # the issue's case: d = 16,384 on a 480x360 image (2,700 cells) would send 236 MB (225 MiB)
+    assert 235e6 < attention_view.payload_bytes_estimate(2700, 16384, 11) < 237e6
+    with pytest.raises(InputError, match=r"would send 225 MB .* d = 16,384 on 2,700 cells.*more than the 48 MB") as error:
+        attention_view.refuse_large_payload(2700, 16384, 11, 64.0)
+    assert "Downscale above" in str(error.value) and "\n" not in str(error.value)
+    attention_view.refuse_large_payload(2700, 16, 11, 64.0)           # the default model: 0.6 MB
+    with pytest.raises(InputError, match="too wide for the interactive view at any image size"):
+        attention_view.refuse_large_payload(2700, 16384, 11, 64.0, limit=2**20)
+
+
+def test_the_app_refuses_a_wide_pam_view_in_one_line_and_keeps_the_rest(files, tmp_path, monkeypatch):
+    wide = save_tiny(make_tiny_model(11, head_channels=8, key_channels=4096), tmp_path / "wide.safetensors",
+                     dtype=torch.float16)
+    at = session(("wide.safetensors", wide.read_bytes()), ("crop.png", files["crop.png"]))
+    assert not at.exception and errors(at) == []
+    # within the limit the payload is kept, counted by its bytes (192 cells x 4,096 x 2 x 2 = 4 MB)
+    key = ("view", at.session_state["selection"].result_key)
+    cache = attention_view.payload_cache()
+    assert cache.budget == attention_view.PAYLOAD_CACHE_BYTES and key in cache
+    assert 4 * 2**20 < cache._entries[key][1] < 6 * 2**20
+    monkeypatch.setattr(attention_view, "MAX_PAYLOAD_BYTES", 2 * 2**20)
+    at.run()
+    assert not at.exception
+    (shown,) = errors(at)
+    assert shown.startswith("The interactive view is not shown: the attention view for this image would send 4 MB")
+    assert "d = 4,096 on 192 cells" in shown
+    assert len(at.image) >= 4                                     # the predictions tab is still drawn
+
+
 # ---- memory over many uploads -------------------------------------------------------------------
 def rss_mb() -> float:
     gc.collect()
@@ -392,6 +434,312 @@ def test_health_answers_within_a_second_while_hostile_uploads_are_processed(serv
     # every answer within 1 s on a machine with cores to spare; on an oversubscribed one (load
     # average above the core count) a single answer waited for a CPU up to ~1.2 s (docs/hardening.md)
     assert latencies.max() < (1.0 if os.getloadavg()[0] < os.cpu_count() else 2.0)
+
+
+# ---- markup from strangers stays text (issue 26) --------------------------------------------------
+def markup_checkpoint(path: Path) -> bytes:
+    """A valid model whose every outside string is a payload: class names, the dataset name, the
+    layout name and the card fields (``extra``: training data, licence, per-class IoU, ...)."""
+    names = tuple(short_payloads(200).values())
+    model = make_tiny_model(len(names), head_channels=8)
+    dataset = DatasetInfo(PAYLOADS["link"], names, tuple((17 * i % 256, 40, 200) for i in range(len(names))))
+    extra = {"training_data": PAYLOADS["html"], "license": PAYLOADS["autolinks"],
+             "training_command": PAYLOADS["very long"], "evaluated_with": PAYLOADS["streamlit markup"],
+             "training_history": PAYLOADS["control characters"], "val_iou": {n: 50.0 for n in names},
+             "val_miou": 10.0}
+    save_model(model, ModelMeta(config=model.config, dataset=dataset, layout=PAYLOADS["emphasis"], extra=extra),
+               path, dtype=torch.float16)
+    return path.read_bytes()
+
+
+def markup_record(name: str, sha256: str = "0" * 64, points: list | None = None) -> bytes:
+    return json.dumps({"tool": "danet-lens", "image": {"sha256": sha256, "name": name},
+                       "points": points if points is not None else [{"x": 1, "y": 1}]}).encode()
+
+
+def split_code_spans(source: str) -> tuple[str, list[str]]:
+    """(the source without its code spans, the spans' texts); escaped backticks are no spans."""
+    outside, spans, index = [], [], 0
+    while index < len(source):
+        char = source[index]
+        if char == "\\":
+            outside.append(source[index:index + 2])
+            index += 2
+            continue
+        if char == "`":
+            run = re.match(r"`+", source[index:]).group()
+            close = re.search(rf"(?<!`){run}(?!`)", source[index + len(run):])
+            if close:
+                body = source[index + len(run): index + len(run) + close.start()]
+                if body.startswith(" ") and body.endswith(" ") and body.strip(" "):
+                    body = body[1:-1]
+                spans.append(body)
+                outside.append("\0CODE\0")
+                index += len(run) + close.end()
+                continue
+        outside.append(char)
+        index += 1
+    return "".join(outside), spans
+
+
+def shown_text(source: str) -> str:
+    """What a markdown source the app wrote shows: its code spans' text, the rest unescaped."""
+    outside, spans = split_code_spans(source)
+    outside = re.sub(r"(?<!\\)\*\*", "", outside)                 # the app's own bold
+    pieces = rendered(outside).split("\0CODE\0")
+    return "".join(piece + (spans[i] if i < len(spans) else "") for i, piece in enumerate(pieces))
+
+
+def markdown_sources(at: AppTest) -> list[str]:
+    """Every markdown-rendered string on the page (main area and sidebar)."""
+    kinds = (at.markdown, at.caption, at.info, at.warning, at.error, at.success, at.title, at.subheader)
+    return [e.value for kind in kinds for e in kind] + [m.label for m in at.metric]
+
+
+def assert_no_raw_markup(at: AppTest, payloads: dict[str, str]) -> None:
+    """No payload's markdown reaches the page unescaped (code spans aside: they are literal)."""
+    for source in markdown_sources(at):
+        outside_code = split_code_spans(source)[0]
+        for name, text in payloads.items():
+            raw = visible(text)[:60]
+            if re.search(r"[!-/:-@\[-`{-~]", raw):
+                assert raw not in outside_code, (name, source[:200])
+        assert "\u202e" not in source and "\x00" not in source
+
+
+def assert_shown(at: AppTest, expected: str) -> None:
+    """``expected`` (outside text as ``plain`` shows it) is on the page, literally."""
+    shown = [shown_text(source) for source in markdown_sources(at)]
+    assert any(expected in text for text in shown), (expected[:80], [t[:120] for t in shown])
+
+
+def notice(at: AppTest) -> str:
+    """The one point notice the inspector shows (URL points, a loaded record)."""
+    (only,) = [shown_text(w.value) for w in at.warning if w.value.startswith(("Points in", "Loaded", "Record", "The"))]
+    return only
+
+
+@pytest.fixture(scope="module")
+def crop_session_parts(files):
+    return ("tiny.safetensors", files["tiny.safetensors"]), ("crop.png", files["crop.png"])
+
+
+@pytest.mark.slow
+def test_markup_in_url_points_is_shown_as_text(files):
+    image_tag = hashlib.sha256(files["crop.png"]).hexdigest()[:12]
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["model_source"] = "Upload a checkpoint"
+    at.session_state["image_source"] = "Upload an image"
+    at.query_params["image"] = image_tag
+    at.query_params["points"] = PAYLOADS["link"]
+    at.run()
+    upload(at, "checkpoint_upload", "tiny.safetensors", files["tiny.safetensors"])
+    upload(at, "image_upload", "crop.png", files["crop.png"])
+    for name, text in PAYLOADS.items():
+        at.session_state["url_restored"] = set()
+        at.query_params["image"] = image_tag
+        at.query_params["points"] = text
+        at.run()
+        assert not at.exception
+        with pytest.raises(DanetError) as error:
+            read_points_param(text, CROP)
+        assert notice(at) == f"Points in the URL not used: {plain(str(error.value))}", name
+        assert_no_raw_markup(at, PAYLOADS)
+        assert len(notice(at)) < ECHO_LIMIT + 80                        # the 100,000-character one is cut
+
+
+@pytest.mark.slow
+def test_markup_in_record_fields_and_file_names_is_shown_as_text(files):
+    at = session(("tiny.safetensors", files["tiny.safetensors"]), ("crop.png", files["crop.png"]))
+    for name, text in PAYLOADS.items():
+        at.file_uploader(key="record_upload").set_value((f"{name}.json", markup_record(text), "application/json")).run()
+        assert not at.exception
+        assert notice(at).startswith("Record not loaded: the record is for another image (")
+        message = InputError(f"the record is for another image ({text}); choose that image first")
+        assert notice(at) == f"Record not loaded: {plain(str(message))}", name
+        assert_no_raw_markup(at, PAYLOADS)
+    # a record's file name, and an image's, are outside text too (Streamlit itself refuses a file
+    # name with a NUL byte, before the app sees it: that session alone gets its error page)
+    sha = hashlib.sha256(files["crop.png"]).hexdigest()
+    for name, text in short_payloads(200).items():
+        text = text.replace("\x00", "")
+        at.file_uploader(key="record_upload").set_value((text + ".json", markup_record("x", sha), "application/json")
+                                                        ).run()
+        assert not at.exception, at.exception[0].stack_trace
+        assert notice(at) == f"Loaded 1 points from {plain(text + '.json', 120)}.", name
+        assert_no_raw_markup(at, PAYLOADS)
+    upload(at, "image_upload", PAYLOADS["html"] + ".png", files["crop.png"])
+    assert not at.exception and errors(at) == []
+    assert_shown(at, plain(PAYLOADS["html"] + ".png"))
+    assert_no_raw_markup(at, PAYLOADS)
+
+
+def test_markup_in_a_checkpoint_is_shown_as_text(files, tmp_path):
+    data = markup_checkpoint(tmp_path / "markup.safetensors")
+    at = session((PAYLOADS["image"] + ".safetensors", data), ("crop.png", files["crop.png"]))
+    assert not at.exception and errors(at) == [], errors(at)
+    at.session_state["points"] = [(10, 10), (100, 60)]
+    at.run()
+    cards = point_cards(at)
+    assert len(cards) == 2
+    stats = at.session_state["stats_cache"]
+    for card, point in zip(cards, [(10, 10), (100, 60)]):
+        assert f"class {plain(stats[point].class_name)}" in shown_text(card)
+    assert_shown(at, f"dataset {plain(PAYLOADS['link'])}")
+    assert_shown(at, f"layout {plain(PAYLOADS['emphasis'])}")
+    assert_no_raw_markup(at, PAYLOADS)
+    at.switch_page("app_pages/model.py").run()
+    assert not at.exception and errors(at) == []
+    assert_shown(at, f"{plain(PAYLOADS['link'])} classes and colours")
+    assert_shown(at, f"Trained on: {plain(PAYLOADS['html'], 2000)}")
+    assert_shown(at, f"Trained with: {plain(PAYLOADS['very long'], 2000)}")
+    assert_shown(at, f"The weights: {plain(PAYLOADS['autolinks'], 2000)}")
+    assert_no_raw_markup(at, PAYLOADS)
+    facts = at.dataframe[0].value["value"]
+    assert facts["source"] == plain(PAYLOADS["image"] + ".safetensors", 200)
+    at.switch_page("app_pages/measures.py").run()
+    assert not at.exception and errors(at) == []
+    assert_no_raw_markup(at, PAYLOADS)
+    # a file that cannot be loaded: its name in the error, shown literally
+    bad = session((PAYLOADS["html"] + ".pth", b"not a checkpoint"))
+    (shown,) = errors(bad)
+    assert_no_raw_markup(bad, PAYLOADS)
+    assert "\n" not in shown and shown_text(bad.error[0].value).startswith(f"Could not load {plain(PAYLOADS['html'] + '.pth', 120)}: ")
+
+
+def test_url_and_record_points_beyond_the_limit_keep_the_first_and_say_so(files):
+    sha = hashlib.sha256(files["crop.png"]).hexdigest()
+    at = session(("tiny.safetensors", files["tiny.safetensors"]), ("crop.png", files["crop.png"]))
+    many = [{"x": i % CROP[1], "y": i // CROP[1] % CROP[0]} for i in range(100_000)]
+    at.file_uploader(key="record_upload").set_value(("many.json", markup_record("x", sha, many), "application/json")
+                                                    ).run()
+    assert not at.exception
+    assert at.session_state["points"] == [(i, 0) for i in range(MAX_POINTS)]
+    assert "The record holds 100,000 points; the first 8 are used" in notice(at)
+    points, kept = read_points_param(";".join(f"{p['x']},{p['y']}" for p in many), CROP)
+    assert points == [(i, 0) for i in range(MAX_POINTS)] and kept.startswith("The URL holds 100,000 points")
+    assert read_points_param("1,1;2,2", CROP) == ([(1, 1), (2, 2)], None)
+
+
+@pytest.mark.parametrize("record, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "nests 100000 levels deep"),
+    (b'{"tool": "danet-lens", "points": [{"x": Infinity, "y": 1}], "image": {"sha256": "S"}}', "not a whole number"),
+    (b'{"tool": "danet-lens", "points": [{"x": 1e300, "y": 1}], "image": {"sha256": "S"}}', "out of range"),
+    (b'{"tool": "danet-lens", "points": [{"x": "1", "y": 1}], "image": {"sha256": "S"}}', "non-numeric"),
+    (b'{"tool": "danet-lens", "points": [{"x": 1.5, "y": 1}], "image": {"sha256": "S"}}', "not a whole number"),
+    (b'{"tool": "danet-lens", "points": [{"x": 500, "y": 1}], "image": {"sha256": "S"}}', "lies outside"),
+    (b'{"tool": "danet-lens", "points": [[1, 2]], "image": {"sha256": "S"}}', "have no x/y"),
+    (b" " * (9 << 20), "more than the"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_hostile_records_are_refused_in_one_line(record, message, files):
+    sha = hashlib.sha256(files["crop.png"]).hexdigest()
+    with pytest.raises(InputError, match=message) as error:
+        read_record_points(record.replace(b'"S"', f'"{sha}"'.encode()), sha, CROP)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 300
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian chromium at {CHROMIUM}")
+def test_no_outside_markup_reaches_the_page_in_a_real_browser(server, tmp_path, files):
+    """Every channel in a real server and chromium: the URL, a record's field and file name, a
+    checkpoint's file name, class names, dataset, layout and card fields, an image's file name.
+    No foreign element, no link or source leaving the server, no request to the attacker's host,
+    and each string shown literally."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, process = server
+    sample = min((ROOT / "assets" / "samples").glob("*.png")).read_bytes()
+    tag = hashlib.sha256(sample).hexdigest()[:12]
+    checkpoint = markup_checkpoint(tmp_path / "markup.safetensors")
+    names = list(short_payloads(200).values())
+    evil_requests, problems = [], {}
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+
+    def check(page, stage: str, expected: list[str]) -> None:
+        found = audit(page, url, expected)
+        page.screenshot(path=str(artifacts / f"markup_{stage}.png"), full_page=True)
+        if found:
+            problems[stage] = found
+
+    def point_notice(page, prefix: str) -> None:
+        page.locator("[data-testid='stAlertContainer']", has_text=prefix).first.wait_for(timeout=120_000)
+
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 1200}, accept_downloads=True).new_page()
+            page.on("request", lambda r: None if r.url.startswith((url + "/", "data:", "blob:"))
+                    else evil_requests.append(r.url))                 # nothing leaves the server
+            # 1. the URL: ?points= with a link in it
+            page.goto(f"{url}/?image={tag}&points={urllib.parse.quote(PAYLOADS['link'])}")
+            point_notice(page, "Points in the URL not used")
+            with pytest.raises(DanetError) as error:
+                read_points_param(PAYLOADS["link"], (360, 480))
+            check(page, "url", [f"Points in the URL not used: {plain(str(error.value))}"])
+            # 2. a record: its image name, and its file name
+            page.get_by_text("Downloads, and loading a record back").click()
+            record_input = page.locator("[data-testid='stFileUploader']", has_text="Load the points").locator(
+                "input[type='file']")
+            record_input.set_input_files(files=[{"name": PAYLOADS["emphasis"] + ".json", "mimeType": "application/json",
+                                                 "buffer": markup_record(PAYLOADS["html"])}])
+            point_notice(page, "Record not loaded")
+            message = InputError(f"the record is for another image ({PAYLOADS['html']}); choose that image first")
+            check(page, "record", [f"Record not loaded: {plain(str(message))}"])
+            # 3. a checkpoint that cannot be loaded, named with markup
+            upload_in_browser(page, "Upload a checkpoint", "Checkpoint", PAYLOADS["html"] + ".pth", b"not a checkpoint")
+            page.locator("[data-testid='stAlertContentError']", has_text="Could not load").first.wait_for(
+                timeout=120_000)
+            check(page, "bad checkpoint", [f"Could not load {plain(PAYLOADS['html'] + '.pth', 120)}"])
+            # 4. a checkpoint whose class names, dataset, layout and card are markup; an image named so
+            upload_in_browser(page, "Upload a checkpoint", "Checkpoint", PAYLOADS["image"] + ".safetensors", checkpoint)
+            page.locator("[data-testid='stSidebar']").get_by_text("classes · dataset").first.wait_for(timeout=120_000)
+            image_name = PAYLOADS["link"] + ".png"
+            upload_in_browser(page, "Upload an image", "Image (", image_name, sample)
+            page.locator("[data-testid='stCaptionContainer']", has_text="forward").first.wait_for(timeout=120_000)
+            view = page.locator("#danet-attention")
+            deadline = time.monotonic() + 120
+            while view.get_attribute("data-ready") != "1" or view.get_attribute("data-payload-id") is None:
+                assert time.monotonic() < deadline, "the attention view never got its data"
+                time.sleep(0.1)
+            canvas = page.locator("#input-canvas")
+            box = canvas.bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.6)
+            page.get_by_text(re.compile(r"^1 point pinned")).wait_for(timeout=120_000)
+            map_box = page.locator("#map-canvas").bounding_box()
+            page.mouse.move(map_box["x"] + map_box["width"] * 0.3, map_box["y"] + map_box["height"] * 0.3)
+            page.locator("#readout").filter(has_text="under the cursor").wait_for(timeout=30_000)
+            bolds = page.locator("#readout b, #pinned .stats b").all_inner_texts()
+            shown_names = {normalised(plain(n, 80)) for n in names}
+            named = [b for b in bolds if normalised(b) in shown_names]
+            assert len(named) >= 2, bolds                    # the query's and the pin's class, as text
+            check(page, "checkpoint", [f"dataset {plain(PAYLOADS['link'])}", f"layout {plain(PAYLOADS['emphasis'])}",
+                                       plain(image_name)])
+            button = page.locator("[data-testid='stDownloadButton']").get_by_text("Record (JSON)")
+            if not button.is_visible():
+                page.get_by_text("Downloads, and loading a record back").click()
+            with page.expect_download(timeout=120_000) as download:
+                button.click()
+            assert download.value.suggested_filename == f"{file_stem(image_name)}_danet.json"
+            # 5. the model page: dataset, card fields, licence
+            page.locator("[data-testid='stSidebar']").get_by_text("Model details").click()
+            page.get_by_text("Validation accuracy recorded with the weights").wait_for(timeout=120_000)
+            page.get_by_text("The weights:").wait_for(timeout=60_000)
+            check(page, "model page", [f"{plain(PAYLOADS['link'])} classes and colours",
+                                       f"Trained on: {plain(PAYLOADS['html'], 2000)}",
+                                       f"Evaluated with: {plain(PAYLOADS['streamlit markup'], 2000)}",
+                                       f"The weights: {plain(PAYLOADS['autolinks'], 2000)}"])
+            # 6. the measures page shows class names too (knockout reading, ablation table)
+            page.locator("[data-testid='stSidebar']").get_by_text("Does attention matter?").click()
+            page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
+            check(page, "measures page", [])
+        finally:
+            browser.close()
+    (artifacts / "markup_problems.json").write_text(json.dumps(problems, indent=1))
+    assert process.poll() is None, "the server died"
+    assert problems == {}, problems
+    assert evil_requests == []
 
 
 if __name__ == "__main__":           # the table for docs/hardening.md

@@ -39,6 +39,11 @@ const UNITS = {
   log: "log10 attention weight",
 };
 
+// Class names come from the checkpoint (outside text): they enter the DOM through esc() only.
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+function esc(value) { return String(value).replace(/[&<>"']/g, (c) => ESCAPES[c]); }
+function className(p, id) { return esc(p.classes[id] ?? id); }
+
 function bytesOf(b64) {
   const text = atob(b64), out = new Uint8Array(text.length);
   for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
@@ -469,7 +474,7 @@ function writeReadout(view) {
   const parts = [];
   if (view.query && !view.region) {
     const cls = p.cellClass[view.query.cell];
-    parts.push(`query <b>cell (${view.query.row}, ${view.query.col})</b>, pixel (${view.query.x}, ${view.query.y}), predicted <b>${p.classes[cls] ?? cls}</b>`);
+    parts.push(`query <b>cell (${view.query.row}, ${view.query.col})</b>, pixel (${view.query.x}, ${view.query.y}), predicted <b>${className(p, cls)}</b>`);
   } else if (m) parts.push(`<b>${m.label}</b> (Esc to release)`);
   let value = null;
   if (m) {
@@ -477,7 +482,7 @@ function writeReadout(view) {
     if (at) {
       const cell = at.row * p.gw + at.col;
       value = m.shown.shown[cell];
-      const where = view.hover ? `under the cursor, cell (${at.row}, ${at.col}) ${p.classes[p.cellClass[cell]] ?? ""}` : "at the query itself";
+      const where = view.hover ? `under the cursor, cell (${at.row}, ${at.col}) ${className(p, p.cellClass[cell])}` : "at the query itself";
       parts.push(`${where}: <b>${format(value)}</b> ${UNITS[view.settings.mode]} (weight ${format(m.values[cell])})`);
       const f = m.shown.hi > m.shown.lo ? Math.min(Math.max((value - m.shown.lo) / (m.shown.hi - m.shown.lo), 0), 1) : 0;
       view.barMark.style.left = `${(Number.isFinite(value) ? f : 0) * 100}%`;
@@ -524,7 +529,7 @@ function paintPinned(view) {
     stats.push(`${st.entropy.toFixed(4)},${st.same.toFixed(5)},${st.cls},${st.top}`);
     const about = document.createElement("div");
     about.className = "stats";
-    about.innerHTML = `<b>${i + 1}</b> · (${x}, ${y}) · <b>${p.classes[st.cls] ?? st.cls}</b><br>entropy ${st.entropy.toFixed(2)} bits (${Math.round(st.fraction * 100)}%) · same-class ${(st.same * 100).toFixed(1)}% · top ${p.classes[st.top] ?? st.top} ${Math.round(st.topShare * 100)}%`;
+    about.innerHTML = `<b>${i + 1}</b> · (${x}, ${y}) · <b>${className(p, st.cls)}</b><br>entropy ${st.entropy.toFixed(2)} bits (${Math.round(st.fraction * 100)}%) · same-class ${(st.same * 100).toFixed(1)}% · top ${className(p, st.top)} ${Math.round(st.topShare * 100)}%`;
     figure.append(canvas, bar, caption, about);
     host.append(figure);
   });
