@@ -137,6 +137,7 @@ class CCHead(FCNWrappedHead):
                                              "value projections, gamma and residuals left out)")
         return maps
 
+    @torch.inference_mode()
     def recompute(self, kept, off: frozenset[str]) -> dict[str, torch.Tensor]:
         """gamma = 0 makes every loop the identity: the tail runs from the kept loop input."""
         parameter = next(self.parameters())
