@@ -798,3 +798,103 @@ def test_docs_list_every_range():
     text = (REPO / "docs" / "cli.md").read_text()
     missing = [k for k, spec in RANGES.items() if f"| `{k}` | {spec.text()} |" not in text]
     assert not missing, f"docs/cli.md does not list the ranges of {missing}"
+
+
+# ---- a FIFO or a link to /dev/zero for every command's file argument (issue 26) ---------------
+def special_file(kind: str, path: Path) -> Path:
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    return path
+
+
+# name -> (arguments given the special file S, a good image I, a checkpoint C, a dataset D, a folder T)
+FILE_ARGUMENTS = {
+    "predict IMAGE": lambda S, I, C, D, T: ["predict", S("x.png"), "--out", T / "o", "--checkpoint", C],
+    "predict --checkpoint": lambda S, I, C, D, T: ["predict", I, "--out", T / "o", "--checkpoint", S("m.safetensors")],
+    "attention IMAGE": lambda S, I, C, D, T: ["attention", S("x.png"), "--point", "1,1", "--out", T / "o",
+                                             "--checkpoint", C],
+    "attention --checkpoint": lambda S, I, C, D, T: ["attention", I, "--point", "1,1", "--out", T / "o",
+                                                    "--checkpoint", S("m.pth")],
+    "figure IMAGE": lambda S, I, C, D, T: ["figure", S("x.png"), "--point", "1,1", "--out", T / "f.png",
+                                          "--checkpoint", C],
+    "figure --checkpoint": lambda S, I, C, D, T: ["figure", I, "--point", "1,1", "--out", T / "f.png",
+                                                 "--checkpoint", S("m.pth")],
+    "measures IMAGE": lambda S, I, C, D, T: ["measures", S("x.png"), "--checkpoint", C],
+    "measures --labels": lambda S, I, C, D, T: ["measures", I, "--labels", S("l.png"), "--checkpoint", C],
+    "measures --checkpoint": lambda S, I, C, D, T: ["measures", I, "--checkpoint", S("m.safetensors")],
+    "attention-stats --checkpoint": lambda S, I, C, D, T: ["attention-stats", "--data", D, "--out", T / "o",
+                                                          "--checkpoint", S("m.pth")],
+    "evaluate --checkpoint": lambda S, I, C, D, T: ["evaluate", "--data", D, "--checkpoint", S("m.pth")],
+    "train --init": lambda S, I, C, D, T: ["train", "--data", D, "--out", T / "run", "--init", S("m.pth"),
+                                          "--no-imagenet", "--max-steps", 1],
+    "convert SOURCE": lambda S, I, C, D, T: ["convert", S("m.pth"), T / "out.safetensors"],
+    "info CHECKPOINT": lambda S, I, C, D, T: ["info", S("m.pth")],
+    "info --checkpoint": lambda S, I, C, D, T: ["info", "--checkpoint", S("m.safetensors")],
+}
+
+
+def run_with_deadline(seconds: float, args, fifos: list[Path]):
+    """``run(*args)`` in a thread; a hang fails the test (and the FIFO's blocked reader is released)."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=run(*args)), daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for fifo in fifos:                       # let a reader blocked in open() go, then fail
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        thread.join(5)
+        pytest.fail(f"danet {' '.join(map(str, args))} still ran after {seconds} s")
+    return box["result"], time.perf_counter() - started
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero_link"])
+@pytest.mark.parametrize("case", list(FILE_ARGUMENTS))
+def test_a_special_file_as_any_file_argument_is_refused_at_once(case, kind, tmp_path, checkpoint):
+    image = write_image(tmp_path / "ok.png")
+    data = make_camvid_like(tmp_path / "camvid")
+    specials: list[Path] = []
+
+    def special(name: str) -> Path:
+        specials.append(special_file(kind, tmp_path / name))
+        return specials[-1]
+
+    args = FILE_ARGUMENTS[case](special, image, checkpoint, data, tmp_path)
+    result, seconds = run_with_deadline(30, [*args, "--device", "cpu"] if case.split()[0] not in ("convert",)
+                                        else args, specials)
+    assert_one_line_error(result, str(specials[0].name), "not a regular file (a pipe, socket or device)")
+    assert seconds < 30
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero_link"])
+def test_a_special_file_in_place_of_an_output_file_is_replaced_not_written_through(kind, tmp_path, checkpoint):
+    """Output files are renamed into place, so a FIFO or a /dev/zero link there is replaced: no hang."""
+    image = write_image(tmp_path / "ok.png")
+    figure = special_file(kind, tmp_path / "f.png")
+    result, _ = run_with_deadline(60, ["figure", image, "--point", "1,1", "--out", figure, "--checkpoint", checkpoint,
+                                       "--device", "cpu", "--dpi", 50], [figure])
+    assert result.exit_code == 0, result.output
+    assert figure.is_file() and not figure.is_symlink() and figure.read_bytes()[:4] == b"\x89PNG"
+    destination = special_file(kind, tmp_path / "out.safetensors")
+    result, _ = run_with_deadline(60, ["convert", checkpoint, destination], [destination])
+    assert result.exit_code == 0, result.output
+    assert destination.is_file() and not destination.is_symlink() and Path("/dev/zero").is_char_device()
+
+
+def test_a_folder_holding_a_fifo_or_a_dev_zero_link_skips_them(tmp_path, checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "good.png")
+    special_file("fifo", folder / "pipe.png")
+    special_file("dev_zero_link", folder / "zero.png")
+    result, _ = run_with_deadline(60, ["predict", folder, "--out", tmp_path / "o", "--checkpoint", checkpoint,
+                                       "--device", "cpu"], [folder / "pipe.png"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir()) == ["good"]

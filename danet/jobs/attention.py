@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from danet.jobs.inputs import check_points, describe_model, parse_point
 from danet.safety.outputs import OutputError, clean_stale_partials, output_lock, prepare_output_dir, save_json, save_npy, save_png, save_text
-from danet.safety.paths import file_sha256
+from danet.safety.paths import file_sha256, regular_file
 from danet.checkpoints.meta import LoadedModel
 from danet.data.images import ImageLoadError, LoadedImage, load_image
 from danet.errors import InputError
@@ -46,9 +46,7 @@ def read_query(image: str | Path, points: list[str | tuple[float, float]], *, ne
     if len(points) > MAX_QUERY_POINTS:
         raise InputError(f"{len(points):,} points given; at most {MAX_QUERY_POINTS} (each is a map of its own)")
     given = [parse_point(p) if isinstance(p, str) else (float(p[0]), float(p[1])) for p in points]
-    path = Path(image)
-    if not path.is_file():
-        raise InputError(f"{path} is not a file")
+    path = regular_file(image, "an image file", ImageLoadError)
     try:
         picture = load_image(path)
     except ImageLoadError as error:

@@ -23,7 +23,7 @@ from danet.analysis.specificity import MAX_QUERIES
 from danet.jobs.attention import Query
 from danet.jobs.inputs import describe_model
 from danet.safety.outputs import OutputError, output_lock, prepare_output_dir, save_json
-from danet.safety.paths import file_sha256
+from danet.safety.paths import file_sha256, regular_file
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
 from danet.errors import InputError, LabelMapError
@@ -49,9 +49,7 @@ class LabelMap:
 def read_labels(path: str | Path, query: Query, loaded: LoadedModel) -> LabelMap:
     """Read the label map ``path`` for ``query``'s image (resized with it when it was downscaled);
     ids or the dataset's colours. Ids outside the classes are void."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabelMapError(f"label map {path} is not a file")
+    path = regular_file(path, "a label map", LabelMapError)
     ignore = loaded.meta.dataset.ignore_index
     ignore = FALLBACK_IGNORE if ignore is None else int(ignore)
     ids, notices = load_label_map(path, query.picture.size, loaded.meta.config.num_classes, ignore,

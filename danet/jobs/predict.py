@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from danet.runtime import distributed
-from danet.errors import one_line
+from danet.errors import DanetError, one_line
 from danet.jobs.inputs import collect_images, describe_model, output_names
 from danet.safety.outputs import OutputBusyError, OutputError, child_folder, output_lock, prepare_output_dir, read_json, save_json, save_npz, save_png
 from danet.safety.paths import file_sha256
@@ -256,8 +256,8 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
     pending = []
     for path, name in mine:
         try:
-            sha = file_sha256(path)
-        except OSError as error:
+            sha = file_sha256(path)               # refuses a FIFO or device swapped in since the listing
+        except (OSError, DanetError) as error:
             report.failed.append((path, one_line(error)))
             continue
         folder = out / name

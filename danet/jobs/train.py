@@ -29,7 +29,9 @@ from danet.checkpoints.save import save_model
 from danet.data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
 from danet.data.palettes import CAMVID
 from danet.runtime import distributed
-from danet.errors import InputError
+from danet.analysis.common import check_seed
+from danet.errors import CheckpointError, InputError
+from danet.safety.paths import regular_file
 from danet.jobs.evaluate import evaluate_model
 from danet.models import Segmentor, DANetConfig
 from danet.models.registry import normalisation
@@ -233,6 +235,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
     if cfg.sync_bn and device.type != "cuda":
         raise InputError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm syncs GPU tensors only "
                          "(on the CPU use --freeze-bn or larger per-process batches)")
+    if cfg.init:                     # a FIFO or /dev/zero link is refused before the dataset is read
+        regular_file(cfg.init, "a checkpoint", CheckpointError)
+    check_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
