@@ -10,11 +10,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers_app import SAMPLES
 
+import danet
+from danet.data.images import load_image
 from danet.errors import InputError
-from danet.inspection import InspectionResult
+from danet.inspection import InspectionResult, inspect_image
 from danet_app import display_modes as dm
-from danet_app.attention_view import build_payload, classes_data_url, payload_bytes, settings, view_data
+from danet_app.attention_view import (
+    build_payload,
+    classes_data_url,
+    payload_bytes,
+    settings,
+    view_data,
+)
 
 
 def explicit_attention(query: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -62,11 +71,6 @@ def test_query_specific_scales_each_sign_on_its_own_robust_range():
 def test_query_specific_maps_of_the_default_model_show_more_than_the_sink():
     """The issue's case: on a symmetric scale set by the sink's deficit, 99.6% of the cells were
     drawn faded (0.4% at full colour); each sign on its own robust range shows about 12%."""
-    import danet
-    from danet.data.images import load_image
-    from danet.inspection import inspect_image
-    from helpers_app import SAMPLES
-
     loaded = danet.load(device="cpu")
     image = load_image(SAMPLES[0].read_bytes(), max_pixels=1_000_000).array
     result = inspect_image(loaded.model, image, loaded.meta.mean, loaded.meta.std)
