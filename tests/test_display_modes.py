@@ -10,20 +10,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers_app import SAMPLES
 
 import danet
 from danet.data.images import load_image
 from danet.errors import InputError
 from danet.inspection import InspectionResult, inspect_image
 from danet_app import display_modes as dm
-from danet_app.attention_view import (
-    build_payload,
-    classes_data_url,
-    payload_bytes,
-    settings,
-    view_data,
-)
+from danet_app.attention_view import build_payload, classes_data_url, payload_bytes, settings, view_data
+from helpers_app import SAMPLES
 
 
 def explicit_attention(query: np.ndarray, key: np.ndarray) -> np.ndarray:
