@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_browser import require_browser
 
 import danet
 from danet.data.images import load_image
 from danet.inspection import inspect_image
 from danet_app import display_modes as dm
+from helpers_browser import require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
