@@ -149,7 +149,7 @@ def heat_panel(row: np.ndarray, point: tuple[int, int], index: int, mode: str, f
     upsampled = result.upsample_maps(shown.reshape(1, *result.grid_size).astype(np.float32), upsampling)[0]
     used = display_modes.DIVERGING_CMAP if mode == "specific" else cmap
     lut = display_modes.colour_lut(used)
-    index_map = display_modes.colour_index(upsampled, lo, hi)
+    index_map = display_modes.colour_index(upsampled, lo, hi, two_sided=mode in display_modes.TWO_SIDED)
     heat = lut[np.maximum(index_map, 0)]
     blended = viz.blend(image, heat, opacity)
     blended[index_map < 0] = image[index_map < 0]                   # cells outside a mass set: unpainted
@@ -270,7 +270,8 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
                     panel, lo, hi = heat_panel(row, points[i], i, mode, fraction, cmap, opacity, upsampling,
                                                mean_row)
                     panels.append((f"point {i + 1} ({s.x}, {s.y}) {plain(s.class_name, 40)}", panel))
-                    bars.append((display_modes.DIVERGING_CMAP if mode == "specific" else cmap, lo, hi))
+                    bars.append((display_modes.DIVERGING_CMAP if mode == "specific" else cmap, lo, hi,
+                                 mode in display_modes.TWO_SIDED))
             figure = compose_panels(panels, columns=4, colour_bars=bars,
                                     bar_label=display_modes.MODES[mode])
             legend = viz.legend([plain(c, 40) for c in classes], palette, present=views["present"])

@@ -21,20 +21,28 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def colour_bar(cmap: str, vmin: float, vmax: float, width: int, label: str = "") -> np.ndarray:
-    """An RGB colour bar ``width`` wide with its end values (and a unit label) under it."""
+def colour_bar(cmap: str, vmin: float, vmax: float, width: int, label: str = "", two_sided: bool = False
+               ) -> np.ndarray:
+    """An RGB colour bar ``width`` wide with its end values (and a unit label) under it.
+
+    ``two_sided``: the bar's centre is 0 and each half spans one sign's range (the query-specific
+    mode), so a "0" tick marks the centre.
+    """
     from danet_app.display_modes import colour_lut
 
     font = ImageFont.load_default(size=12)
     strip = np.repeat(colour_lut(cmap)[np.linspace(0, 255, width).astype(int)][None], 10, axis=0)
-    canvas = Image.new("RGB", (width, 28), (255, 255, 255))
+    canvas = Image.new("RGB", (width, 42 if two_sided and label else 28), (255, 255, 255))
     canvas.paste(Image.fromarray(strip), (0, 0))
     draw = ImageDraw.Draw(canvas)
     low, high = f"{vmin:.3g}", f"{vmax:.3g}"
     draw.text((0, 12), low, fill=(0, 0, 0), font=font)
     draw.text((width - draw.textlength(high, font=font), 12), high, fill=(0, 0, 0), font=font)
+    if two_sided:
+        draw.text(((width - draw.textlength("0", font=font)) / 2, 12), "0", fill=(0, 0, 0), font=font)
     if label:
-        draw.text(((width - draw.textlength(label, font=font)) / 2, 12), label, fill=(60, 60, 60), font=font)
+        draw.text(((width - draw.textlength(label, font=font)) / 2, 26 if two_sided else 12), label,
+                  fill=(60, 60, 60), font=font)
     return np.asarray(canvas)
 
 
@@ -42,7 +50,8 @@ def compose_panels(panels: list[tuple[str, np.ndarray]], columns: int = 4, panel
                    background=(255, 255, 255), colour_bars: list | None = None, bar_label: str = "") -> np.ndarray:
     """Lay titled RGB panels out on a grid (each scaled to ``panel_width``), like the page shows them.
 
-    ``colour_bars[i]`` = (cmap, vmin, vmax) puts panel i's own colour bar under it (None: no bar).
+    ``colour_bars[i]`` = (cmap, vmin, vmax[, two_sided]) puts panel i's own colour bar under it
+    (None: no bar).
     """
     if not panels:
         raise ValueError("nothing to compose")
@@ -55,7 +64,7 @@ def compose_panels(panels: list[tuple[str, np.ndarray]], columns: int = 4, panel
         height = max(1, round(image.height * panel_width / image.width))
         image = image.resize((panel_width, height), Image.BILINEAR)
         if bar is not None:
-            strip = Image.fromarray(colour_bar(bar[0], bar[1], bar[2], panel_width, bar_label))
+            strip = Image.fromarray(colour_bar(bar[0], bar[1], bar[2], panel_width, bar_label, *bar[3:4]))
             stacked = Image.new("RGB", (panel_width, height + strip.height + 2), background)
             stacked.paste(image, (0, 0))
             stacked.paste(strip, (0, height + 2))

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+import danet
+from danet.data.images import load_image
 from danet.errors import InputError
-from danet.inspection import InspectionResult
+from danet.inspection import InspectionResult, inspect_image
 from danet_app import display_modes as dm
 from danet_app.attention_view import build_payload, classes_data_url, payload_bytes, settings, view_data
+from helpers_app import SAMPLES
 
 
 def explicit_attention(query: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -41,14 +44,40 @@ def test_raw_relative_and_log_on_a_hand_made_row():
     assert hi == 0.0 and lo == -dm.LOG_DECADES                       # four decades below the peak
 
 
-def test_query_specific_subtracts_the_baseline_on_a_symmetric_scale():
+def test_query_specific_scales_each_sign_on_its_own_robust_range():
     row, mean = np.array([0.7, 0.1, 0.1, 0.1]), np.array([0.25, 0.25, 0.25, 0.25])
     shown, lo, hi = dm.display(row, "specific", baseline=mean)
-    assert np.allclose(shown, [0.45, -0.15, -0.15, -0.15]) and (lo, hi) == pytest.approx((-0.45, 0.45))
+    assert np.allclose(shown, [0.45, -0.15, -0.15, -0.15]) and (lo, hi) == pytest.approx((-0.15, 0.45))
     shown, _, _ = dm.display(row, "specific", baseline=0.25)         # a column's baseline is 1/N
     assert np.allclose(shown, [0.45, -0.15, -0.15, -0.15])
     with pytest.raises(InputError):
         dm.display(row, "specific")
+    # 0 is the centre; each sign reaches its own end of the table; beyond the percentile: full colour
+    assert dm.colour_index(np.array([-0.15, -0.075, 0.0, 0.225, 0.45, 0.9]), -0.15, 0.45, two_sided=True
+                           ).tolist() == [0, 64, 128, 192, 255, 255]
+    values = np.concatenate([np.linspace(0.001, 1.0, 1000), -np.linspace(0.001, 0.1, 1000)])
+    lo, hi = dm.sign_ranges(values)
+    assert hi == pytest.approx(np.percentile(values[values > 0], 99)) and lo == pytest.approx(-0.09901, abs=1e-5)
+    assert dm.sign_ranges(np.array([0.2, 0.0])) == (0.0, pytest.approx(0.2))        # no negative cell
+
+
+@pytest.mark.slow
+def test_query_specific_maps_of_the_default_model_show_more_than_the_sink():
+    """The issue's case: on a symmetric scale set by the sink's deficit, 99.6% of the cells were
+    drawn faded (0.4% at full colour); each sign on its own robust range shows about 12%."""
+    loaded = danet.load(device="cpu")
+    image = load_image(SAMPLES[0].read_bytes(), max_pixels=1_000_000).array
+    result = inspect_image(loaded.model, image, loaded.meta.mean, loaded.meta.std)
+    query, key = result.pam_query.numpy(), result.pam_key.numpy()
+    _, mean_row = dm.row_statistics(query, key)
+    symmetric, two_sided = [], []
+    for cell in np.random.default_rng(0).choice(query.shape[0], 40, replace=False):
+        shown, lo, hi = dm.display(dm.attention_row(query, key, int(cell)), "specific", baseline=mean_row)
+        assert lo < 0 < hi
+        two_sided.append(dm.opaque_share(shown, lo, hi, "specific"))
+        bound = np.abs(shown).max()
+        symmetric.append(float((dm.fade_alpha(dm.colour_index(shown, -bound, bound), 127.5) >= 1).mean()))
+    assert np.mean(symmetric) < 0.01 and np.mean(two_sided) > 0.08
 
 
 @pytest.mark.parametrize("fraction, expected", [(0.5, [0]), (0.6, [0, 1]), (0.8, [0, 1]), (0.81, [0, 1, 2]),

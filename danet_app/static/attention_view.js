@@ -30,7 +30,7 @@ const HALF = (() => {                      // float16 bit pattern -> float32 val
   }
   return table;
 })();
-const LOG_DECADES = 4.0, LOG_FLOOR = 1e-30, MAX_DISPLAY_WIDTH = 960, DRAG_PIXELS = 5;
+const LOG_DECADES = 4.0, LOG_FLOOR = 1e-30, MAX_DISPLAY_WIDTH = 960, DRAG_PIXELS = 5, SIGN_PERCENTILE = 99;
 const UNITS = {
   raw: "attention weight (a row sums to 1)",
   relative: "× uniform (1 = 1/N)",
@@ -99,18 +99,30 @@ function massSet(values, fraction) {       // smallest set of cells holding `fra
   }
   return { mask, count: Math.min(count, n) };
 }
+function percentile(values, q) {           // numpy's default (linear) percentile; 0 for no values
+  if (!values.length) return 0;
+  values.sort();
+  const h = ((values.length - 1) * q) / 100, low = Math.floor(h), high = Math.min(low + 1, values.length - 1);
+  return values[low] + (h - low) * (values[high] - values[low]);
+}
 function display(values, mode, baseline, fraction) {
   const n = values.length, shown = new Float64Array(n);
-  let lo = 0, hi = -Infinity, cells = n;
+  let lo = 0, hi = -Infinity, cells = n, extremes = null;
   if (mode === "relative") {
     for (let j = 0; j < n; j++) { shown[j] = values[j] * n; if (shown[j] > hi) hi = shown[j]; }
-  } else if (mode === "specific") {
-    let bound = 0;
+  } else if (mode === "specific") {           // two-sided: each sign on its own (robust) range
+    let up = 0, down = 0;
     for (let j = 0; j < n; j++) {
       shown[j] = values[j] - (typeof baseline === "number" ? baseline : baseline[j]);
-      bound = Math.max(bound, Math.abs(shown[j]));
+      if (shown[j] > 0) up++; else if (shown[j] < 0) down++;
     }
-    lo = -bound; hi = bound;
+    const positive = new Float64Array(up), negative = new Float64Array(down);
+    up = 0; down = 0;
+    for (let j = 0; j < n; j++) {
+      if (shown[j] > 0) positive[up++] = shown[j]; else if (shown[j] < 0) negative[down++] = -shown[j];
+    }
+    hi = percentile(positive, SIGN_PERCENTILE); lo = -percentile(negative, SIGN_PERCENTILE);
+    extremes = [down ? -negative[down - 1] : 0, up ? positive[up - 1] : 0];     // sorted by percentile()
   } else if (mode === "mass") {
     const { mask, count } = massSet(values, fraction);
     for (let j = 0; j < n; j++) { shown[j] = mask[j] ? values[j] : NaN; if (values[j] > hi) hi = values[j]; }
@@ -126,7 +138,7 @@ function display(values, mode, baseline, fraction) {
   } else {
     for (let j = 0; j < n; j++) { shown[j] = values[j]; if (values[j] > hi) hi = values[j]; }
   }
-  return { shown, lo, hi, cells };
+  return { shown, lo, hi, cells, extremes };
 }
 function pointStatistics(p, values, x, y) {
   let entropy = 0;
@@ -155,10 +167,23 @@ function argmax(values) {
   for (let j = 1; j < values.length; j++) if (values[j] > values[best]) best = j;
   return best;
 }
-function colourIndex(v, lo, hi) {
-  if (Number.isNaN(v)) return -1;
-  const scaled = hi > lo ? Math.min(Math.max((v - lo) / (hi - lo), 0), 1) : 0;
-  return Math.min(Math.floor(scaled * 256), 255);
+// where v sits on a map's colour bar (0-1); a two-sided map puts 0 at the centre and scales each
+// sign on its own range (danet_app/display_modes.colour_index)
+function barFraction(v, lo, hi, twoSided) {
+  if (twoSided) return v >= 0 ? 0.5 + 0.5 * (hi > 0 ? Math.min(v / hi, 1) : 0) : 0.5 - 0.5 * (lo < 0 ? Math.min(v / lo, 1) : 0);
+  return hi > lo ? Math.min(Math.max((v - lo) / (hi - lo), 0), 1) : 0;
+}
+function opaqueShare(shown, lo, hi, twoSided) {   // cells drawn at full colour (past the fade-in)
+  let count = 0, finite = 0;
+  const neutral = twoSided ? 127.5 : 0;
+  for (let j = 0; j < shown.length; j++) {
+    const v = shown[j];
+    if (v !== v) continue;
+    finite += 1;
+    const i = Math.min(Math.floor(barFraction(v, lo, hi, twoSided) * 256), 255);
+    if (Math.abs(i - neutral) >= FADE_BINS) count += 1;
+  }
+  return finite ? count / finite : 0;
 }
 
 // ---- painting -----------------------------------------------------------------------------------
@@ -207,14 +232,17 @@ function buffers(cache, gh, gw, width, height, bilinear, alignCorners) {
   }
   return cache;
 }
-function paintMap(ctx, image, shown, lo, hi, p, lut, opacity, bilinear, width, height, cache) {
+function paintMap(ctx, image, shown, lo, hi, p, lut, opacity, bilinear, width, height, cache, twoSided = false) {
   const gh = p.gh, gw = p.gw, b = buffers(cache, gh, gw, width, height, bilinear, p.alignCorners);
+  // one-sided: i = (v - lo) * 256 / (hi - lo); two-sided: i = 128 + v * 128 / hi above 0, 128 + v * 128 / -lo below
   const words = b.words, scale = hi > lo ? 256 / (hi - lo) : 0;
+  const up = hi > 0 ? 128 / hi : 0, down = lo < 0 ? 128 / -lo : 0;
+  const index = twoSided ? (v) => Math.floor(128 + v * (v >= 0 ? up : down)) : (v) => Math.floor((v - lo) * scale);
   if (!bilinear) {
     for (let j = 0; j < gh * gw; j++) {
       const v = shown[j];
       if (v !== v) { words[j] = 0; continue; }                 // NaN: transparent
-      let i = Math.floor((v - lo) * scale);
+      const i = index(v);
       words[j] = lut[i < 0 ? 0 : i > 255 ? 255 : i];
     }
   } else {
@@ -232,7 +260,7 @@ function paintMap(ctx, image, shown, lo, hi, p, lut, opacity, bilinear, width, h
       for (let x = 0; x < width; x++, o++) {
         const v = across[t + x] * (1 - wy) + across[u + x] * wy;
         if (v !== v) { words[o] = 0; continue; }
-        let i = Math.floor((v - lo) * scale);
+        const i = index(v);
         words[o] = lut[i < 0 ? 0 : i > 255 ? 255 : i];
       }
     }
@@ -276,7 +304,7 @@ function mount(root) {
   const $ = (id) => root.querySelector(`#${id}`);
   const view = {
     root, el: $("danet-attention"), input: $("input-canvas"), map: $("map-canvas"), bar: $("bar-canvas"),
-    barLo: $("bar-lo"), barHi: $("bar-hi"), barUnit: $("bar-unit"), barMark: $("bar-mark"),
+    barLo: $("bar-lo"), barHi: $("bar-hi"), barMid: $("bar-mid"), barUnit: $("bar-unit"), barMark: $("bar-mark"),
     readout: $("readout"), hint: $("map-title"), pinned: $("pinned"),
     payload: null, image: null, settings: {}, query: null, region: null, drag: null, pending: false,
     frames: 0, lastMap: null, hover: null, moveAt: null, mapCache: {}, localPins: [], asked: null,
@@ -433,16 +461,19 @@ function paint(view, what) {
     writeReadout(view);
     return;
   }
-  const shown = display(map.values, s.mode, map.baseline, s.fraction);
-  const lut = s.mode === "specific" ? p.lutDiverging : view.lut;
-  paintMap(mctx, view.image, shown.shown, shown.lo, shown.hi, p, lut.packed, s.opacity, s.upsampling === "bilinear", W, H, view.mapCache);
+  const shown = display(map.values, s.mode, map.baseline, s.fraction), twoSided = s.mode === "specific";
+  const lut = twoSided ? p.lutDiverging : view.lut;
+  paintMap(mctx, view.image, shown.shown, shown.lo, shown.hi, p, lut.packed, s.opacity, s.upsampling === "bilinear", W, H, view.mapCache, twoSided);
   const peak = argmax(map.values);
   mctx.strokeStyle = "white"; mctx.lineWidth = 2;
   mctx.strokeRect(((peak % p.gw) * W) / p.gw, (Math.floor(peak / p.gw) * H) / p.gh, W / p.gw, H / p.gh);
   if (view.barLut !== lut) { paintBar(view.bar, lut.bytes); view.barLut = lut; }
   view.barLo.textContent = format(shown.lo);
   view.barHi.textContent = format(shown.hi);
-  view.barUnit.textContent = UNITS[s.mode] + (s.mode === "mass" ? ` (${Math.round(s.fraction * 100)}% of the mass in ${shown.cells} of ${p.n} cells)` : "");
+  view.barMid.style.display = twoSided ? "block" : "none";
+  view.barUnit.textContent = UNITS[s.mode] + (s.mode === "mass" ? ` (${Math.round(s.fraction * 100)}% of the mass in ${shown.cells} of ${p.n} cells)` : "")
+    + (twoSided ? ` · each sign on its own scale, to its ${SIGN_PERCENTILE}th percentile: red 0 to ${format(shown.hi)} `
+      + `(highest ${format(shown.extremes[1])}), blue 0 to ${format(shown.lo)} (lowest ${format(shown.extremes[0])})` : "");
   view.lastMap = { ...map, shown };
   view.frames += 1;
   Object.assign(el.dataset, {
@@ -453,6 +484,7 @@ function paint(view, what) {
     checksum: checksum(map.values).toPrecision(10), displayChecksum: checksum(shown.shown).toPrecision(10),
     max: map.values[peak].toPrecision(8), vmin: shown.lo.toPrecision(8), vmax: shown.hi.toPrecision(8),
     massCells: String(shown.cells), computeMs: map.ms.toFixed(2), frames: String(view.frames),
+    opaqueShare: opaqueShare(shown.shown, shown.lo, shown.hi, twoSided).toFixed(5),
     paintMs: (performance.now() - paintStart).toFixed(2),
   });
   // pointer event -> painted map, measured in the page (no test-driver polling in it); the next
@@ -484,7 +516,7 @@ function writeReadout(view) {
       value = m.shown.shown[cell];
       const where = view.hover ? `under the cursor, cell (${at.row}, ${at.col}) ${className(p, p.cellClass[cell])}` : "at the query itself";
       parts.push(`${where}: <b>${format(value)}</b> ${UNITS[view.settings.mode]} (weight ${format(m.values[cell])})`);
-      const f = m.shown.hi > m.shown.lo ? Math.min(Math.max((value - m.shown.lo) / (m.shown.hi - m.shown.lo), 0), 1) : 0;
+      const f = barFraction(value, m.shown.lo, m.shown.hi, view.settings.mode === "specific");
       view.barMark.style.left = `${(Number.isFinite(value) ? f : 0) * 100}%`;
       view.barMark.style.display = Number.isFinite(value) ? "block" : "none";
     } else view.barMark.style.display = "none";
@@ -517,11 +549,11 @@ function paintPinned(view) {
     canvas.width = width; canvas.height = height;
     const lut = s.mode === "specific" ? p.lutDiverging : view.lut;
     view.pinCaches[i] = view.pinCaches[i] || {};
-    paintMap(canvas.getContext("2d"), view.image, shown.shown, shown.lo, shown.hi, p, lut.packed, s.opacity, s.upsampling === "bilinear", width, height, view.pinCaches[i]);
+    paintMap(canvas.getContext("2d"), view.image, shown.shown, shown.lo, shown.hi, p, lut.packed, s.opacity, s.upsampling === "bilinear", width, height, view.pinCaches[i], s.mode === "specific");
     marker(canvas.getContext("2d"), ((x + 0.5) * width) / p.W, ((y + 0.5) * height) / p.H, s.colours[i % s.colours.length], String(i + 1), 5);
     const bar = document.createElement("canvas"); bar.className = "bar"; paintBar(bar, lut.bytes);
     const caption = document.createElement("figcaption");
-    caption.innerHTML = `<span>${format(shown.lo)}</span><span>${format(shown.hi)}</span>`;
+    caption.innerHTML = `<span>${format(shown.lo)}</span>` + (s.mode === "specific" ? "<span>0</span>" : "") + `<span>${format(shown.hi)}</span>`;
     // the statistics at once (Python's cards below follow with the rerun); a row only: a column
     // is not a distribution over where one query looks
     const rowValues = s.view === "column" ? rowOf(p, cell, new Float64Array(p.n)) : values;

@@ -1,0 +1,139 @@
+"""What a researcher sees on the first screen, in a real browser (issue 24): ``streamlit run
+app.py`` + Playwright + Debian chromium, the default model on the first sample.
+
+* the query-specific mode scales each sign on its own range and shows both on the bar;
+* a one-line verdict next to the map, with its numbers, linking to "Does attention matter?";
+* refusals and notices in the main area, next to what they affect;
+* no request leaves the server;
+* an 800x900 window: sidebar collapsed, whole-word labels, the image at full width;
+* the reverse view's bar label, the raw readout, the PNG matching the screen.
+
+Screenshots go to ``test-artifacts/ui_*.png``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import danet
+from danet.data.images import load_image
+from danet.inspection import inspect_image
+from danet_app import display_modes as dm
+from helpers_browser import require_browser
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+LOAD_TIMEOUT_MS = 240_000
+WAIT_S = 60
+SAMPLE = min((ROOT / "assets" / "samples").glob("*.png"))
+
+require_browser()
+
+
+def js_format(value: float) -> str:
+    """The view's number format (``format`` in attention_view.js: toExponential(2) or toPrecision(3))."""
+    def exponential(v: float, digits: int) -> str:
+        mantissa, exponent = f"{v:.{digits}e}".split("e")
+        return f"{mantissa}e{int(exponent):+d}"
+
+    if not np.isfinite(value):
+        return "–"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
+        return exponential(value, 2)
+    if value == 0:
+        return "0.00"
+    exponent = int(f"{value:.2e}".split("e")[1])                  # after rounding to 3 digits
+    return exponential(value, 2) if exponent >= 3 else f"{value:.{max(0, 2 - exponent)}f}"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The default model on the first sample, as the app runs it."""
+    loaded = danet.load(device="cpu")
+    image = load_image(SAMPLE.read_bytes(), max_pixels=1_000_000).array
+    result = inspect_image(loaded.model, image, loaded.meta.mean, loaded.meta.std)
+    query, key = result.pam_query.numpy(), result.pam_key.numpy()
+    _, mean_row = dm.row_statistics(query, key)
+    return {"loaded": loaded, "result": result, "query": query, "key": key, "mean_row": mean_row, "image": image}
+
+
+class Page:
+    """One browser session on the inspector with its attention view ready."""
+
+    def __init__(self, browser, url: str, width: int = 1500, height: int = 1000, path: str = ""):
+        self.context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+        self.page = self.context.new_page()
+        self.outside: list[str] = []
+        self.page.on("request", lambda r: None if r.url.startswith((url + "/", "data:", "blob:"))
+                     else self.outside.append(r.url))
+        self.page.goto(url + path)
+        self.root = self.page.locator("#danet-attention")
+
+    def ready(self) -> Page:
+        self.root.wait_for(state="attached", timeout=LOAD_TIMEOUT_MS)
+        self.wait_attr("ready", "1", LOAD_TIMEOUT_MS / 1000)
+        return self
+
+    def attr(self, name: str) -> str:
+        return self.root.get_attribute(f"data-{name}") or ""
+
+    def wait_attr(self, name: str, value: str, timeout_s: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.attr(name) != value:
+            assert time.monotonic() < deadline, f"data-{name} stayed {self.attr(name)!r}, expected {value!r}"
+            time.sleep(0.05)
+
+    def hover(self, cell, grid) -> None:
+        box = self.page.locator("#input-canvas").bounding_box()
+        self.page.mouse.move(box["x"] + (cell[1] + 0.5) / grid[1] * box["width"],
+                             box["y"] + (cell[0] + 0.5) / grid[0] * box["height"])
+        self.wait_attr("query-cell", f"{cell[0]},{cell[1]}")
+
+    def choose(self, label: str, option: str) -> None:
+        updates = self.attr("updates")
+        widget = self.page.locator("[data-testid='stSelectbox'], [data-testid='stRadio']").filter(has_text=label).first
+        if widget.get_attribute("data-testid") == "stSelectbox":
+            widget.click()
+            self.page.get_by_role("option", name=option).click()
+        else:
+            widget.get_by_text(option).click()
+        deadline = time.monotonic() + WAIT_S
+        while self.attr("updates") == updates:
+            assert time.monotonic() < deadline, f"the view did not get the setting {option}"
+            time.sleep(0.05)
+
+    def shot(self, name: str, full_page: bool = False) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / name), full_page=full_page)
+
+
+def test_query_specific_scales_each_sign_on_its_own_and_shows_both_ranges(app_server, browser, reference):
+    result = reference["result"]
+    grid = result.grid_size
+    view = Page(browser, app_server).ready()
+    view.choose("Display", dm.MODES["specific"])
+    for cell in [(20, 25), (30, 40)]:
+        view.hover(cell, grid)
+        row = dm.attention_row(reference["query"], reference["key"], cell[0] * grid[1] + cell[1])
+        shown, lo, hi = dm.display(row, "specific", baseline=reference["mean_row"])
+        assert float(view.attr("vmin")) == pytest.approx(lo, rel=1e-3)
+        assert float(view.attr("vmax")) == pytest.approx(hi, rel=1e-3)
+        assert abs(lo) != pytest.approx(hi, rel=0.05)                     # not one symmetric scale
+        share = float(view.attr("opaque-share"))
+        assert share == pytest.approx(dm.opaque_share(shown, lo, hi, "specific"), abs=2e-3)
+        assert share > 0.05                                                # it draws something
+        # both ranges on the bar: its ends, a 0 at the centre, and the unit line
+        assert view.page.locator("#bar-lo").inner_text() == js_format(lo)
+        assert view.page.locator("#bar-hi").inner_text() == js_format(hi)
+        assert view.page.locator("#bar-mid").is_visible() and view.page.locator("#bar-mid").inner_text() == "0"
+        unit = view.page.locator("#bar-unit").inner_text()
+        assert "each sign on its own scale" in unit
+        assert f"red 0 to {js_format(hi)} (highest {js_format(shown.max())})" in unit
+        assert f"blue 0 to {js_format(lo)} (lowest {js_format(shown.min())})" in unit
+    view.shot("ui_query_specific.png")
+    view.context.close()
