@@ -105,7 +105,7 @@ def test_the_warm_up_fills_the_first_visit_and_starts_the_decoding_sandbox():
                           "shape": list(image.array.shape), "again": warmup.start()}))
     """
     report = json.loads(_fresh(code))
-    assert report["steps"] == ["import torch, timm, danet, streamlit", "load the default model",
+    assert report["steps"] == ["import torch, danet, streamlit", "import timm", "load the default model",
                                "forward on the first sample", "attention view payload (row sweep)",
                                "decoding sandbox started"]
     assert report["results"] == 1 and report["same_server"] and report["shape"] == [768, 1024, 3]
