@@ -19,7 +19,10 @@ import sys
 
 import streamlit as st
 
+from danet_app import warmup
 from danet_app.timeline import mark
+
+warmup.passive_threads()                     # before anything imports torch
 
 mark("script run starts")
 st.set_page_config(page_title="danet-lens", page_icon="🔎", layout="wide")
@@ -38,8 +41,6 @@ if "danet_app.sidebar" not in sys.modules:          # the first run of this proc
         st.title(page.title)
         st.info("Loading the default model and the libraries (torch, timm)… the page fills in by itself.",
                 icon=":material/hourglass_top:")
-
-from danet_app import warmup  # noqa: E402  (light: the thread imports the heavy part)
 
 warmup.start()                               # once per process: the first visit's run starts it
 from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)

@@ -1,6 +1,7 @@
 """The first minutes of the app, in headless chromium: page open -> heatmap following the pointer.
 
     python -m benchmarks.cold_start [--runs 3] [--entries app.py,serve.py] [--no-upload] [--out FILE]
+                                    [--compare DIR]
 
 For each entry point and run, a fresh ``streamlit run`` server (fresh caches) and three visits:
 
@@ -15,13 +16,16 @@ moved onto a cell, and the view reports that cell's map painted. The server runs
 ``DANET_APP_TIMELINE=1`` (``danet_app.timeline``), so each visit's table says where its seconds
 went: imports, model, image, forward, payload, and the browser's part after the view was sent.
 Targets (issue 24): cold < 5 s, warm < 1.5 s, upload < 3 s, on a quiet machine; the load average
-is printed with the figures.
+is printed with the figures. ``--compare DIR`` serves another checkout of the app (e.g. ``git
+worktree add /tmp/before <commit>``) in turns with this one, run by run, so that a busy machine's
+load hits both alike: the before/after ratios of one run.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))       # the test helpers: serving the app, chromium
-from helpers_browser import (
-    ServerError,
-    free_port,
-    launch_chromium,
-    start_streamlit,
-    stop,
-    wait_healthy,
-)
+from helpers_browser import ServerError, free_port, launch_chromium, stop, wait_healthy
 
 from benchmarks.app_latency import FIND, root_attr, wait_ready
 
@@ -125,13 +122,24 @@ def phases(times: dict, marks: list) -> list[tuple[str, float]]:
     return steps
 
 
-def run_server(entry: str, browser, folder: Path, do_upload: bool, index: int) -> dict:
-    log_path = folder / f"{Path(entry).stem}-{index}.log"
+def start_server(root: Path, entry: str, port: int, log) -> subprocess.Popen:
+    """``streamlit run entry`` of the checkout at ``root`` (its own danet and danet_app first on the path)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DANET_APP_TIMELINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", entry, "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "64"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_server(entry: str, browser, folder: Path, do_upload: bool, index: int, root: Path = ROOT,
+               label: str = "") -> dict:
+    log_path = folder / f"{label}{Path(entry).stem}-{index}.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         spawned = time.time()
-        process = start_streamlit(port, log, entry, ["--server.maxUploadSize", "64"])
+        process = start_server(root, entry, port, log)
         try:
             wait_healthy(url, process, timeout=120, poll=0.05, log_path=log_path)
             healthy = time.time()
@@ -145,18 +153,44 @@ def run_server(entry: str, browser, folder: Path, do_upload: bool, index: int) -
     marks = timeline(log_path)
     warm_up = [line.split(": ", 1)[1] for line in log_path.read_text(errors="replace").splitlines()
                if line.startswith("danet-lens warm-up")]
-    return {"entry": entry, "health": healthy - spawned, "cold": cold, "warm": warm, "upload": uploaded,
+    return {"entry": label + entry, "health": healthy - spawned, "cold": cold, "warm": warm, "upload": uploaded,
             "marks": marks, "warm_up": warm_up[0] if warm_up else ""}
+
+
+def floor(browser, folder: Path) -> float:
+    """Page open -> a heading on a fresh server of a one-line Streamlit app (``st.title``): what
+    Streamlit's own page costs on this machine, below which no visit can go."""
+    script = folder / "floor_app.py"
+    script.write_text("import streamlit as st\n\nst.title('floor')\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(folder / "floor.log", "w") as log:
+        process = start_server(folder, script.name, port, log)
+        try:
+            wait_healthy(url, process, timeout=120, poll=0.05)
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            page = context.new_page()
+            opened = time.time()
+            page.goto(url)
+            page.wait_for_selector("h1", timeout=120_000)
+            seconds = time.time() - opened
+            context.close()
+        finally:
+            stop(process)
+    return seconds
 
 
 def total(times: dict | None) -> float:
     return float("nan") if times is None else times["following"] - times["open"]
 
 
-def report(results: list[dict], load: tuple[float, float]) -> str:
+def report(results: list[dict], load: tuple[float, float], floors: list[float]) -> str:
     lines = [(f"cold start in headless chromium, {os.cpu_count()} CPUs, load average {load[0]:.1f} at start, "
              f"{load[1]:.1f} at end (targets are for a quiet machine)"), ""]
     lines += ["| entry | visit | runs (s) | median (s) | target |", "|---|---|---|---|---|"]
+    if floors:
+        lines.append(f"| a one-line Streamlit app | page open -> its heading | {', '.join(f'{v:.2f}' for v in floors)} "
+                     f"| {statistics.median(floors):.2f} | (Streamlit's own floor) |")
     for entry in dict.fromkeys(r["entry"] for r in results):
         runs = [r for r in results if r["entry"] == entry]
         for kind in ("cold", "warm", "upload"):
@@ -191,28 +225,31 @@ def main() -> None:
     parser.add_argument("--entries", default="app.py,serve.py")
     parser.add_argument("--no-upload", action="store_true")
     parser.add_argument("--out", type=Path, help="also write the report here")
+    parser.add_argument("--compare", type=Path, help="another checkout of the app, served in turns with this one")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    os.environ["DANET_APP_TIMELINE"] = "1"
+    roots = [(ROOT, "")] + ([(args.compare.resolve(), "before: ")] if args.compare else [])
     load_start = os.getloadavg()[0]
-    results = []
+    results, floors = [], []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         warm_browser = browser.new_page()                      # chromium itself is started before any server
         warm_browser.close()
         try:
             for index in range(args.runs):
+                floors.append(floor(browser, Path(tmp)))
                 for entry in args.entries.split(","):
-                    results.append(run_server(entry, browser, Path(tmp), not args.no_upload, index))
-                    print(f"{entry} run {index + 1}: cold {total(results[-1]['cold']):.2f} s, "
-                          f"warm {total(results[-1]['warm']):.2f} s, upload {total(results[-1]['upload']):.2f} s",
-                          flush=True)
+                    for root, label in roots if index % 2 == 0 else roots[::-1]:
+                        results.append(run_server(entry, browser, Path(tmp), not args.no_upload, index, root, label))
+                        print(f"{label}{entry} run {index + 1}: cold {total(results[-1]['cold']):.2f} s, "
+                              f"warm {total(results[-1]['warm']):.2f} s, upload {total(results[-1]['upload']):.2f} s, "
+                              f"load {os.getloadavg()[0]:.1f}", flush=True)
         except ServerError as error:
             raise SystemExit(str(error)) from None
         finally:
             browser.close()
-    text = report(results, (load_start, os.getloadavg()[0]))
+    text = report(results, (load_start, os.getloadavg()[0]), floors)
     print("\n" + text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -54,3 +54,59 @@ def test_importing_every_app_module_starts_no_thread_and_loads_no_model():
     assert report["new_threads"] == [] and report["active"] == 1, report
     assert report["models"] == 0, "a DANet was built at import"
     assert not report["warmup_started"] and report["warmup_seconds"] == {}
+
+
+def _fresh(code: str, **env: str) -> str:
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(Path.home())}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True,
+                          text=True, timeout=600, cwd=REPO, env={**base, **env})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_passive_threads_are_chosen_before_torch_and_never_over_the_users_choice():
+    code = """
+        import json, os, sys
+        from danet_app import warmup
+        first = warmup.passive_threads()
+        print(json.dumps([first, os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules]))
+    """
+    assert json.loads(_fresh(code)) == [True, "PASSIVE", False]
+    assert json.loads(_fresh(code, OMP_WAIT_POLICY="ACTIVE")) == [False, "ACTIVE", False]
+    late = """
+        import json, os, torch
+        from danet_app import warmup
+        print(json.dumps([warmup.passive_threads(), os.environ.get("OMP_WAIT_POLICY")]))
+    """
+    assert json.loads(_fresh(late)) == [False, None]          # too late once torch is loaded: left alone
+
+
+@pytest.mark.slow
+def test_the_warm_up_fills_the_first_visit_and_starts_the_decoding_sandbox():
+    """The whole warm-up in a fresh process: every step ran, the sidebar's forward cache holds the
+    default view, and the first upload's decode uses the fork server the warm-up started."""
+    code = """
+        import io, json, time
+        from danet_app import warmup
+        assert warmup.start()
+        for _ in range(1200):
+            if "decoding sandbox started" in warmup.seconds:
+                break
+            time.sleep(0.25)
+        from danet.safety import sandbox
+        from danet_app import sidebar
+        from PIL import Image
+        server = sandbox._SERVER.process.pid
+        buffer = io.BytesIO()
+        Image.new("RGB", (1024, 768), (90, 30, 60)).save(buffer, format="JPEG")
+        image = sidebar.decode_image("upload", 1_000_000, buffer.getvalue())
+        print(json.dumps({"steps": list(warmup.seconds), "results": sidebar.app_caches()["result"].computed,
+                          "same_server": sandbox._SERVER.process.pid == server,
+                          "shape": list(image.array.shape), "again": warmup.start()}))
+    """
+    report = json.loads(_fresh(code))
+    assert report["steps"] == ["import torch, danet, streamlit", "import timm", "load the default model",
+                               "forward on the first sample", "attention view payload (row sweep)",
+                               "decoding sandbox started"]
+    assert report["results"] == 1 and report["same_server"] and report["shape"] == [768, 1024, 3]
+    assert report["again"] is False                            # once per process
