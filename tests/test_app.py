@@ -55,7 +55,9 @@ def test_default_model_on_a_sample(fresh_caches):
     assert SAMPLES[0].name in caption and "forward" in caption and ("cpu" in caption or "cuda" in caption)
     assert "(just now)" in caption                # fresh caches: this run did the forward
     assert len(at.metric) == 3                     # sample ground truth: mIoU of fused, PAM, CAM
-    assert any("mobilenetv2_100" in c.value for c in at.sidebar.caption)
+    assert any("mobilenetv2_100" in c for c in texts(at.sidebar.caption))
+    (verdict,) = [c for c in texts(at.caption) if "typical query" in c]     # the verdict next to the map
+    assert "-1.08 val mIoU (model card)" in verdict and "on Building" in verdict
     at.run()
     assert "(cached)" in at.caption[0].value
     # the model's identity is the sha256 of the shipped file's bytes (was a size+mtime stamp)

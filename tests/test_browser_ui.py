@@ -19,9 +19,14 @@ import numpy as np
 import pytest
 
 import danet
+from danet.analysis import ablate, knockout_curve, query_specificity
+from danet.analysis.attention_stats import grid_labels
+from danet.analysis.knockout import MAX_K
+from danet.analysis.specificity import MAX_QUERIES
 from danet.data.images import load_image
 from danet.inspection import inspect_image
 from danet_app import display_modes as dm
+from danet_app.verdict import sink_peak, typical_query
 from helpers_browser import require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -136,4 +141,65 @@ def test_query_specific_scales_each_sign_on_its_own_and_shows_both_ranges(app_se
         assert f"red 0 to {js_format(hi)} (highest {js_format(shown.max())})" in unit
         assert f"blue 0 to {js_format(lo)} (lowest {js_format(shown.min())})" in unit
     view.shot("ui_query_specific.png")
+    view.context.close()
+
+
+def verdict_locator(view: Page):
+    return view.page.locator("[data-testid='stCaptionContainer']").filter(has_text="alpha ").filter(
+        has_text="typical query").first
+
+
+def verdict_text(view: Page) -> str:
+    """The verdict line once its measured numbers are in."""
+    line = verdict_locator(view)
+    line.wait_for(timeout=LOAD_TIMEOUT_MS)
+    deadline = time.monotonic() + WAIT_S
+    while "measuring" in line.inner_text() or "PAM off:" not in line.inner_text():
+        assert time.monotonic() < deadline, line.inner_text()
+        time.sleep(0.1)
+    return line.inner_text()
+
+
+def test_a_verdict_next_to_the_map_with_its_numbers_links_to_the_measures_page(app_server, browser, reference):
+    result, loaded = reference["result"], reference["loaded"]
+    grid = result.grid_size
+    view = Page(browser, app_server).ready()
+    text = verdict_text(view)
+    line = verdict_locator(view).bounding_box()
+    image = view.page.locator("#input-canvas").bounding_box()
+    assert line["y"] + line["height"] <= image["y"] <= line["y"] + line["height"] + 80, (line, image)
+    assert line["y"] + line["height"] <= 1000                            # on the first screen
+    view.shot("ui_verdict.png")
+    # its numbers: the typical query from the mean row, the sink, alpha, the card, the measures
+    cells = grid_labels(result.prediction("fused"), grid, len(loaded.meta.classes)).ravel()
+    name, share = typical_query(reference["mean_row"], cells, loaded.meta.classes)
+    spec = query_specificity(result, max_queries=MAX_QUERIES)
+    ablation = ablate(loaded.model, result, pam_off=True)
+    for part in [f"typical query {share:.0%} on {name}",
+                 f"strongest sink {sink_peak(reference['mean_row']):.0f}x uniform",
+                 f"mean row {spec.share_mean:.0%} of a row", f"alpha {result.alpha:.3f}",
+                 f"PAM off: {ablation.changed_fraction:.1%} of pixels change", "-1.08 val mIoU (model card)"]:
+        assert part in text, (part, text)
+    # pointer moves rerun nothing (no forward, no new verdict); a pin adds the point's numbers
+    updates = view.attr("updates")
+    for cell in [(5, 5), (20, 30), (40, 50), (10, 55)]:
+        view.hover(cell, grid)
+    assert view.attr("updates") == updates and verdict_text(view) == text
+    view.hover((30, 20), grid)
+    box = view.page.locator("#input-canvas").bounding_box()
+    view.page.mouse.click(box["x"] + 20.5 / grid[1] * box["width"], box["y"] + 30.5 / grid[0] * box["height"])
+    view.page.get_by_text("1 point pinned").wait_for(timeout=WAIT_S * 1000)
+    deadline = time.monotonic() + WAIT_S
+    while "knockout of point 1" not in verdict_text(view):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pinned = verdict_text(view)
+    x, y = (int(v) for v in view.page.url.split("points=")[1].split("&")[0].replace("%2C", ",").split(","))
+    knockout = knockout_curve(loaded.model, result, cell=result.pixel_to_cell(x, y),
+                              max_k=max(1, min(MAX_K, result.num_positions - 1)))
+    assert f"knockout of point 1: {knockout.verdict}" in pinned and " · pinned " in pinned
+    view.shot("ui_verdict_pinned.png")
+    view.page.locator("[data-testid='stPageLink']").filter(has_text="Does attention matter?").click()
+    view.page.get_by_role("heading", name="Does attention matter?").wait_for(timeout=WAIT_S * 1000)
+    assert view.outside == []
     view.context.close()
