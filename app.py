@@ -41,9 +41,11 @@ from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is
 selection = sidebar.render()
 skeleton.empty()
 if selection is None:
-    # every page needs a model and an image: say what is missing instead of running the page
+    # every page needs a model and an image: say what is missing (or refused) instead of running it
     st.title(page.title)
-    st.info("Choose a model and an image in the sidebar. Messages there say what is missing.")
+    sidebar.show_messages()
+    if not sidebar.messages("error"):
+        st.info("Choose a model and an image in the sidebar.")
 else:
     page.run()
 sidebar.show_diagnostics()

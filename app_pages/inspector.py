@@ -244,6 +244,7 @@ st.caption(f"**{md(selection.image_name)}** ({width}x{height}) · forward **{res
            f"**{result.device}** ({cached}) · feature grid {result.grid_size[0]}x{result.grid_size[1]} "
            f"= {result.num_positions} cells · PAM alpha {result.alpha:.3f}, CAM beta {result.beta:.3f}")
 
+sidebar.show_messages()          # the model's, image's and label map's notices: next to the image line
 attention_tab, predictions_tab = st.tabs(["Position attention", "Predictions and scores"])
 
 

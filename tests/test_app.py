@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import make_tiny_model, save_tiny
 from danet.weights import default_card, default_weights_path
+from danet_app import sidebar
 from danet_app.state import FORWARDS
 from helpers_app import SAMPLES, errors, png, point_cards, rendered, small_image, texts, with_tiny_model
 
@@ -192,7 +194,23 @@ def test_bad_image_uploads_show_an_error(tiny_checkpoint, name, data):
     assert not at.exception
     messages = errors(at)
     assert any(f"Could not use `{name}`" in m for m in messages), messages
+    assert [rendered(e.value) for e in at.main.error] == messages and not at.sidebar.error   # in the main area
     assert at.title[0].value == "DANet inspector"                     # the page still renders
+    assert not any("Choose a model and an image" in i.value for i in at.info)       # the reason is shown instead
+
+
+def test_the_image_uploader_takes_every_format_its_refusal_names(tiny_checkpoint):
+    """A text file named .png is refused by the decoder, whose message lists the formats it reads:
+    the uploader accepts exactly those (it refused GIF and TIFF while the message offered them)."""
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
+    at.sidebar.radio(key="image_source").set_value("Upload an image").run()
+    at.sidebar.file_uploader(key="image_upload").set_value(("notes.png", b"just some text\n" * 20, "image/png")).run()
+    (message,) = errors(at)
+    named = re.search(r"supported formats: ([A-Z, ]+)", message).group(1).split(", ")
+    accepted = {suffix.lstrip(".").upper() for suffix in sidebar.IMAGE_TYPES} | {"JPEG"}
+    assert set(named) <= accepted and {"GIF", "TIFF"} <= set(named), (named, accepted)
+    label = at.sidebar.file_uploader(key="image_upload").label
+    assert all(name.lower() in label.lower() for name in ("PNG", "JPEG", "GIF", "WebP", "BMP", "TIFF")), label
 
 
 @pytest.mark.parametrize("name, data, expected", [
@@ -235,7 +253,7 @@ def test_label_map_upload_checked(tiny_checkpoint):
     labels[:10] = 200                                           # ... with 1280 pixels of an unknown id
     at.sidebar.file_uploader(key="label_upload").set_value(("labels.png", png(labels), "image/png")).run()
     assert not at.exception and errors(at) == []
-    assert any("outside 0..10" in i for i in texts(at.sidebar.info))
+    assert any("outside 0..10" in i for i in texts(at.main.info)) and not at.sidebar.info
     assert len(at.metric) == 3 and at.dataframe
 
 
@@ -247,7 +265,7 @@ def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
     at.sidebar.radio(key="image_source").set_value("Upload an image").run()
     at.sidebar.file_uploader(key="image_upload").set_value(("big.png", png(big), "image/png")).run()
     assert not at.exception and errors(at) == []
-    assert any("downscaled from 1600x1200" in i for i in texts(at.sidebar.info))
+    assert any("downscaled from 1600x1200" in i for i in texts(at.main.info)) and not at.sidebar.info
     assert "(365x273)" in at.caption[0].value or "(365x274)" in at.caption[0].value
 
 
@@ -287,7 +305,7 @@ def test_sample_ground_truth_only_scores_models_of_its_dataset(tmp_path):
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(
         (path.name, path.read_bytes(), "application/octet-stream")).run()
     assert not at.exception and errors(at) == []
-    assert any("not scored" in i for i in texts(at.sidebar.info))
+    assert any("not scored" in i for i in texts(at.main.info))
     assert len(at.metric) == 0 and at.title[0].value == "DANet inspector"
 
 

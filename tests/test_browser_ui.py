@@ -203,3 +203,43 @@ def test_a_verdict_next_to_the_map_with_its_numbers_links_to_the_measures_page(a
     view.page.get_by_role("heading", name="Does attention matter?").wait_for(timeout=WAIT_S * 1000)
     assert view.outside == []
     view.context.close()
+
+
+def upload_image(view: Page, name: str, data: bytes) -> None:
+    sidebar = view.page.locator("[data-testid='stSidebar']")
+    sidebar.get_by_text("Upload an image", exact=True).click()
+    uploader = sidebar.locator("[data-testid='stFileUploader']", has_text="Image (").locator("input[type='file']")
+    uploader.wait_for(state="attached", timeout=WAIT_S * 1000)
+    uploader.set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+
+
+def test_refusals_and_notices_are_shown_in_the_main_area_next_to_the_image(app_server, browser):
+    view = Page(browser, app_server).ready()
+    # a text file named .png: the reason, in the main area, on the first screen
+    upload_image(view, "notes.png", b"just some text\n" * 20)
+    main = view.page.locator("[data-testid='stMain']")
+    error = main.locator("[data-testid='stAlertContainer']", has_text="Could not use notes.png")
+    error.wait_for(timeout=WAIT_S * 1000)
+    assert "supported formats: PNG, JPEG, GIF, WEBP, BMP, TIFF" in error.inner_text()
+    assert view.page.locator("[data-testid='stSidebar'] [data-testid='stAlertContainer']").count() == 0
+    box = error.bounding_box()
+    assert box["y"] + box["height"] <= 1000, box                       # above the fold
+    assert main.get_by_text("Choose a model and an image").count() == 0
+    view.shot("ui_refusal_in_main.png")
+    # a large image: the downscale notice right under the image's line, above the tabs
+    from io import BytesIO
+
+    from PIL import Image
+    big = BytesIO()
+    Image.open(SAMPLE).convert("RGB").resize((1600, 1200)).save(big, format="PNG")
+    upload_image(view, "big.png", big.getvalue())
+    notice = main.locator("[data-testid='stAlertContainer']", has_text="downscaled from 1600x1200")
+    notice.wait_for(timeout=LOAD_TIMEOUT_MS)
+    caption = main.locator("[data-testid='stCaptionContainer']", has_text="big.png").first.bounding_box()
+    tabs = main.locator("[data-testid='stTabs']").first.bounding_box()
+    box = notice.bounding_box()
+    assert caption["y"] < box["y"] < tabs["y"] and box["y"] + box["height"] <= 1000, (caption, box, tabs)
+    assert view.page.locator("[data-testid='stSidebar'] [data-testid='stAlertContainer']").count() == 0
+    view.shot("ui_notice_in_main.png")
+    assert view.outside == []
+    view.context.close()
