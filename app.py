@@ -19,6 +19,8 @@ import sys
 
 import streamlit as st
 
+# An emoji icon: the browser draws it (a data: URL). A ":material/...:" page icon is fetched from
+# fonts.gstatic.com on every page load: nothing may leave the server (tests/test_browser_ui.py).
 st.set_page_config(page_title="danet-lens", page_icon="🔎", layout="wide")
 
 PAGES = [

@@ -243,3 +243,22 @@ def test_refusals_and_notices_are_shown_in_the_main_area_next_to_the_image(app_s
     view.shot("ui_notice_in_main.png")
     assert view.outside == []
     view.context.close()
+
+
+def test_no_request_leaves_the_server_on_any_page(app_server, browser):
+    """Every asset comes from the app itself: the page icon was a Material Symbols name, which
+    made every page load fetch an SVG from fonts.gstatic.com (21 failed requests per walk offline)."""
+    view = Page(browser, app_server).ready()
+    sidebar = view.page.locator("[data-testid='stSidebar']")
+    for page, marker in [("Does attention matter?", "Switch attention off"), ("Channel attention", "inverts similarity"),
+                         ("Model details", "Validation accuracy recorded with the weights"),
+                         ("DANet inspector", "Position attention")]:
+        sidebar.get_by_text(page, exact=True).click()
+        view.page.get_by_text(marker).first.wait_for(timeout=LOAD_TIMEOUT_MS)
+        time.sleep(1.0)                                     # charts and images finish loading
+    view.page.reload()
+    view.ready()
+    icon = view.page.evaluate("() => document.querySelector(\"link[rel='shortcut icon']\")?.href || ''")
+    assert icon.startswith(("data:", app_server)), icon
+    assert view.outside == [], view.outside[:5]
+    view.context.close()
