@@ -39,6 +39,7 @@ if "danet_app.sidebar" not in sys.modules:          # the first run of this proc
                 icon=":material/hourglass_top:")
 
 from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)
+from danet_app.layout import narrow_layout  # noqa: E402
 
 selection = sidebar.render()
 skeleton.empty()
@@ -51,3 +52,5 @@ if selection is None:
 else:
     page.run()
 sidebar.show_diagnostics()
+with st.sidebar:                  # collapses the sidebar once in a window narrower than 1,100 px
+    narrow_layout()

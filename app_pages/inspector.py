@@ -251,21 +251,27 @@ attention_tab, predictions_tab = st.tabs(["Position attention", "Predictions and
 @st.fragment
 def attention_panel() -> None:
     """The display settings: changing one reruns this fragment (and the view in it), never the page."""
-    controls = st.columns([1.6, 1.5, 1, 1.2, 1, 1])
-    mode = controls[0].selectbox("Display", list(display_modes.MODES), key="attention_display",
-                                 format_func=display_modes.MODES.get, persist_state="session",
-                                 help="Every map has its own scale and colour bar.")
-    view = controls[1].radio("Map", list(VIEWS), key="attention_view_kind", format_func=VIEWS.get,
-                             persist_state="session", help="column: every query's weight on the cell "
-                             "under the cursor (needs each row's normaliser, sent once per image)")
-    cmap = controls[2].selectbox("Colour map", COLOUR_MAPS, key="attention_cmap", persist_state="session")
-    upsampling = controls[3].radio("Upsampling", ["bilinear", "nearest"], key="attention_mode", horizontal=True,
-                                   help="nearest shows the feature-grid cells as they are", persist_state="session")
-    opacity = controls[4].slider("Opacity", 0.0, 1.0, 0.6, step=0.05, key="attention_opacity",
-                                 persist_state="session")
-    fraction = controls[5].slider("Mass %", 10, 100, 90, step=5, key="attention_mass", persist_state="session",
-                                  disabled=mode != "mass", help="the smallest set of cells holding this "
-                                  "share of the map's mass") / 100
+    # one row that wraps whole controls onto a second row in a narrow main area (columns squeezed
+    # them until labels broke mid-word, "Upsam|pling", at 800 px with the sidebar open)
+    controls = st.container(horizontal=True, gap="small")
+    mode = controls.selectbox("Display", list(display_modes.MODES), key="attention_display",
+                              format_func=display_modes.MODES.get, persist_state="session",
+                              help="Every map has its own scale and colour bar.", width=210)
+    view = controls.radio("Map", list(VIEWS), key="attention_view_kind", format_func=VIEWS.get,
+                          persist_state="session", help="column: every query's weight on the cell "
+                          "under the cursor (needs each row's normaliser, sent once per image)", width="content")
+    cmap = controls.selectbox("Colour map", COLOUR_MAPS, key="attention_cmap", persist_state="session", width=105)
+    upsampling = controls.radio("Upsampling", ["bilinear", "nearest"], key="attention_mode",
+                                help="nearest shows the feature-grid cells as they are", persist_state="session",
+                                width="content")
+    opacity = controls.slider("Opacity", 0.0, 1.0, 0.6, step=0.05, key="attention_opacity",
+                              persist_state="session", width=120)
+    if mode == "mass":                  # drawn only where it applies: the row fits 820 px (1280x800)
+        fraction = controls.slider("Mass %", 10, 100, 90, step=5, key="attention_mass", persist_state="session",
+                                   help="the smallest set of cells holding this share of the map's mass",
+                                   width=120) / 100
+    else:
+        fraction = st.session_state.get("attention_mass", 90) / 100
     points_panel(mode, view, cmap, upsampling, opacity, fraction)
 
 

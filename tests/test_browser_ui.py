@@ -262,3 +262,60 @@ def test_no_request_leaves_the_server_on_any_page(app_server, browser):
     assert icon.startswith(("data:", app_server)), icon
     assert view.outside == [], view.outside[:5]
     view.context.close()
+
+
+SPLIT_WORDS_JS = """(root) => {
+  // words of the text under root that the layout broke across lines ("Upsam|pling")
+  const split = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const match of node.textContent.matchAll(/[A-Za-z0-9%]+/g)) {
+      const range = document.createRange();
+      range.setStart(node, match.index); range.setEnd(node, match.index + match[0].length);
+      const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+      if (lines.size > 1) split.push(match[0]);
+    }
+  }
+  return split;
+}"""
+
+
+def test_an_800x900_window_collapses_the_sidebar_and_keeps_labels_and_the_image_whole(app_server, browser):
+    view = Page(browser, app_server, 800, 900).ready()
+    sidebar = view.page.locator("[data-testid='stSidebar']")
+    deadline = time.monotonic() + WAIT_S
+    while sidebar.get_attribute("data-collapsed") != "true":
+        assert time.monotonic() < deadline, "the sidebar stayed open at 800 px"
+        time.sleep(0.1)
+    time.sleep(1.0)                                           # the main area widens
+    main = view.page.locator("[data-testid='stMain'] [data-testid='stMainBlockContainer']").bounding_box()
+    controls = view.page.locator("[data-testid='stTabs']").first
+    split = view.page.evaluate(SPLIT_WORDS_JS, controls.element_handle())
+    assert split == [], split                                 # was "Upsam|pling", "biline|ar"
+    colour_map = view.page.locator("[data-testid='stSelectbox']").filter(has_text="Colour map").first
+    shown = colour_map.evaluate("""el => { const input = el.querySelector('input');
+        const box = input.getBoundingClientRect(), probe = document.createElement('canvas').getContext('2d');
+        probe.font = getComputedStyle(input).font;
+        return {value: input.value, width: box.width, needed: probe.measureText(input.value).width}; }""")
+    assert shown["value"] == "jet" and shown["width"] >= shown["needed"] + 10, shown   # the value fits, with room
+    left, right = (view.page.locator(f"#{name}").bounding_box() for name in ("input-canvas", "map-canvas"))
+    assert left["width"] >= 340 and left["height"] >= 250, left          # was 228x171
+    assert left["width"] + right["width"] >= 0.95 * main["width"] - 40       # the two span the main area
+    view.shot("ui_800x900.png")
+    # a visitor who opens the sidebar again keeps it open (Streamlit stores that choice)
+    view.page.locator("[data-testid='stExpandSidebarButton']").click()
+    view.page.wait_for_function("() => document.querySelector('[data-testid=stSidebar]').dataset.collapsed === 'false'")
+    view.page.reload()
+    view.ready()
+    time.sleep(1.5)
+    assert sidebar.get_attribute("data-collapsed") == "false"
+    view.shot("ui_800x900_sidebar_opened.png")
+    split = view.page.evaluate(SPLIT_WORDS_JS, view.page.locator("[data-testid='stTabs']").first.element_handle())
+    assert split == [], split                                 # whole controls wrap onto a second row
+    assert view.outside == []
+    view.context.close()
+    # a wide window keeps its sidebar
+    wide = Page(browser, app_server, 1500, 1000).ready()
+    time.sleep(1.0)
+    assert wide.page.locator("[data-testid='stSidebar']").get_attribute("data-collapsed") == "false"
+    wide.context.close()
