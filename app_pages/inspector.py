@@ -28,8 +28,8 @@ from danet.render import overlays as viz
 from danet.weights import default_card
 from danet_app import display_modes, sidebar
 from danet_app.attention_view import attention_view, cached_payload, settings
-from danet_app.exports import (compose_panels, encode_png, figure_with_key, image_summary, json_record,
-                               metrics_for_json, model_summary, npz_bundle)
+from danet_app.exports import (compose_panels, encode_png, figure_with_key, heat_overlay, image_summary,
+                               json_record, metrics_for_json, model_summary, npz_bundle)
 from danet_app.literal import code, file_stem, md, plain
 from danet_app.verdict import (VERDICT_MAX_CELLS, Measured, card_pam_off_cost, pinned_summary, sink_peak,
                                typical_query, verdict_line)
@@ -222,12 +222,7 @@ def heat_panel(row: np.ndarray, point: tuple[int, int], index: int, mode: str, f
     """One pinned point's map as the view paints it (for the PNG): (RGB, vmin, vmax)."""
     shown, lo, hi = display_modes.display(row.ravel(), mode, baseline=baseline, fraction=fraction)
     upsampled = result.upsample_maps(shown.reshape(1, *result.grid_size).astype(np.float32), upsampling)[0]
-    used = display_modes.DIVERGING_CMAP if mode == "specific" else cmap
-    lut = display_modes.colour_lut(used)
-    index_map = display_modes.colour_index(upsampled, lo, hi, two_sided=mode in display_modes.TWO_SIDED)
-    heat = lut[np.maximum(index_map, 0)]
-    blended = viz.blend(image, heat, opacity)
-    blended[index_map < 0] = image[index_map < 0]                   # cells outside a mass set: unpainted
+    blended = heat_overlay(image, upsampled, lo, hi, mode, cmap, opacity)
     marker = max(6, round(min(height, width) / 40))
     return viz.mark_points(blended, [point], radius=marker, first_index=index), lo, hi
 

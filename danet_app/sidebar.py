@@ -31,8 +31,8 @@ from danet.weights import default_weights_path
 from danet_app import budget
 from danet_app.budget import ByteBudgetCache
 from danet_app.literal import code, md, visible
-from danet_app.state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
-                             sha256_bytes, switch_image_points)
+from danet_app.state import (FORWARDS, LabelMap, Selection, dataset_guess, file_sha256, model_id, prepare_label_map,
+                             result_key, sha256_bytes, switch_image_points)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"       # a source checkout has them; an installed app offers uploads only
@@ -247,7 +247,9 @@ def model_caption(loaded: LoadedModel, device: str) -> str:
     details = [f"stem {config.stem}"] if config.stem is not None else []
     details.append(f"output stride {config.output_stride}" + (", multi-grid" if config.multi_grid else ""))
     return (f"**{md(config.backbone)}** ({md(', '.join(details))}) · layout **{md(loaded.meta.layout)}** · "
-            f"{config.num_classes} classes · dataset **{md(loaded.meta.dataset.name)}** · device **{md(device)}**")
+            f"{config.num_classes} classes · dataset **{md(loaded.meta.dataset.name)}**"
+            + (f" ({md(guess)})" if (guess := dataset_guess(loaded.meta.extra)) else "")
+            + f" · device **{md(device)}**")
 
 
 def show_model_summary(loaded: LoadedModel) -> None:

@@ -273,7 +273,7 @@ def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
 def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
     from helpers_checkpoints import foreign_state, make_model, wrap
 
-    model = make_model("official", backbone="resnet18", num_classes=11, head_channels=32)
+    model = make_model("official", backbone="resnet18", num_classes=19, head_channels=32)
     buffer = io.BytesIO()
     torch.save(wrap(foreign_state(model, "official"), "official"), buffer)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
@@ -285,11 +285,16 @@ def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
     assert not at.exception and errors(at) == []
     summary = " ".join(texts(at.sidebar.caption))
     assert "layout **official**" in summary and "resnet18" in summary and "multi-grid" in summary
+    # 19 classes and no labels in the file: the dataset is a guess, and the caption says so
+    assert "dataset **cityscapes** (guessed from the class count (19))" in summary
+    at.switch_page(MODEL).run()
+    assert at.dataframe[0].value["value"]["dataset"] == "cityscapes (guessed from the class count (19))"
+    at.switch_page(INSPECTOR).run()
     at.sidebar.selectbox(key="dilation").set_value("2-4-4").run()        # what the file cannot tell
-    at.sidebar.selectbox(key="dataset_choice").set_value("camvid").run()
+    at.sidebar.selectbox(key="dataset_choice").set_value("cityscapes").run()
     assert not at.exception and errors(at) == []
     summary = " ".join(texts(at.sidebar.caption))
-    assert "multi-grid" not in summary and "dataset **camvid**" in summary
+    assert "multi-grid" not in summary and "dataset **cityscapes** ·" in summary and "guessed" not in summary
     assert "stem deep" in summary or "stem 7x7" in summary                # a ResNet does have a stem
     at.switch_page(MODEL).run()
     assert not at.exception

@@ -273,3 +273,13 @@ def test_forward_counter_and_result_key():
     counter.record(0.5)
     assert counter.total == 1 and counter.last_seconds == 0.5
     assert result_key("m", "img", "cpu") != result_key("m", "img", "cuda")
+
+
+def test_a_dataset_guessed_from_the_class_count_says_so():
+    from danet_app.state import dataset_guess, dataset_label
+
+    guessed = {"dataset_from": "guessed from the class count (19)"}
+    assert dataset_label("cityscapes", guessed) == "cityscapes (guessed from the class count (19))"
+    assert dataset_guess(guessed) == "guessed from the class count (19)"
+    assert dataset_label("cityscapes", {"dataset_from": "checkpoint meta"}) == "cityscapes"
+    assert dataset_label("camvid", None) == "camvid" and dataset_guess({"dataset_from": 3}) is None

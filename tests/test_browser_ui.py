@@ -319,3 +319,26 @@ def test_an_800x900_window_collapses_the_sidebar_and_keeps_labels_and_the_image_
     time.sleep(1.0)
     assert wide.page.locator("[data-testid='stSidebar']").get_attribute("data-collapsed") == "false"
     wide.context.close()
+
+
+def test_the_reverse_view_bar_and_the_raw_readout_say_what_they_show(app_server, browser, reference):
+    result = reference["result"]
+    grid = result.grid_size
+    view = Page(browser, app_server).ready()
+    view.hover((20, 30), grid)
+    readout = view.page.locator("#readout").inner_text()
+    value = js_format(float(view.attr("value")))
+    assert readout.count(value) == 1 and "(weight" not in readout, readout     # raw: the number once
+    assert view.page.locator("#bar-unit").inner_text() == dm.unit("raw", "row")
+    view.choose("Display", dm.MODES["relative"])
+    view.hover((20, 31), grid)
+    assert "(weight " in view.page.locator("#readout").inner_text()           # another unit: the weight too
+    view.choose("Display", dm.MODES["raw"])
+    view.choose("Map", "Who looks here (column)")
+    view.hover((20, 30), grid)
+    unit = view.page.locator("#bar-unit").inner_text()
+    assert unit == dm.unit("raw", "column") and "does not sum to 1" in unit and "a row sums" not in unit
+    assert "does not sum to 1" in view.page.locator("#readout").inner_text()
+    view.shot("ui_reverse_view.png")
+    view.choose("Map", "Where it looks (row)")
+    view.context.close()
