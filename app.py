@@ -25,6 +25,8 @@ from danet_app.timeline import mark
 warmup.passive_threads()                     # before anything imports torch
 
 mark("script run starts")
+# An emoji icon: the browser draws it (a data: URL). A ":material/...:" page icon is fetched from
+# fonts.gstatic.com on every page load: nothing may leave the server (tests/test_browser_ui.py).
 st.set_page_config(page_title="danet-lens", page_icon="🔎", layout="wide")
 
 PAGES = [
@@ -44,16 +46,21 @@ if "danet_app.sidebar" not in sys.modules:          # the first run of this proc
 
 warmup.start()                               # once per process: the first visit's run starts it
 from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)
+from danet_app.layout import narrow_layout  # noqa: E402
 
 mark("app imports done")
 
 selection = sidebar.render()
 skeleton.empty()
 if selection is None:
-    # every page needs a model and an image: say what is missing instead of running the page
+    # every page needs a model and an image: say what is missing (or refused) instead of running it
     st.title(page.title)
-    st.info("Choose a model and an image in the sidebar. Messages there say what is missing.")
+    sidebar.show_messages()
+    if not sidebar.messages("error"):
+        st.info("Choose a model and an image in the sidebar.")
 else:
     page.run()
 sidebar.show_diagnostics()
 mark("script run ends")
+with st.sidebar:                  # collapses the sidebar once in a window narrower than 1,100 px
+    narrow_layout()

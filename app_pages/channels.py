@@ -25,6 +25,7 @@ def clustered_order(result_key: str, _matrix: np.ndarray) -> np.ndarray:
 
 selection = sidebar.current()
 st.title("Channel attention (CAM)")
+sidebar.show_messages()
 
 result = selection.result
 matrix = result.cam_attention

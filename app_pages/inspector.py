@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import time
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from danet.analysis import ablate, knockout_curve, query_specificity
+from danet.analysis.knockout import MAX_K
+from danet.analysis.specificity import MAX_QUERIES
 from danet.errors import DanetError
 from danet.render import overlays as viz
+from danet.weights import default_card
 from danet_app import display_modes, sidebar
 from danet_app.attention_view import attention_view, cached_payload, settings
-from danet_app.exports import (compose_panels, encode_png, figure_with_key, image_summary, json_record,
-                               metrics_for_json, model_summary, npz_bundle)
+from danet_app.exports import (compose_panels, encode_png, figure_with_key, heat_overlay, image_summary,
+                               json_record, metrics_for_json, model_summary, npz_bundle)
 from danet_app.literal import code, file_stem, md, plain
+from danet_app.verdict import (VERDICT_MAX_CELLS, Measured, card_pam_off_cost, pinned_summary, sink_peak,
+                               typical_query, verdict_line)
 from danet_app.state import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, drop_point, point_statistics,
                              points_to_param, read_points_param, read_record_points, score_outputs)
 
@@ -76,6 +83,74 @@ def cached_statistics(points: list[tuple[int, int]], rows: np.ndarray) -> list:
     for stale in [p for p in cache if p != "key" and p not in points]:
         del cache[stale]
     return [dataclasses.replace(cache[p], index=i) for i, p in enumerate(points)]
+
+
+# ---- the verdict next to the map (danet_app.verdict) ----------------------------------------------
+@st.cache_data(max_entries=16, show_spinner=False)
+def verdict_measures(result_key: str, labels_key: str, _model, _result, _labels) -> Measured:
+    """Query specificity and the pixels PAM off changes, once per (model, image, label map)."""
+    if _result.num_positions > VERDICT_MAX_CELLS:          # seconds on a large grid: the page has it
+        return Measured()
+    try:
+        share = query_specificity(_result, max_queries=MAX_QUERIES).share_mean
+        ablation = ablate(_model, _result, pam_off=True, label=None if _labels is None else _labels.labels,
+                          ignore_index=None if _labels is None else _labels.ignore_index)
+    except DanetError:
+        return Measured()
+    return Measured(share=share, changed_fraction=ablation.changed_fraction, miou_change=ablation.miou_change)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def point_knockout(result_key: str, cell: tuple[int, int], _model, _result) -> str | None:
+    """The knockout verdict of one cell, with the measures page's default largest k."""
+    if _result.num_positions > VERDICT_MAX_CELLS:
+        return None
+    try:
+        return knockout_curve(_model, _result, cell=cell, max_k=max(1, min(MAX_K, _result.num_positions - 1))).verdict
+    except DanetError:
+        return None
+
+
+def labels_key() -> str:
+    labels = selection.labels
+    if labels is None:
+        return ""
+    return f"{hashlib.sha256(np.ascontiguousarray(labels.labels).tobytes()).hexdigest()}:{labels.ignore_index}"
+
+
+def card_cost() -> float | None:
+    """The val mIoU PAM off costs, if the model card (or an upload's training note) says."""
+    note = default_card().note if selection.is_default else str((selection.loaded.meta.extra or {}).get(
+        "training_note") or "")
+    return card_pam_off_cost(note)
+
+
+def show_verdict(slot, payload: dict | None, stats: list, points: list, final: bool) -> bool:
+    """Fill ``slot`` with the verdict; ``final``: with the measured numbers (computing them if
+    needed, after the view was drawn), else the free part and "measuring…" unless this session
+    has them already. True when the measured numbers are shown."""
+    typical = sink = None
+    if payload is not None:
+        mean_row = np.frombuffer(base64.b64decode(payload["mean_row"]), "<f4")
+        cells = np.frombuffer(base64.b64decode(payload["cell_classes"]),
+                              "<u2" if payload["cell_classes_wide"] else np.uint8)
+        typical, sink = typical_query(mean_row, cells, classes), sink_peak(mean_row)
+    measured = Measured()
+    done = st.session_state.setdefault("verdict_done", set())
+    key = (selection.result_key, labels_key(), tuple(points[0]) if points else None)
+    if final or key in done:
+        measured = verdict_measures(selection.result_key, key[1], selection.loaded.model, result, selection.labels)
+        knockout = point_knockout(selection.result_key, result.pixel_to_cell(*points[0]), selection.loaded.model,
+                                  result) if points else None
+        measured = dataclasses.replace(measured, knockout=knockout)
+        done.add(key)
+    line = verdict_line(alpha=result.alpha, typical=typical, sink=sink, pinned=pinned_summary(stats),
+                        card_cost=card_cost(), measured=measured, pending=key not in done)
+    with slot.container():
+        left, right = st.columns([6, 2], vertical_alignment="center")
+        left.caption(line)
+        right.page_link("app_pages/measures.py", label="Does attention matter?", icon="➡️")
+    return key in done
 
 
 def payloads_sent() -> set:
@@ -147,12 +222,7 @@ def heat_panel(row: np.ndarray, point: tuple[int, int], index: int, mode: str, f
     """One pinned point's map as the view paints it (for the PNG): (RGB, vmin, vmax)."""
     shown, lo, hi = display_modes.display(row.ravel(), mode, baseline=baseline, fraction=fraction)
     upsampled = result.upsample_maps(shown.reshape(1, *result.grid_size).astype(np.float32), upsampling)[0]
-    used = display_modes.DIVERGING_CMAP if mode == "specific" else cmap
-    lut = display_modes.colour_lut(used)
-    index_map = display_modes.colour_index(upsampled, lo, hi, two_sided=mode in display_modes.TWO_SIDED)
-    heat = lut[np.maximum(index_map, 0)]
-    blended = viz.blend(image, heat, opacity)
-    blended[index_map < 0] = image[index_map < 0]                   # cells outside a mass set: unpainted
+    blended = heat_overlay(image, upsampled, lo, hi, mode, cmap, opacity)
     marker = max(6, round(min(height, width) / 40))
     return viz.mark_points(blended, [point], radius=marker, first_index=index), lo, hi
 
@@ -169,27 +239,34 @@ st.caption(f"**{md(selection.image_name)}** ({width}x{height}) · forward **{res
            f"**{result.device}** ({cached}) · feature grid {result.grid_size[0]}x{result.grid_size[1]} "
            f"= {result.num_positions} cells · PAM alpha {result.alpha:.3f}, CAM beta {result.beta:.3f}")
 
+sidebar.show_messages()          # the model's, image's and label map's notices: next to the image line
 attention_tab, predictions_tab = st.tabs(["Position attention", "Predictions and scores"])
 
 
 @st.fragment
 def attention_panel() -> None:
     """The display settings: changing one reruns this fragment (and the view in it), never the page."""
-    controls = st.columns([1.6, 1.5, 1, 1.2, 1, 1])
-    mode = controls[0].selectbox("Display", list(display_modes.MODES), key="attention_display",
-                                 format_func=display_modes.MODES.get, persist_state="session",
-                                 help="Every map has its own scale and colour bar.")
-    view = controls[1].radio("Map", list(VIEWS), key="attention_view_kind", format_func=VIEWS.get,
-                             persist_state="session", help="column: every query's weight on the cell "
-                             "under the cursor (needs each row's normaliser, sent once per image)")
-    cmap = controls[2].selectbox("Colour map", COLOUR_MAPS, key="attention_cmap", persist_state="session")
-    upsampling = controls[3].radio("Upsampling", ["bilinear", "nearest"], key="attention_mode", horizontal=True,
-                                   help="nearest shows the feature-grid cells as they are", persist_state="session")
-    opacity = controls[4].slider("Opacity", 0.0, 1.0, 0.6, step=0.05, key="attention_opacity",
-                                 persist_state="session")
-    fraction = controls[5].slider("Mass %", 10, 100, 90, step=5, key="attention_mass", persist_state="session",
-                                  disabled=mode != "mass", help="the smallest set of cells holding this "
-                                  "share of the map's mass") / 100
+    # one row that wraps whole controls onto a second row in a narrow main area (columns squeezed
+    # them until labels broke mid-word, "Upsam|pling", at 800 px with the sidebar open)
+    controls = st.container(horizontal=True, gap="small")
+    mode = controls.selectbox("Display", list(display_modes.MODES), key="attention_display",
+                              format_func=display_modes.MODES.get, persist_state="session",
+                              help="Every map has its own scale and colour bar.", width=210)
+    view = controls.radio("Map", list(VIEWS), key="attention_view_kind", format_func=VIEWS.get,
+                          persist_state="session", help="column: every query's weight on the cell "
+                          "under the cursor (needs each row's normaliser, sent once per image)", width="content")
+    cmap = controls.selectbox("Colour map", COLOUR_MAPS, key="attention_cmap", persist_state="session", width=105)
+    upsampling = controls.radio("Upsampling", ["bilinear", "nearest"], key="attention_mode",
+                                help="nearest shows the feature-grid cells as they are", persist_state="session",
+                                width="content")
+    opacity = controls.slider("Opacity", 0.0, 1.0, 0.6, step=0.05, key="attention_opacity",
+                              persist_state="session", width=120)
+    if mode == "mass":                  # drawn only where it applies: the row fits 820 px (1280x800)
+        fraction = controls.slider("Mass %", 10, 100, 90, step=5, key="attention_mass", persist_state="session",
+                                   help="the smallest set of cells holding this share of the map's mass",
+                                   width=120) / 100
+    else:
+        fraction = st.session_state.get("attention_mass", 90) / 100
     points_panel(mode, view, cmap, upsampling, opacity, fraction)
 
 
@@ -202,11 +279,18 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
     if notice:
         st.warning(notice)
     points = [tuple(p) for p in st.session_state.get("points", [])]
+    stats, rows = [], None
+    if points:
+        rows = attention_rows(points)                             # (P, h, w), O(P N d)
+        stats = cached_statistics(points, rows)
+    verdict_slot = st.empty()                                     # next to the map: filled twice at most
     try:
         payload = cached_payload(selection.result_key, result, image, classes)
     except DanetError as error:              # too large for a browser: the other tab still works
+        show_verdict(verdict_slot, None, stats, points, final=True)
         st.error(f"The interactive view is not shown: {md(error)}")
         return
+    measured = show_verdict(verdict_slot, payload, stats, points, final=False)
     sent = payloads_sent()
     send = payload["id"] not in sent
     attention_view(payload, settings(mode, view, cmap, upsampling, opacity, fraction, points), key=VIEW_KEY,
@@ -219,10 +303,7 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
                     f"the view received {payload['bytes'] / 1e6:.2f} MB for this image")
     top[1].button("Clear all points", on_click=clear_points, disabled=not points, key="clear_points")
 
-    stats, rows = [], None
     if points:
-        rows = attention_rows(points)                             # (P, h, w), O(P N d)
-        stats = cached_statistics(points, rows)
         per_row = 4
         for start in range(0, len(points), per_row):
             columns = st.columns(per_row)
@@ -296,6 +377,10 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
                                    on_click="ignore", key="download_json")
         st.file_uploader("Load the points of a downloaded record (JSON) for this image", type=["json"],
                          key="record_upload", on_change=load_record)
+
+    # the verdict's measured numbers, after everything else of the fragment was drawn (cached)
+    if not measured:
+        show_verdict(verdict_slot, payload, stats, points, final=True)
 
 
 with attention_tab:

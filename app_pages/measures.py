@@ -81,6 +81,7 @@ classes = selection.classes
 height, width = result.image_size
 
 st.title("Does attention matter?")
+sidebar.show_messages()
 st.markdown("Measures of this image's position attention (PAM) and channel attention (CAM), from the "
             "forward pass already made: does attention change the features and the prediction here, and "
             "does a point's attention map depend on the point? Definitions: `docs/measures.md`.")

@@ -21,6 +21,7 @@ CODE_LICENCE = "danet-lens code: Apache-2.0. An uploaded checkpoint keeps whatev
 
 selection = sidebar.current()
 st.title("Model details")
+sidebar.show_messages()
 
 loaded = selection.loaded
 meta = loaded.meta
@@ -34,9 +35,7 @@ facts = model_facts(described, selection.model_sha256, selection.device)
 left, right = st.columns([3, 2])
 with left:
     table = pd.DataFrame({"value": [plain(v, 200) for v in facts.values()]}, index=list(facts))
-    st.dataframe(table, width="stretch", height=35 * len(facts) + 40)
-    for warning in loaded.warnings:
-        st.warning(md(warning))
+    st.dataframe(table, width="stretch", height=35 * len(facts) + 40)       # warnings: above (show_messages)
 with right:
     st.caption(f"{md(meta.dataset.name)} classes and colours")
     sidebar.show_legend(meta.classes, meta.palette, key="model_page")     # bounded: paged for large label sets

@@ -85,7 +85,8 @@ def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[st
 def settings(mode: str, view: str, cmap: str, upsampling: str, opacity: float, fraction: float,
              pinned: list[tuple[int, int]]) -> dict:
     """The light part of the component's data: it changes with the controls, not with the image."""
-    return {"mode": mode, "view": view, "upsampling": upsampling, "opacity": float(opacity),
+    return {"mode": mode, "view": view, "unit": display_modes.unit(mode, view), "upsampling": upsampling,
+            "opacity": float(opacity),
             "fraction": float(fraction), "pinned": [list(map(int, p)) for p in pinned],
             "lut": display_modes.b64(display_modes.colour_lut(cmap), np.uint8),
             "colours": ["#%02x%02x%02x" % viz.point_colour(i) for i in range(8)]}

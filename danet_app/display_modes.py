@@ -24,6 +24,18 @@ MODES = {
     "mass": "Smallest set holding x% of the mass",
     "log": "Log scale (log10 weight)",
 }
+UNITS = {                          # what a map's colour bar measures, per mode and view
+    ("raw", "row"): "attention weight (a row sums to 1)",
+    ("raw", "column"): "weight each query gives this cell (a column does not sum to 1)",
+    ("relative", "row"): "x uniform (1 = 1/N)",
+    ("relative", "column"): "x uniform (1 = 1/N; a column does not sum to 1)",
+    ("specific", "row"): "weight minus the mean map",
+    ("specific", "column"): "weight minus 1/N (the mean over the queries)",
+    ("mass", "row"): "weight, cells in the set only",
+    ("mass", "column"): "weight on this cell, queries in the set only",
+    ("log", "row"): "log10 attention weight",
+    ("log", "column"): "log10 weight each query gives this cell",
+}
 DIVERGING_CMAP = "RdBu_r"          # query-specific maps are signed: blue below, red above the mean
 TWO_SIDED = {"specific"}           # modes whose colours scale each sign on its own (0 at the centre)
 SIGN_PERCENTILE = 99.0             # a two-sided map's ends: this percentile of each sign's magnitudes
@@ -142,6 +154,13 @@ def display(values: np.ndarray, mode: str, *, baseline: np.ndarray | float | Non
     else:
         raise InputError(f"unknown display mode {mode!r}; choose from {', '.join(MODES)}")
     return shown, lo, hi
+
+
+def unit(mode: str, view: str = "row") -> str:
+    """The colour bar's label: a row is a distribution over where one query looks (it sums to
+    1); a column is every query's weight on one cell, which does not (1.41 on a typical cell of
+    the default model, 106.8 on its strongest sink)."""
+    return UNITS[(mode, "column" if view == "column" else "row")]
 
 
 def sign_ranges(shown: np.ndarray, percentile: float = SIGN_PERCENTILE) -> tuple[float, float]:

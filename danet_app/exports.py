@@ -46,6 +46,24 @@ def colour_bar(cmap: str, vmin: float, vmax: float, width: int, label: str = "",
     return np.asarray(canvas)
 
 
+def heat_overlay(image: np.ndarray, values: np.ndarray, vmin: float, vmax: float, mode: str, cmap: str,
+                 opacity: float) -> np.ndarray:
+    """An (H, W) map over the RGB image as the attention view paints it, for the PNG: the mode's
+    colour index (two-sided for query-specific) and colour table, colours fading in over
+    ``FADE_BINS`` bins from the neutral one (so cells with next to no attention leave the image
+    untinted, as on screen; the PNG used to tint every cell), NaN cells unpainted, then the
+    canvas's "source over" blend at ``opacity``."""
+    from danet_app.display_modes import (DIVERGING_CMAP, TWO_SIDED, colour_index, colour_lut, fade_alpha,
+                                         neutral_bin)
+
+    two_sided = mode in TWO_SIDED
+    index = colour_index(values, vmin, vmax, two_sided=two_sided)
+    lut = colour_lut(DIVERGING_CMAP if two_sided else cmap).astype(np.float32)
+    alpha = (fade_alpha(index, neutral_bin(mode)) * float(opacity))[..., None]
+    blended = np.asarray(image, dtype=np.float32) * (1 - alpha) + lut[np.maximum(index, 0)] * alpha
+    return np.round(blended).clip(0, 255).astype(np.uint8)
+
+
 def compose_panels(panels: list[tuple[str, np.ndarray]], columns: int = 4, panel_width: int = 360,
                    background=(255, 255, 255), colour_bars: list | None = None, bar_label: str = "") -> np.ndarray:
     """Lay titled RGB panels out on a grid (each scaled to ``panel_width``), like the page shows them.

@@ -20,7 +20,7 @@ import streamlit as st
 import danet
 from danet.checkpoints import DILATIONS
 from danet.checkpoints.meta import LoadedModel
-from danet.data.images import LoadedImage, load_image
+from danet.data.images import IMAGE_SUFFIXES, LoadedImage, load_image
 from danet.data.isolated import load_image_isolated, load_label_map_isolated
 from danet.data.palettes import DATASETS
 from danet.errors import CheckpointError, DanetError
@@ -32,13 +32,14 @@ from danet_app import budget
 from danet_app.budget import ByteBudgetCache
 from danet_app.literal import code, md, visible
 from danet_app.timeline import mark
-from danet_app.state import (FORWARDS, LabelMap, Selection, file_sha256, model_id, prepare_label_map, result_key,
-                             sha256_bytes, switch_image_points)
+from danet_app.state import (FORWARDS, LabelMap, Selection, dataset_guess, file_sha256, model_id, prepare_label_map,
+                             result_key, sha256_bytes, switch_image_points)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"       # a source checkout has them; an installed app offers uploads only
 SAMPLE_DATASET = "camvid"                   # the samples' label maps use CamVid class ids
-IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp"]
+IMAGE_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]   # every format the decoder reads (its message
+IMAGE_LABEL = "Image (PNG, JPEG, GIF, WebP, BMP, TIFF)"              # lists them: the two must agree)
 CHECKPOINT_TYPES = ["safetensors", "pth", "pt", "tar", "bin", "ckpt"]
 DEFAULT_SOURCE, UPLOAD_SOURCE = "Default (CamVid, MobileNetV2)", "Upload a checkpoint"
 SAMPLE_SOURCE, IMAGE_UPLOAD_SOURCE = "Sample", "Upload an image"
@@ -140,6 +141,28 @@ def run_forward(key: str, loaded: LoadedModel, image: np.ndarray) -> InspectionR
                      detail=f"the result for a {width}x{height} image with {classes:,} classes", advice=advice)
 
 
+# ---- messages for the main area -------------------------------------------------------------------
+MESSAGES = "main_messages"
+
+
+def tell(kind: str, text: str) -> None:
+    """Keep a refusal or notice (``kind``: error, warning, info; ``text``: markdown, outside text
+    escaped) for the main area: the sidebar's bottom is below the fold, so the page shows them
+    next to what they affect (``show_messages``)."""
+    st.session_state.setdefault(MESSAGES, []).append((kind, text))
+
+
+def messages(kind: str | None = None) -> list[tuple[str, str]]:
+    """This run's messages (of one kind)."""
+    return [m for m in st.session_state.get(MESSAGES, []) if kind is None or m[0] == kind]
+
+
+def show_messages() -> None:
+    """The sidebar's refusals and notices of this run, in the main area where this is called."""
+    for kind, text in messages():
+        getattr(st, kind)(text)
+
+
 # ---- per-session memory of failures -------------------------------------------------------------
 def remembered_failure(key: str) -> str | None:
     """Bad uploads are parsed once: their error is kept, not re-raised on every rerun."""
@@ -194,14 +217,14 @@ def choose_model() -> tuple[LoadedModel | None, str, str]:
         except Exception as error:  # noqa: BLE001 - a bad file must not crash the app
             failure = describe_error(error)
             remember_failure(identity, failure)
-    st.sidebar.error(f"Could not load {code(name)}: {md(failure)}")
+    tell("error", f"Could not load {code(name)}: {md(failure)}")
     return None, "", ""
 
 
 def _default_model() -> tuple[LoadedModel | None, str, str]:
     path = default_weights_path()
     if not path.is_file():
-        st.sidebar.error(f"The default weights are missing from the installed package ({code(path)}). "
+        tell("error", f"The default weights are missing from the installed package ({code(path)}). "
                          "Upload a checkpoint instead.")
         return None, "", ""
     digest = file_sha256(path)
@@ -215,7 +238,7 @@ def _default_model() -> tuple[LoadedModel | None, str, str]:
         with st.spinner("Loading the default model..."):
             return load_default_model(pinned, DEVICE), model_id(pinned), pinned
     except Exception as error:  # noqa: BLE001 - shown to the user, the app keeps running
-        st.sidebar.error(f"Could not load the default weights: {md(describe_error(error))}")
+        tell("error", f"Could not load the default weights: {md(describe_error(error))}")
         return None, "", ""
 
 
@@ -225,13 +248,15 @@ def model_caption(loaded: LoadedModel, device: str) -> str:
     details = [f"stem {config.stem}"] if config.stem is not None else []
     details.append(f"output stride {config.output_stride}" + (", multi-grid" if config.multi_grid else ""))
     return (f"**{md(config.backbone)}** ({md(', '.join(details))}) · layout **{md(loaded.meta.layout)}** · "
-            f"{config.num_classes} classes · dataset **{md(loaded.meta.dataset.name)}** · device **{md(device)}**")
+            f"{config.num_classes} classes · dataset **{md(loaded.meta.dataset.name)}**"
+            + (f" ({md(guess)})" if (guess := dataset_guess(loaded.meta.extra)) else "")
+            + f" · device **{md(device)}**")
 
 
 def show_model_summary(loaded: LoadedModel) -> None:
     st.sidebar.caption(model_caption(loaded, DEVICE))
     for warning in loaded.warnings:
-        st.sidebar.warning(md(warning))
+        tell("warning", f"The model: {md(warning)}")
     with st.sidebar.expander("Classes and colours"):
         show_legend(loaded.meta.classes, loaded.meta.palette)
 
@@ -292,7 +317,7 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
                                                        key="use_sample_labels", persist_state="session"):
             label_bytes = label_path.read_bytes()
     else:
-        upload = st.sidebar.file_uploader("Image (PNG, JPEG, WebP, BMP)", type=IMAGE_TYPES, key="image_upload")
+        upload = st.sidebar.file_uploader(IMAGE_LABEL, type=IMAGE_TYPES, key="image_upload")
         label_upload = st.sidebar.file_uploader("Label map (optional, class-id PNG)", type=["png", "bmp"],
                                                 key="label_upload")
         if upload is not None:
@@ -317,9 +342,9 @@ def choose_image() -> tuple[LoadedImage | None, str, str, bytes | None]:
             remember_failure(f"image:{digest}:{max_pixels}", failure)
         else:
             for notice in image.notices:
-                st.sidebar.info(md(notice))
+                tell("info", f"The image: {md(notice)}")
             return image, name, digest, label_bytes
-    st.sidebar.error(f"Could not use {code(name)}: {md(failure)}")
+    tell("error", f"Could not use {code(name)}: {md(failure)}")
     return None, name, "", None
 
 
@@ -331,10 +356,10 @@ def check_label_map(loaded: LoadedModel, image: LoadedImage, data: bytes | None,
     try:
         labels = cached_label_map(data, image.array.shape[:2], loaded, trusted)
     except DanetError as error:
-        st.sidebar.error(f"Label map not used: {md(error)}")
+        tell("error", f"Label map not used: {md(error)}")
         return None
     for notice in labels.notices:
-        st.sidebar.info(md(notice))
+        tell("info", f"The label map: {md(notice)}")
     return labels
 
 
@@ -351,7 +376,7 @@ def build_selection() -> Selection | None:
         return None
     if (label_bytes is not None and st.session_state.get("image_source") == SAMPLE_SOURCE
             and loaded.meta.dataset.name != SAMPLE_DATASET):
-        st.sidebar.info(f"The samples' ground truth uses {SAMPLE_DATASET} classes; this model predicts "
+        tell("info", f"The samples' ground truth uses {SAMPLE_DATASET} classes; this model predicts "
                         f"{md(loaded.meta.dataset.name)} classes, so it is not scored against it.")
         label_bytes = None
     labels = check_label_map(loaded, image, label_bytes,
@@ -373,7 +398,7 @@ def build_selection() -> Selection | None:
             remember_failure(key, failure)
     mark("forward done")
     if failure is not None:
-        st.error(failure)
+        tell("error", failure)
         return None
     return Selection(loaded=loaded, model_id=identity, model_sha256=weights_sha256,
                      is_default=st.session_state.get("model_source") == DEFAULT_SOURCE,
@@ -383,7 +408,9 @@ def build_selection() -> Selection | None:
 
 
 def render() -> Selection | None:
-    """Draw the sidebar and run (or reuse) the forward pass; None when something is missing or bad."""
+    """Draw the sidebar and run (or reuse) the forward pass; None when something is missing or bad.
+    Refusals and notices are kept for the main area (``show_messages``)."""
+    st.session_state[MESSAGES] = []
     selection = build_selection()
     st.session_state["selection"] = selection
     return selection

@@ -458,7 +458,7 @@ def model_facts(described: dict, weights_sha256: str = "", device: str = "") -> 
         "PAM query/key channels (d)": d["key_channels"],
         "align_corners": d["align_corners"],
         "classes": d["num_classes"],
-        "dataset": d["dataset"],
+        "dataset": dataset_label(d["dataset"], d.get("extra")),
         "mean / std": f"{tuple(round(v, 3) for v in d['mean'])} / {tuple(round(v, 3) for v in d['std'])}",
         "parameters": f"{d['parameters'] / 1e6:.2f} M",
         "PAM alpha (learned)": f"{d['alpha']:.4f}",
@@ -466,6 +466,20 @@ def model_facts(described: dict, weights_sha256: str = "", device: str = "") -> 
         "device": device or None,
     }
     return {name: str(value) for name, value in rows.items() if value is not None}
+
+
+def dataset_guess(extra: dict | None) -> str | None:
+    """"guessed from the class count (19)" when the loader chose the dataset by the class count
+    alone (the file names none), else None."""
+    source = (extra or {}).get("dataset_from")
+    return source[:60] if isinstance(source, str) and source.startswith("guessed from the class count") else None
+
+
+def dataset_label(name: str, extra: dict | None) -> str:
+    """The dataset's name, and where it came from when the file did not say: a 19-class
+    checkpoint without labels is shown as "cityscapes (guessed from the class count (19))"."""
+    guess = dataset_guess(extra)
+    return f"{name} ({guess})" if guess else str(name)
 
 
 def layout_label(name: str, title: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import make_tiny_model, save_tiny
 from danet.weights import default_card, default_weights_path
+from danet_app import sidebar
 from danet_app.state import FORWARDS
 from helpers_app import SAMPLES, errors, png, point_cards, rendered, small_image, texts, with_tiny_model
 
@@ -55,7 +57,9 @@ def test_default_model_on_a_sample(fresh_caches):
     assert SAMPLES[0].name in caption and "forward" in caption and ("cpu" in caption or "cuda" in caption)
     assert "(just now)" in caption                # fresh caches: this run did the forward
     assert len(at.metric) == 3                     # sample ground truth: mIoU of fused, PAM, CAM
-    assert any("mobilenetv2_100" in rendered(c.value) for c in at.sidebar.caption)
+    assert any("mobilenetv2_100" in c for c in texts(at.sidebar.caption))
+    (verdict,) = [c for c in texts(at.caption) if "typical query" in c]     # the verdict next to the map
+    assert "-1.08 val mIoU (model card)" in verdict and "on Building" in verdict
     at.run()
     assert "(cached)" in at.caption[0].value
     # the model's identity is the sha256 of the shipped file's bytes (was a size+mtime stamp)
@@ -190,7 +194,23 @@ def test_bad_image_uploads_show_an_error(tiny_checkpoint, name, data):
     assert not at.exception
     messages = errors(at)
     assert any(f"Could not use `{name}`" in m for m in messages), messages
+    assert [rendered(e.value) for e in at.main.error] == messages and not at.sidebar.error   # in the main area
     assert at.title[0].value == "DANet inspector"                     # the page still renders
+    assert not any("Choose a model and an image" in i.value for i in at.info)       # the reason is shown instead
+
+
+def test_the_image_uploader_takes_every_format_its_refusal_names(tiny_checkpoint):
+    """A text file named .png is refused by the decoder, whose message lists the formats it reads:
+    the uploader accepts exactly those (it refused GIF and TIFF while the message offered them)."""
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tiny_checkpoint)
+    at.sidebar.radio(key="image_source").set_value("Upload an image").run()
+    at.sidebar.file_uploader(key="image_upload").set_value(("notes.png", b"just some text\n" * 20, "image/png")).run()
+    (message,) = errors(at)
+    named = re.search(r"supported formats: ([A-Z, ]+)", message).group(1).split(", ")
+    accepted = {suffix.lstrip(".").upper() for suffix in sidebar.IMAGE_TYPES} | {"JPEG"}
+    assert set(named) <= accepted and {"GIF", "TIFF"} <= set(named), (named, accepted)
+    label = at.sidebar.file_uploader(key="image_upload").label
+    assert all(name.lower() in label.lower() for name in ("PNG", "JPEG", "GIF", "WebP", "BMP", "TIFF")), label
 
 
 @pytest.mark.parametrize("name, data, expected", [
@@ -233,7 +253,7 @@ def test_label_map_upload_checked(tiny_checkpoint):
     labels[:10] = 200                                           # ... with 1280 pixels of an unknown id
     at.sidebar.file_uploader(key="label_upload").set_value(("labels.png", png(labels), "image/png")).run()
     assert not at.exception and errors(at) == []
-    assert any("outside 0..10" in i for i in texts(at.sidebar.info))
+    assert any("outside 0..10" in i for i in texts(at.main.info)) and not at.sidebar.info
     assert len(at.metric) == 3 and at.dataframe
 
 
@@ -245,7 +265,7 @@ def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
     at.sidebar.radio(key="image_source").set_value("Upload an image").run()
     at.sidebar.file_uploader(key="image_upload").set_value(("big.png", png(big), "image/png")).run()
     assert not at.exception and errors(at) == []
-    assert any("downscaled from 1600x1200" in i for i in texts(at.sidebar.info))
+    assert any("downscaled from 1600x1200" in i for i in texts(at.main.info)) and not at.sidebar.info
     assert "(365x273)" in at.caption[0].value or "(365x274)" in at.caption[0].value
 
 
@@ -253,7 +273,7 @@ def test_large_image_is_downscaled_with_a_notice(tiny_checkpoint):
 def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
     from helpers_checkpoints import foreign_state, make_model, wrap
 
-    model = make_model("official", backbone="resnet18", num_classes=11, head_channels=32)
+    model = make_model("official", backbone="resnet18", num_classes=19, head_channels=32)
     buffer = io.BytesIO()
     torch.save(wrap(foreign_state(model, "official"), "official"), buffer)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
@@ -265,11 +285,16 @@ def test_official_layout_upload_shows_layout_and_takes_the_sidebar_choices():
     assert not at.exception and errors(at) == []
     summary = " ".join(texts(at.sidebar.caption))
     assert "layout **official**" in summary and "resnet18" in summary and "multi-grid" in summary
+    # 19 classes and no labels in the file: the dataset is a guess, and the caption says so
+    assert "dataset **cityscapes** (guessed from the class count (19))" in summary
+    at.switch_page(MODEL).run()
+    assert at.dataframe[0].value["value"]["dataset"] == "cityscapes (guessed from the class count (19))"
+    at.switch_page(INSPECTOR).run()
     at.sidebar.selectbox(key="dilation").set_value("2-4-4").run()        # what the file cannot tell
-    at.sidebar.selectbox(key="dataset_choice").set_value("camvid").run()
+    at.sidebar.selectbox(key="dataset_choice").set_value("cityscapes").run()
     assert not at.exception and errors(at) == []
     summary = " ".join(texts(at.sidebar.caption))
-    assert "multi-grid" not in summary and "dataset **camvid**" in summary
+    assert "multi-grid" not in summary and "dataset **cityscapes** ·" in summary and "guessed" not in summary
     assert "stem deep" in summary or "stem 7x7" in summary                # a ResNet does have a stem
     at.switch_page(MODEL).run()
     assert not at.exception
@@ -285,7 +310,7 @@ def test_sample_ground_truth_only_scores_models_of_its_dataset(tmp_path):
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(
         (path.name, path.read_bytes(), "application/octet-stream")).run()
     assert not at.exception and errors(at) == []
-    assert any("not scored" in i for i in texts(at.sidebar.info))
+    assert any("not scored" in i for i in texts(at.main.info))
     assert len(at.metric) == 0 and at.title[0].value == "DANet inspector"
 
 

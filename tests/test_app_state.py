@@ -286,3 +286,11 @@ def test_the_app_record_round_trips_through_the_bounded_reader():
     text = json_record(model, image_summary("i.png", "ab" * 32, (96, 128), (96, 128)), result, points,
                        metrics=metrics)
     assert points_from_record(text, "ab" * 32, (96, 128)) == [(5, 6), (120, 90)]
+def test_a_dataset_guessed_from_the_class_count_says_so():
+    from danet_app.state import dataset_guess, dataset_label
+
+    guessed = {"dataset_from": "guessed from the class count (19)"}
+    assert dataset_label("cityscapes", guessed) == "cityscapes (guessed from the class count (19))"
+    assert dataset_guess(guessed) == "guessed from the class count (19)"
+    assert dataset_label("cityscapes", {"dataset_from": "checkpoint meta"}) == "cityscapes"
+    assert dataset_label("camvid", None) == "camvid" and dataset_guess({"dataset_from": 3}) is None

@@ -19,9 +19,14 @@ import numpy as np
 import pytest
 
 import danet
+from danet.analysis import ablate, knockout_curve, query_specificity
+from danet.analysis.attention_stats import grid_labels
+from danet.analysis.knockout import MAX_K
+from danet.analysis.specificity import MAX_QUERIES
 from danet.data.images import load_image
 from danet.inspection import inspect_image
 from danet_app import display_modes as dm
+from danet_app.verdict import sink_peak, typical_query
 from helpers_browser import require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -136,4 +141,204 @@ def test_query_specific_scales_each_sign_on_its_own_and_shows_both_ranges(app_se
         assert f"red 0 to {js_format(hi)} (highest {js_format(shown.max())})" in unit
         assert f"blue 0 to {js_format(lo)} (lowest {js_format(shown.min())})" in unit
     view.shot("ui_query_specific.png")
+    view.context.close()
+
+
+def verdict_locator(view: Page):
+    return view.page.locator("[data-testid='stCaptionContainer']").filter(has_text="alpha ").filter(
+        has_text="typical query").first
+
+
+def verdict_text(view: Page) -> str:
+    """The verdict line once its measured numbers are in."""
+    line = verdict_locator(view)
+    line.wait_for(timeout=LOAD_TIMEOUT_MS)
+    deadline = time.monotonic() + WAIT_S
+    while "measuring" in line.inner_text() or "PAM off:" not in line.inner_text():
+        assert time.monotonic() < deadline, line.inner_text()
+        time.sleep(0.1)
+    return line.inner_text()
+
+
+def test_a_verdict_next_to_the_map_with_its_numbers_links_to_the_measures_page(app_server, browser, reference):
+    result, loaded = reference["result"], reference["loaded"]
+    grid = result.grid_size
+    view = Page(browser, app_server).ready()
+    text = verdict_text(view)
+    line = verdict_locator(view).bounding_box()
+    image = view.page.locator("#input-canvas").bounding_box()
+    assert line["y"] + line["height"] <= image["y"] <= line["y"] + line["height"] + 80, (line, image)
+    assert line["y"] + line["height"] <= 1000                            # on the first screen
+    view.shot("ui_verdict.png")
+    # its numbers: the typical query from the mean row, the sink, alpha, the card, the measures
+    cells = grid_labels(result.prediction("fused"), grid, len(loaded.meta.classes)).ravel()
+    name, share = typical_query(reference["mean_row"], cells, loaded.meta.classes)
+    spec = query_specificity(result, max_queries=MAX_QUERIES)
+    ablation = ablate(loaded.model, result, pam_off=True)
+    for part in [f"typical query {share:.0%} on {name}",
+                 f"strongest sink {sink_peak(reference['mean_row']):.0f}x uniform",
+                 f"mean row {spec.share_mean:.0%} of a row", f"alpha {result.alpha:.3f}",
+                 f"PAM off: {ablation.changed_fraction:.1%} of pixels change", "-1.08 val mIoU (model card)"]:
+        assert part in text, (part, text)
+    # pointer moves rerun nothing (no forward, no new verdict); a pin adds the point's numbers
+    updates = view.attr("updates")
+    for cell in [(5, 5), (20, 30), (40, 50), (10, 55)]:
+        view.hover(cell, grid)
+    assert view.attr("updates") == updates and verdict_text(view) == text
+    view.hover((30, 20), grid)
+    box = view.page.locator("#input-canvas").bounding_box()
+    view.page.mouse.click(box["x"] + 20.5 / grid[1] * box["width"], box["y"] + 30.5 / grid[0] * box["height"])
+    view.page.get_by_text("1 point pinned").wait_for(timeout=WAIT_S * 1000)
+    deadline = time.monotonic() + WAIT_S
+    while "knockout of point 1" not in verdict_text(view):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pinned = verdict_text(view)
+    x, y = (int(v) for v in view.page.url.split("points=")[1].split("&")[0].replace("%2C", ",").split(","))
+    knockout = knockout_curve(loaded.model, result, cell=result.pixel_to_cell(x, y),
+                              max_k=max(1, min(MAX_K, result.num_positions - 1)))
+    assert f"knockout of point 1: {knockout.verdict}" in pinned and " · pinned " in pinned
+    view.shot("ui_verdict_pinned.png")
+    view.page.locator("[data-testid='stPageLink']").filter(has_text="Does attention matter?").click()
+    view.page.get_by_role("heading", name="Does attention matter?").wait_for(timeout=WAIT_S * 1000)
+    assert view.outside == []
+    view.context.close()
+
+
+def upload_image(view: Page, name: str, data: bytes) -> None:
+    sidebar = view.page.locator("[data-testid='stSidebar']")
+    sidebar.get_by_text("Upload an image", exact=True).click()
+    uploader = sidebar.locator("[data-testid='stFileUploader']", has_text="Image (").locator("input[type='file']")
+    uploader.wait_for(state="attached", timeout=WAIT_S * 1000)
+    uploader.set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+
+
+def test_refusals_and_notices_are_shown_in_the_main_area_next_to_the_image(app_server, browser):
+    view = Page(browser, app_server).ready()
+    # a text file named .png: the reason, in the main area, on the first screen
+    upload_image(view, "notes.png", b"just some text\n" * 20)
+    main = view.page.locator("[data-testid='stMain']")
+    error = main.locator("[data-testid='stAlertContainer']", has_text="Could not use notes.png")
+    error.wait_for(timeout=WAIT_S * 1000)
+    assert "supported formats: PNG, JPEG, GIF, WEBP, BMP, TIFF" in error.inner_text()
+    assert view.page.locator("[data-testid='stSidebar'] [data-testid='stAlertContainer']").count() == 0
+    box = error.bounding_box()
+    assert box["y"] + box["height"] <= 1000, box                       # above the fold
+    assert main.get_by_text("Choose a model and an image").count() == 0
+    view.shot("ui_refusal_in_main.png")
+    # a large image: the downscale notice right under the image's line, above the tabs
+    from io import BytesIO
+
+    from PIL import Image
+    big = BytesIO()
+    Image.open(SAMPLE).convert("RGB").resize((1600, 1200)).save(big, format="PNG")
+    upload_image(view, "big.png", big.getvalue())
+    notice = main.locator("[data-testid='stAlertContainer']", has_text="downscaled from 1600x1200")
+    notice.wait_for(timeout=LOAD_TIMEOUT_MS)
+    caption = main.locator("[data-testid='stCaptionContainer']", has_text="big.png").first.bounding_box()
+    tabs = main.locator("[data-testid='stTabs']").first.bounding_box()
+    box = notice.bounding_box()
+    assert caption["y"] < box["y"] < tabs["y"] and box["y"] + box["height"] <= 1000, (caption, box, tabs)
+    assert view.page.locator("[data-testid='stSidebar'] [data-testid='stAlertContainer']").count() == 0
+    view.shot("ui_notice_in_main.png")
+    assert view.outside == []
+    view.context.close()
+
+
+def test_no_request_leaves_the_server_on_any_page(app_server, browser):
+    """Every asset comes from the app itself: the page icon was a Material Symbols name, which
+    made every page load fetch an SVG from fonts.gstatic.com (21 failed requests per walk offline)."""
+    view = Page(browser, app_server).ready()
+    sidebar = view.page.locator("[data-testid='stSidebar']")
+    for page, marker in [("Does attention matter?", "Switch attention off"), ("Channel attention", "inverts similarity"),
+                         ("Model details", "Validation accuracy recorded with the weights"),
+                         ("DANet inspector", "Position attention")]:
+        sidebar.get_by_text(page, exact=True).click()
+        view.page.get_by_text(marker).first.wait_for(timeout=LOAD_TIMEOUT_MS)
+        time.sleep(1.0)                                     # charts and images finish loading
+    view.page.reload()
+    view.ready()
+    icon = view.page.evaluate("() => document.querySelector(\"link[rel='shortcut icon']\")?.href || ''")
+    assert icon.startswith(("data:", app_server)), icon
+    assert view.outside == [], view.outside[:5]
+    view.context.close()
+
+
+SPLIT_WORDS_JS = """(root) => {
+  // words of the text under root that the layout broke across lines ("Upsam|pling")
+  const split = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const match of node.textContent.matchAll(/[A-Za-z0-9%]+/g)) {
+      const range = document.createRange();
+      range.setStart(node, match.index); range.setEnd(node, match.index + match[0].length);
+      const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+      if (lines.size > 1) split.push(match[0]);
+    }
+  }
+  return split;
+}"""
+
+
+def test_an_800x900_window_collapses_the_sidebar_and_keeps_labels_and_the_image_whole(app_server, browser):
+    view = Page(browser, app_server, 800, 900).ready()
+    sidebar = view.page.locator("[data-testid='stSidebar']")
+    deadline = time.monotonic() + WAIT_S
+    while sidebar.get_attribute("data-collapsed") != "true":
+        assert time.monotonic() < deadline, "the sidebar stayed open at 800 px"
+        time.sleep(0.1)
+    time.sleep(1.0)                                           # the main area widens
+    main = view.page.locator("[data-testid='stMain'] [data-testid='stMainBlockContainer']").bounding_box()
+    controls = view.page.locator("[data-testid='stTabs']").first
+    split = view.page.evaluate(SPLIT_WORDS_JS, controls.element_handle())
+    assert split == [], split                                 # was "Upsam|pling", "biline|ar"
+    colour_map = view.page.locator("[data-testid='stSelectbox']").filter(has_text="Colour map").first
+    shown = colour_map.evaluate("""el => { const input = el.querySelector('input');
+        const box = input.getBoundingClientRect(), probe = document.createElement('canvas').getContext('2d');
+        probe.font = getComputedStyle(input).font;
+        return {value: input.value, width: box.width, needed: probe.measureText(input.value).width}; }""")
+    assert shown["value"] == "jet" and shown["width"] >= shown["needed"] + 10, shown   # the value fits, with room
+    left, right = (view.page.locator(f"#{name}").bounding_box() for name in ("input-canvas", "map-canvas"))
+    assert left["width"] >= 340 and left["height"] >= 250, left          # was 228x171
+    assert left["width"] + right["width"] >= 0.95 * main["width"] - 40       # the two span the main area
+    view.shot("ui_800x900.png")
+    # a visitor who opens the sidebar again keeps it open (Streamlit stores that choice)
+    view.page.locator("[data-testid='stExpandSidebarButton']").click()
+    view.page.wait_for_function("() => document.querySelector('[data-testid=stSidebar]').dataset.collapsed === 'false'")
+    view.page.reload()
+    view.ready()
+    time.sleep(1.5)
+    assert sidebar.get_attribute("data-collapsed") == "false"
+    view.shot("ui_800x900_sidebar_opened.png")
+    split = view.page.evaluate(SPLIT_WORDS_JS, view.page.locator("[data-testid='stTabs']").first.element_handle())
+    assert split == [], split                                 # whole controls wrap onto a second row
+    assert view.outside == []
+    view.context.close()
+    # a wide window keeps its sidebar
+    wide = Page(browser, app_server, 1500, 1000).ready()
+    time.sleep(1.0)
+    assert wide.page.locator("[data-testid='stSidebar']").get_attribute("data-collapsed") == "false"
+    wide.context.close()
+
+
+def test_the_reverse_view_bar_and_the_raw_readout_say_what_they_show(app_server, browser, reference):
+    result = reference["result"]
+    grid = result.grid_size
+    view = Page(browser, app_server).ready()
+    view.hover((20, 30), grid)
+    readout = view.page.locator("#readout").inner_text()
+    value = js_format(float(view.attr("value")))
+    assert readout.count(value) == 1 and "(weight" not in readout, readout     # raw: the number once
+    assert view.page.locator("#bar-unit").inner_text() == dm.unit("raw", "row")
+    view.choose("Display", dm.MODES["relative"])
+    view.hover((20, 31), grid)
+    assert "(weight " in view.page.locator("#readout").inner_text()           # another unit: the weight too
+    view.choose("Display", dm.MODES["raw"])
+    view.choose("Map", "Who looks here (column)")
+    view.hover((20, 30), grid)
+    unit = view.page.locator("#bar-unit").inner_text()
+    assert unit == dm.unit("raw", "column") and "does not sum to 1" in unit and "a row sums" not in unit
+    assert "does not sum to 1" in view.page.locator("#readout").inner_text()
+    view.shot("ui_reverse_view.png")
+    view.choose("Map", "Where it looks (row)")
     view.context.close()

@@ -167,3 +167,37 @@ def test_checksum_sees_a_shift_but_not_rounding():
     assert dm.checksum(row) == pytest.approx(dm.checksum(row.astype(np.float32)), abs=1e-6)
     assert abs(dm.checksum(row) - dm.checksum(np.roll(row, 1))) > 1e-3
     assert dm.checksum(np.array([np.nan, 1.0])) == pytest.approx(0.5 + 7919 % 1009 / 1009)
+
+
+def test_bar_labels_say_what_a_row_and_a_column_sum_to():
+    assert dm.unit("raw", "row") == "attention weight (a row sums to 1)"
+    column = dm.unit("raw", "column")
+    assert "does not sum to 1" in column and "a row sums" not in column
+    for mode in dm.MODES:                                   # every mode has a label for both views
+        assert dm.unit(mode, "row") and dm.unit(mode, "column") and dm.unit(mode, "row") != dm.unit(mode, "column")
+    assert settings("raw", "column", "jet", "bilinear", 0.6, 0.9, [])["unit"] == column
+
+
+def test_the_png_heat_overlay_fades_in_like_the_view():
+    """Cells with (next to) no attention leave the image untinted, as on screen; the PNG used to
+    blend every cell with the colour map's low end at the full opacity."""
+    from danet_app.exports import heat_overlay
+
+    image = np.full((4, 6, 3), 100, np.uint8)
+    values = np.zeros((4, 6))
+    values[0, 0], values[0, 1], values[0, 2] = 1.0, 12 / 256 + 1e-9, np.nan
+    out = heat_overlay(image, values, 0.0, 1.0, "raw", "jet", 0.6)
+    assert np.array_equal(out[1:], image[1:]) and np.array_equal(out[0, 3:], image[0, 3:])   # untinted
+    assert np.array_equal(out[0, 2], image[0, 2])                                            # NaN: unpainted
+    top = dm.colour_lut("jet")[255].astype(float)
+    assert np.allclose(out[0, 0], np.round(100 * 0.4 + top * 0.6), atol=1)                   # full colour
+    half = dm.colour_lut("jet")[12].astype(float)
+    alpha = 0.6 * round(255 * 12 / 24) / 255
+    assert np.allclose(out[0, 1], np.round(100 * (1 - alpha) + half * alpha), atol=1)        # fading in
+    # query-specific: 0 is neutral (bin 128 of 0-255, half a bin from the centre: alpha 5/255 as on
+    # screen), each sign reaches its own end
+    signed = np.array([[0.0, -0.1, 0.3]])
+    out = heat_overlay(np.full((1, 3, 3), 100, np.uint8), signed, -0.1, 0.3, "specific", "jet", 1.0)
+    assert np.abs(out[0, 0].astype(int) - 100).max() <= 5
+    assert np.array_equal(out[0, 1], dm.colour_lut(dm.DIVERGING_CMAP)[0])
+    assert np.array_equal(out[0, 2], dm.colour_lut(dm.DIVERGING_CMAP)[255])

@@ -31,13 +31,6 @@ const HALF = (() => {                      // float16 bit pattern -> float32 val
   return table;
 })();
 const LOG_DECADES = 4.0, LOG_FLOOR = 1e-30, MAX_DISPLAY_WIDTH = 960, DRAG_PIXELS = 5, SIGN_PERCENTILE = 99;
-const UNITS = {
-  raw: "attention weight (a row sums to 1)",
-  relative: "× uniform (1 = 1/N)",
-  specific: "weight minus the mean map",
-  mass: "weight, cells in the set only",
-  log: "log10 attention weight",
-};
 
 // Class names come from the checkpoint (outside text): they enter the DOM through esc() only.
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
@@ -471,7 +464,7 @@ function paint(view, what) {
   view.barLo.textContent = format(shown.lo);
   view.barHi.textContent = format(shown.hi);
   view.barMid.style.display = twoSided ? "block" : "none";
-  view.barUnit.textContent = UNITS[s.mode] + (s.mode === "mass" ? ` (${Math.round(s.fraction * 100)}% of the mass in ${shown.cells} of ${p.n} cells)` : "")
+  view.barUnit.textContent = s.unit + (s.mode === "mass" ? ` (${Math.round(s.fraction * 100)}% of the mass in ${shown.cells} of ${p.n} cells)` : "")
     + (twoSided ? ` · each sign on its own scale, to its ${SIGN_PERCENTILE}th percentile: red 0 to ${format(shown.hi)} `
       + `(highest ${format(shown.extremes[1])}), blue 0 to ${format(shown.lo)} (lowest ${format(shown.extremes[0])})` : "");
   view.lastMap = { ...map, shown };
@@ -515,7 +508,9 @@ function writeReadout(view) {
       const cell = at.row * p.gw + at.col;
       value = m.shown.shown[cell];
       const where = view.hover ? `under the cursor, cell (${at.row}, ${at.col}) ${className(p, p.cellClass[cell])}` : "at the query itself";
-      parts.push(`${where}: <b>${format(value)}</b> ${UNITS[view.settings.mode]} (weight ${format(m.values[cell])})`);
+      // the weight itself only where the shown value is something else (raw mode shows the weight)
+      const weight = view.settings.mode === "raw" ? "" : ` (weight ${format(m.values[cell])})`;
+      parts.push(`${where}: <b>${format(value)}</b> ${esc(view.settings.unit)}${weight}`);
       const f = barFraction(value, m.shown.lo, m.shown.hi, view.settings.mode === "specific");
       view.barMark.style.left = `${(Number.isFinite(value) ? f : 0) * 100}%`;
       view.barMark.style.display = Number.isFinite(value) ? "block" : "none";
@@ -634,7 +629,7 @@ function update(view, data) {
   if (data.payload && !PAYLOADS.has(data.id)) remember(data.id, decode(data.payload));
   el.dataset.payloadBytes = data.payload ? "sent" : "cached";
   view.settings = {
-    mode: s.mode || "raw", view: s.view || "row", fraction: s.fraction || 0.9, opacity: s.opacity ?? 0.6,
+    mode: s.mode || "raw", view: s.view || "row", unit: s.unit || "", fraction: s.fraction || 0.9, opacity: s.opacity ?? 0.6,
     upsampling: s.upsampling || "bilinear", pinned: s.pinned || [], colours: s.colours || ["#e69f00"], query: s.query,
   };
   if (s.lut && s.lut !== view.lutText) { view.lut = lutOf(bytesOf(s.lut)); view.lutText = s.lut; }
