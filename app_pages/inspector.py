@@ -131,7 +131,7 @@ def show_verdict(slot, payload: dict | None, stats: list, points: list, final: b
     has them already. True when the measured numbers are shown."""
     typical = sink = None
     if payload is not None:
-        mean_row = np.frombuffer(base64.b64decode(payload["mean_row"]), "<f4")
+        mean_row = np.frombuffer(base64.b64decode(payload["map"]["mean_row"]), "<f4")
         cells = np.frombuffer(base64.b64decode(payload["cell_classes"]),
                               "<u2" if payload["cell_classes_wide"] else np.uint8)
         typical, sink = typical_query(mean_row, cells, classes), sink_peak(mean_row)
@@ -346,7 +346,7 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
             panels = [("Input", image)] + [(OUTPUT_TITLES[w], views[w]) for w in OUTPUTS]
             bars = [None] * len(panels)
             if points:
-                mean_row = np.frombuffer(base64.b64decode(payload["mean_row"]), "<f4")
+                mean_row = np.frombuffer(base64.b64decode(payload["map"]["mean_row"]), "<f4")
                 for i, (s, row) in enumerate(zip(stats, rows)):
                     panel, lo, hi = heat_panel(row, points[i], i, mode, fraction, cmap, opacity, upsampling,
                                                mean_row)

@@ -1,11 +1,11 @@
 """The interactive attention view: a Streamlit Components v2 element that follows the cursor.
 
 Python sends, once per (session, model, image), what any attention row, column or region needs: the
-image (JPEG data URL), the PAM query and key projections (base64; float16 for large grids), each row's
-log-sum-exp and the mean row (float32, computed here in chunks: O(N^2 d) time, O(N) memory),
-the predicted class of every grid cell, the class names and the colour lookup tables. The
-browser (``static/attention_view.js``) then computes and paints the row under the cursor with
-no round trip; only a click ("pin") comes back to Python. Later reruns (a pin, a display setting)
+image (JPEG data URL), the map's own payload (``AttentionMap.payload``: its kind, mean row and
+arrays; DANet's PAM: query and key projections, float16 for large grids, and each row's
+log-sum-exp), the predicted class of every grid cell, the class names and the colour lookup
+tables. The browser (``static/attention_view.js``) decodes the map with the kernel of its kind
+and then computes and paints the row under the cursor with no round trip; only a click ("pin") comes back to Python. Later reruns (a pin, a display setting)
 send only the payload's id and the small settings: the browser keeps decoded payloads in a
 module-level cache and asks again ("need") when it lacks one. The maths it follows is
 ``danet_app.display_modes``.
@@ -57,25 +57,20 @@ def classes_data_url(prediction: np.ndarray) -> str:
 
 
 def build_payload(result: InspectionResult, image: np.ndarray, classes: tuple[str, ...], key: str,
-                  chunk: int = display_modes.CHUNK) -> dict:
+                  map_name: str | None = None) -> dict:
     """Everything the browser needs for one (model, image), JSON-ready; ``key`` names it (the
     component decodes a payload once per key, however often the page reruns)."""
-    query = result.pam_query.float().numpy()
-    keys = result.pam_key.float().numpy()
-    lse, mean_row = display_modes.row_statistics(query, keys, chunk)
-    prediction = result.prediction("fused")
+    the_map = result.map(map_name)
+    prediction = result.prediction()
     cells = grid_labels(prediction, result.grid_size, len(classes)).ravel()
     wide = len(classes) > 255
-    dtype = np.float32 if query.size <= FLOAT32_LIMIT else np.float16
     height, width = result.image_size
     return {
         "id": key, "W": int(width), "H": int(height),
-        "gh": int(result.grid_size[0]), "gw": int(result.grid_size[1]), "d": int(query.shape[1]),
+        "gh": int(result.grid_size[0]), "gw": int(result.grid_size[1]),
         "align_corners": bool(result.align_corners),
         "image": image_data_url(image), "pixel_classes": classes_data_url(prediction),
-        "qk_dtype": np.dtype(dtype).name,
-        "q": display_modes.b64(query, dtype), "k": display_modes.b64(keys, dtype),
-        "lse": display_modes.b64(lse, np.float32), "mean_row": display_modes.b64(mean_row, np.float32),
+        "map": the_map.payload(),              # its kind's arrays: the browser's kernel of that kind reads them
         "cell_classes": display_modes.b64(cells, np.uint16 if wide else np.uint8), "cell_classes_wide": wide,
         "classes": [plain(name, 80) for name in classes],        # outside text: the view escapes it too
         "lut_diverging": display_modes.b64(display_modes.colour_lut(display_modes.DIVERGING_CMAP), np.uint8),
@@ -142,7 +137,8 @@ def cached_payload(result_key: str, result: InspectionResult, image: np.ndarray,
     server's warm-up for the default view): the row sweep is O(N^2 d). Kept by bytes
     (``PAYLOAD_CACHE_BYTES``); a payload over ``MAX_PAYLOAD_BYTES`` is refused with
     ``InputError`` before it is built."""
-    cells, channels = result.num_positions, int(result.pam_query.shape[1])
+    # PAM's d per q and k; any other kind's numbers per cell, counted the same way
+    cells, channels = result.num_positions, max(1, result.map().values_per_cell() // 2)
     height, width = result.image_size
     refuse_large_payload(cells, channels, len(classes), height * width / max(cells, 1))
 

@@ -125,10 +125,12 @@ def test_rows_match_inspection_result_rows(qk):
     assert np.allclose(dm.attention_row(query, key, 23), row.ravel(), atol=1e-6)
 
     payload = build_payload(result, np.zeros((50, 70, 3), np.uint8), ("a", "b", "c"), "key")
-    assert (payload["gh"], payload["gw"], payload["d"], payload["qk_dtype"]) == (5, 7, 4, "float32")
-    sent = np.frombuffer(base64.b64decode(payload["q"]), "<f4").reshape(35, 4)
+    pam = payload["map"]
+    assert (payload["gh"], payload["gw"], pam["kind"], pam["d"], pam["dtype"], pam["scale"]) == \
+        (5, 7, "dot_softmax", 4, "float32", 1.0)
+    sent = np.frombuffer(base64.b64decode(pam["q"]), "<f4").reshape(35, 4)
     assert np.array_equal(sent, query)
-    lse = np.frombuffer(base64.b64decode(payload["lse"]), "<f4")
+    lse = np.frombuffer(base64.b64decode(pam["lse"]), "<f4")
     assert np.allclose(np.exp(query @ key.T - lse[:, None]).sum(axis=1), 1.0, atol=1e-5)
     assert np.frombuffer(base64.b64decode(payload["cell_classes"]), np.uint8).tolist() == [0] * 35
     assert payload_bytes(payload) == len(json.dumps(payload).encode())
@@ -146,7 +148,7 @@ def test_rows_match_inspection_result_rows(qk):
     # after the first run, a session's view gets the id and the settings, not the heavy part again
     payload["bytes"] = payload_bytes(payload)
     first, later = (view_data(payload, light, send_payload=send) for send in (True, False))
-    assert first["payload"]["q"] == payload["q"] and "bytes" not in first["payload"]
+    assert first["payload"]["map"] == payload["map"] and "bytes" not in first["payload"]
     assert later == {"id": "key", "payload": None, "settings": light}
     assert len(json.dumps(later)) < 2_000 < payload["bytes"]
 

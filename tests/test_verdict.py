@@ -93,7 +93,7 @@ def test_the_app_shows_the_verdict_with_the_analysis_numbers(tiny_camvid_checkpo
     assert "measuring" not in line and "model card" not in line              # an upload without a card note
     # the typical query comes from the payload's mean row and cell classes
     payload = cached_payload(selection.result_key, result, selection.image, selection.classes)
-    mean_row = np.frombuffer(base64.b64decode(payload["mean_row"]), "<f4")
+    mean_row = np.frombuffer(base64.b64decode(payload["map"]["mean_row"]), "<f4")
     cells = np.frombuffer(base64.b64decode(payload["cell_classes"]), np.uint8)
     name, share = typical_query(mean_row, cells, selection.classes)
     assert f"typical query {share:.0%} on {name}" in line

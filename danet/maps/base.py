@@ -144,6 +144,10 @@ class AttentionMap:
             total += rows.sum(0, dtype=torch.float64)
         return (total / len(index)).numpy()
 
+    def values_per_cell(self) -> int:
+        """How many numbers per grid cell ``arrays`` sends (for a size estimate before building it)."""
+        raise NotImplementedError
+
     def payload(self) -> dict:
         """JSON-ready: what the browser's kernel of this kind needs to draw any row or column."""
         gh, gw = self.grid.grid_size

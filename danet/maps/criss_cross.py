@@ -69,5 +69,8 @@ class CrissCrossMap(AttentionMap):
             v = right(v, loop.double())
         return v.reshape(-1).numpy()
 
+    def values_per_cell(self) -> int:
+        return len(self.loops) * sum(self.grid.grid_size)
+
     def arrays(self) -> dict:
         return {"loops": [b64(loop.numpy(), np.float32) for loop in self.loops]}

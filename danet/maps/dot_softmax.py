@@ -132,6 +132,9 @@ class DotSoftmaxMap(AttentionMap):
         energy = (self.query.double() @ self.key[int(cell)].double()) * self.scale
         return np.exp(energy.numpy() - lse)
 
+    def values_per_cell(self) -> int:
+        return 2 * int(self.query.shape[1])            # q and k (the log-sum-exp is counted with the mean row)
+
     def arrays(self) -> dict:
         dtype = wire_dtype(self.query)
         return {"d": int(self.query.shape[1]), "scale": self.scale, "dtype": np.dtype(dtype).name,

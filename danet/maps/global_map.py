@@ -26,5 +26,8 @@ class GlobalMap(AttentionMap):
     def column(self, cell: int) -> np.ndarray:
         return np.full(self.cells, float(self.weights[int(cell)]))
 
+    def values_per_cell(self) -> int:
+        return 1
+
     def arrays(self) -> dict:
         return {"weights": b64(self.weights.numpy(), np.float32)}

@@ -32,6 +32,9 @@ class MixtureMap(AttentionMap):
     def column(self, cell: int) -> np.ndarray:
         return (self.weights.double() @ self.components[:, int(cell)].double()).numpy()
 
+    def values_per_cell(self) -> int:
+        return 2 * int(self.weights.shape[1])
+
     def arrays(self) -> dict:
         return {"k": int(self.weights.shape[1]), "weights": b64(self.weights.numpy(), np.float32),
                 "components": b64(self.components.numpy(), np.float32)}

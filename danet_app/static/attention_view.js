@@ -59,24 +59,94 @@ function softmaxInPlace(energy) {
   for (let j = 0; j < energy.length; j++) energy[j] /= sum;
   return energy;
 }
-function rowOf(p, cell, out) {             // softmax(q_cell . K) into out (Float64Array N)
-  const { q, k, n, d } = p, base = cell * d;
-  for (let j = 0; j < n; j++) {
-    let e = 0; const kb = j * d;
-    for (let t = 0; t < d; t++) e += q[base + t] * k[kb + t];
-    out[j] = e;
-  }
-  return softmaxInPlace(out);
-}
-function columnOf(p, cell, out) {          // exp(q_i . k_cell - lse_i): every query's weight on cell
-  const { q, k, n, d, lse } = p, base = cell * d;
-  for (let i = 0; i < n; i++) {
-    let e = 0; const qb = i * d;
-    for (let t = 0; t < d; t++) e += q[qb + t] * k[base + t];
-    out[i] = Math.exp(e - lse[i]);
-  }
-  return out;
-}
+// ---- one kernel per map kind (each mirrors its danet/maps/<kind>.py; tests/test_browser_kernels.py) ----
+// A kernel decodes its kind's arrays once, then fills `out` (Float64Array N) with one query's row
+// ("where cell looks") or one key's column ("who looks at cell"), with no round trip to Python.
+const KERNELS = {
+  dot_softmax: {                             // softmax(scale q_cell . K); column exp(scale q_i . k_cell - lse_i)
+    decode: (m) => {
+      const arrays = m.dtype === "float32" ? floats : halfs;
+      return { q: arrays(m.q), k: arrays(m.k), lse: floats(m.lse), d: m.d, scale: m.scale };
+    },
+    row(p, m, cell, out) {
+      const { q, k, d, scale } = m, base = cell * d;
+      for (let j = 0; j < p.n; j++) {
+        let e = 0; const kb = j * d;
+        for (let t = 0; t < d; t++) e += q[base + t] * k[kb + t];
+        out[j] = e * scale;
+      }
+      return softmaxInPlace(out);
+    },
+    column(p, m, cell, out) {
+      const { q, k, d, lse, scale } = m, base = cell * d;
+      for (let i = 0; i < p.n; i++) {
+        let e = 0; const qb = i * d;
+        for (let t = 0; t < d; t++) e += q[qb + t] * k[base + t];
+        out[i] = Math.exp(e * scale - lse[i]);
+      }
+      return out;
+    },
+  },
+  global: {                                  // one map for every query
+    decode: (m) => ({ w: floats(m.weights) }),
+    row(p, m, cell, out) { for (let j = 0; j < p.n; j++) out[j] = m.w[j]; return out; },
+    column(p, m, cell, out) { out.fill(m.w[cell]); return out; },
+  },
+  criss_cross: {                             // loops (h, w, h + w): [:h] column part, [h:] row part
+    decode: (m) => ({ loops: m.loops.map(floats) }),
+    row(p, m, cell, out) {                   // e_cell^T M_L ... M_1
+      const { gh: h, gw: w } = p, span = h + w;
+      let u = new Float64Array(p.n); u[cell] = 1;
+      for (let l = m.loops.length - 1; l >= 0; l--) {
+        const a = m.loops[l], v = new Float64Array(p.n);
+        for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) {
+          const weight = u[i * w + j]; if (!weight) continue;
+          const base = (i * w + j) * span;
+          for (let r = 0; r < h; r++) v[r * w + j] += weight * a[base + r];
+          for (let c = 0; c < w; c++) v[i * w + c] += weight * a[base + h + c];
+        }
+        u = v;
+      }
+      out.set(u); return out;
+    },
+    column(p, m, cell, out) {                // M_L ... M_1 e_cell
+      const { gh: h, gw: w } = p, span = h + w;
+      let v = new Float64Array(p.n); v[cell] = 1;
+      for (let l = 0; l < m.loops.length; l++) {
+        const a = m.loops[l], next = new Float64Array(p.n);
+        for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) {
+          const base = (i * w + j) * span; let sum = 0;
+          for (let r = 0; r < h; r++) sum += a[base + r] * v[r * w + j];
+          for (let c = 0; c < w; c++) sum += a[base + h + c] * v[i * w + c];
+          next[i * w + j] = sum;
+        }
+        v = next;
+      }
+      out.set(v); return out;
+    },
+  },
+  mixture: {                                 // weights (N, K) @ components (K, N)
+    decode: (m) => ({ k: m.k, w: floats(m.weights), c: floats(m.components) }),
+    row(p, m, cell, out) {
+      out.fill(0);
+      for (let t = 0; t < m.k; t++) {
+        const weight = m.w[cell * m.k + t], base = t * p.n;
+        for (let j = 0; j < p.n; j++) out[j] += weight * m.c[base + j];
+      }
+      return out;
+    },
+    column(p, m, cell, out) {
+      for (let i = 0; i < p.n; i++) {
+        let sum = 0;
+        for (let t = 0; t < m.k; t++) sum += m.w[i * m.k + t] * m.c[t * p.n + cell];
+        out[i] = sum;
+      }
+      return out;
+    },
+  },
+};
+function rowOf(p, cell, out) { return p.kernel.row(p, p.map, cell, out); }
+function columnOf(p, cell, out) { return p.kernel.column(p, p.map, cell, out); }
 function massSet(values, fraction) {       // smallest set of cells holding `fraction` of the mass
   const n = values.length, order = new Uint32Array(n);
   for (let j = 0; j < n; j++) order[j] = j;
@@ -569,9 +639,9 @@ function lutOf(bytes, neutral = 0) { return { bytes, packed: packedLut(bytes, ne
 function decode(data) {                    // the heavy part, once per payload id (not per mount)
   const t0 = performance.now(), n = data.gh * data.gw;
   const payload = {
-    id: data.id, W: data.W, H: data.H, gh: data.gh, gw: data.gw, n, d: data.d, alignCorners: !!data.align_corners,
-    q: data.qk_dtype === "float32" ? floats(data.q) : halfs(data.q),
-    k: data.qk_dtype === "float32" ? floats(data.k) : halfs(data.k), lse: floats(data.lse), meanRow: floats(data.mean_row),
+    id: data.id, W: data.W, H: data.H, gh: data.gh, gw: data.gw, n, alignCorners: !!data.align_corners,
+    kind: data.map.kind, kernel: KERNELS[data.map.kind], map: KERNELS[data.map.kind].decode(data.map),
+    meanRow: floats(data.map.mean_row), mapTitle: data.map.title, flags: data.map.flags,
     cellClass: data.cell_classes_wide ? new Uint16Array(bytesOf(data.cell_classes).buffer) : bytesOf(data.cell_classes),
     classes: data.classes, lutDiverging: lutOf(bytesOf(data.lut_diverging), 127.5), image: null, pixelClass: null,
   };
@@ -647,6 +717,8 @@ function update(view, data) {
   if (view.payload !== p) { attach(view, p); return; }
   if (view.image) { schedule(view, "map"); paintPinned(view); }
 }
+
+export { KERNELS, decode, rowOf, columnOf };
 
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
