@@ -141,3 +141,69 @@ def test_the_cli_attention_export_writes_its_map(toy, tmp_path):
     refused = invoke("attention", image, "--point", "10,10", "--checkpoint", checkpoint, "--out", tmp_path / "o2",
                      "--channel", "0")
     assert refused.exit_code != 0 and "channel attention" in refused.output
+
+
+# ---- the app's view draws the toy head's map, in a real browser ------------------------------------
+VIEW_SCRIPT = '''
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+import danet
+from danet.models.heads import register_head
+from danet_app import attention_view
+from test_toy_head import ToyGlobalHead, toy_model
+
+register_head(ToyGlobalHead)
+model = toy_model(3)
+image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+result = danet.inspect_image(model, image)
+payload = attention_view.build_payload(result, image, ("a", "b", "c", "d"), "toy")
+view_settings = attention_view.settings("raw", "row", "viridis", "nearest", 0.5, 0.9, [])
+attention_view.attention_view(payload, view_settings, key="toy_view", send_payload=True,
+                              on_pin=lambda: None, on_need=lambda: None)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_app_view_draws_its_map_in_a_real_browser(tmp_path, browser):
+    import time
+    from pathlib import Path
+
+    from danet_app import display_modes as dm
+    from helpers_browser import streamlit_server
+
+    register_head(ToyGlobalHead)
+    try:
+        model = toy_model(3)
+        image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+        result = danet.inspect_image(model, image)
+    finally:
+        unregister_head("toy")
+    script = tmp_path / "toy_view.py"
+    script.write_text(VIEW_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
+    with streamlit_server(tmp_path / "streamlit.log", entry=str(script)) as (url, _):
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        try:
+            page.goto(url)
+            root = page.locator("#danet-attention")
+            root.wait_for(state="attached", timeout=60_000)
+            deadline = time.monotonic() + 60                  # the view lives in a shadow root: poll the locator
+            while root.get_attribute("data-ready") != "1":
+                assert time.monotonic() < deadline, "the view never became ready"
+                time.sleep(0.1)
+            canvas = page.locator("#input-canvas").bounding_box()
+            gh, gw = result.grid_size
+            for row, col in ((0, 0), (gh - 1, gw - 2)):
+                page.mouse.move(canvas["x"] + (col + 0.5) / gw * canvas["width"],
+                                canvas["y"] + (row + 0.5) / gh * canvas["height"])
+                deadline = time.monotonic() + 10
+                while root.get_attribute("data-query-cell") != f"{row},{col}":
+                    assert time.monotonic() < deadline, "the view did not follow the pointer"
+                    time.sleep(0.05)
+                (want,) = result.rows([result.cell_to_pixel_box(row, col)[:2]])
+                assert root.get_attribute("data-kind") == "row"
+                assert float(root.get_attribute("data-checksum")) == pytest.approx(dm.checksum(want.ravel()), abs=1e-4)
+            page.screenshot(path=str(tmp_path / "toy_view.png"))
+        finally:
+            page.close()
