@@ -28,6 +28,9 @@ st.title("Channel attention (CAM)")
 sidebar.show_messages()
 
 result = selection.result
+if result.cam_attention is None:            # a measure a head cannot support is hidden with its reason
+    st.info(f"This model's {result.head} head has no channel attention (CAM): there is no C x C matrix to show.")
+    st.stop()
 matrix = result.cam_attention
 channels = matrix.shape[0]
 uniform = 1.0 / channels

@@ -33,11 +33,18 @@ from danet_app.exports import (compose_panels, encode_png, figure_with_key, heat
 from danet_app.literal import code, file_stem, md, plain
 from danet_app.verdict import (VERDICT_MAX_CELLS, Measured, card_pam_off_cost, pinned_summary, sink_peak,
                                typical_query, verdict_line)
-from danet_app.state import (MAX_POINTS, OUTPUTS, apply_click, branch_disagreement, drop_point, point_statistics,
+from danet_app.state import (MAX_POINTS, apply_click, branch_disagreement, drop_point, point_statistics,
                              points_to_param, read_points_param, read_record_points, score_outputs)
 
 VIEW_KEY = "attention_view"
-OUTPUT_TITLES = {"fused": "Fused (DANet output)", "pam": "PAM branch", "cam": "CAM branch"}
+OUTPUT_TITLES = {"fused": "Fused (DANet output)", "pam": "PAM branch", "cam": "CAM branch", "out": "Output"}
+
+
+def gains_text(result) -> str:
+    """The head's learnt gains (DANet: PAM alpha, CAM beta), or its head's name when it has none."""
+    names = {"pam": "PAM alpha", "cam": "CAM beta"}
+    parts = [f"{names.get(term, term + ' gain')} {value:.3f}" for term, value in result.gains.items()]
+    return ", ".join(parts) or f"{result.head} head"
 COLOUR_MAPS = ["jet", "turbo", "inferno", "viridis", "magma", "hot"]
 VIEWS = {"row": "Where it looks (row)", "column": "Who looks here (column)"}
 
@@ -46,11 +53,12 @@ VIEWS = {"row": "Where it looks (row)", "column": "Who looks here (column)"}
 def prediction_views(result_key: str, opacity: float, _result, _image: np.ndarray, _palette: np.ndarray) -> dict:
     """Class overlays of the three outputs and the disagreement view, shared read-only by all
     sessions: recomputed when the result or the opacity changes, not on every click."""
-    predictions = {which: _result.prediction(which) for which in OUTPUTS}
-    views = {which: viz.mask_overlay(_image, predictions[which], _palette, opacity) for which in OUTPUTS}
-    disagreement = viz.disagreement(*(predictions[w] for w in OUTPUTS))
-    views["disagreement"] = viz.blend(_image, viz.colorize(disagreement, viz.DISAGREEMENT_PALETTE),
-                                      max(opacity, 0.35))
+    predictions = {which: _result.prediction(which) for which in _result.outputs}
+    views = {which: viz.mask_overlay(_image, predictions[which], _palette, opacity) for which in _result.outputs}
+    if len(predictions) == 3:               # DANet: where the fused, PAM and CAM outputs disagree
+        disagreement = viz.disagreement(*predictions.values())
+        views["disagreement"] = viz.blend(_image, viz.colorize(disagreement, viz.DISAGREEMENT_PALETTE),
+                                          max(opacity, 0.35))
     for array in views.values():
         array.flags.writeable = False
     views["present"] = np.unique(np.concatenate([np.unique(p) for p in predictions.values()]))
@@ -237,7 +245,7 @@ st.title("DANet inspector")
 cached = "just now" if selection.computed_now else "cached"
 st.caption(f"**{md(selection.image_name)}** ({width}x{height}) · forward **{result.seconds:.2f} s** on "
            f"**{result.device}** ({cached}) · feature grid {result.grid_size[0]}x{result.grid_size[1]} "
-           f"= {result.num_positions} cells · PAM alpha {result.alpha:.3f}, CAM beta {result.beta:.3f}")
+           f"= {result.num_positions} cells · {gains_text(result)}")
 
 sidebar.show_messages()          # the model's, image's and label map's notices: next to the image line
 attention_tab, predictions_tab = st.tabs(["Position attention", "Predictions and scores"])
@@ -343,7 +351,7 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
 
         def figure_png() -> bytes:
             views = prediction_views(selection.result_key, 0.55, result, image, palette)
-            panels = [("Input", image)] + [(OUTPUT_TITLES[w], views[w]) for w in OUTPUTS]
+            panels = [("Input", image)] + [(OUTPUT_TITLES.get(w, w), views[w]) for w in result.outputs]
             bars = [None] * len(panels)
             if points:
                 mean_row = np.frombuffer(base64.b64decode(payload["map"]["mean_row"]), "<f4")
@@ -393,15 +401,16 @@ with predictions_tab:
     views = prediction_views(selection.result_key, opacity, result, image, palette)
     columns = st.columns(4)
     columns[0].image(image, caption="Input", width="stretch")
-    for column, which in zip(columns[1:], OUTPUTS):
-        column.image(views[which], caption=OUTPUT_TITLES[which], width="stretch")
-    shares = branch_disagreement(result)
+    for column, which in zip(columns[1:], result.outputs):
+        column.image(views[which], caption=OUTPUT_TITLES.get(which, which), width="stretch")
     columns = st.columns(4)
-    columns[0].image(views["disagreement"], caption="Where the branches disagree with the fused output",
-                     width="stretch")
-    columns[1].image(viz.legend(viz.DISAGREEMENT_LABELS, viz.DISAGREEMENT_PALETTE), width="content")
-    columns[1].markdown(f"PAM differs from fused on **{shares['pam']:.1%}** of pixels, "
-                        f"CAM on **{shares['cam']:.1%}**.")
+    if "disagreement" in views:              # DANet's three outputs
+        shares = branch_disagreement(result)
+        columns[0].image(views["disagreement"], caption="Where the branches disagree with the fused output",
+                         width="stretch")
+        columns[1].image(viz.legend(viz.DISAGREEMENT_LABELS, viz.DISAGREEMENT_PALETTE), width="content")
+        columns[1].markdown(f"PAM differs from fused on **{shares['pam']:.1%}** of pixels, "
+                            f"CAM on **{shares['cam']:.1%}**.")
     columns[2].image(viz.legend([plain(c, 40) for c in classes], palette, present=views["present"]),
                      caption="Predicted classes",
                      width="content")
@@ -410,12 +419,12 @@ with predictions_tab:
         columns[3].image(truth, caption="Ground truth (label map)", width="stretch")
         scored = score_outputs(result, selection.labels, len(classes))
         st.subheader("Scores against the label map")
-        metric_columns = st.columns(3)
-        for column, which in zip(metric_columns, OUTPUTS):
-            column.metric(f"{OUTPUT_TITLES[which]}: mIoU", f"{scored[which]['miou']:.1%}",
+        metric_columns = st.columns(max(len(result.outputs), 1))
+        for column, which in zip(metric_columns, result.outputs):
+            column.metric(f"{OUTPUT_TITLES.get(which, which)}: mIoU", f"{scored[which]['miou']:.1%}",
                           help="Mean over classes present in the label map or the prediction")
             column.caption(f"pixel accuracy {scored[which]['pixel_accuracy']:.1%}")
-        table = pd.DataFrame({f"{which} IoU %": np.round(scored[which]["iou"] * 100, 1) for which in OUTPUTS},
+        table = pd.DataFrame({f"{which} IoU %": np.round(scored[which]["iou"] * 100, 1) for which in result.outputs},
                              index=[plain(c, 80) for c in classes])
         # every class visible up to 30 rows; a 3,000-class model scrolls inside a bounded table
         st.dataframe(table, width="stretch", height=35 * (min(len(table), 30) + 1) + 3)

@@ -82,6 +82,12 @@ height, width = result.image_size
 
 st.title("Does attention matter?")
 sidebar.show_messages()
+if result.head != "da":
+    # contribution, ablation and knockout are defined on DANet's PAM/CAM terms; a measure a head
+    # cannot support is hidden with its reason, never faked
+    st.info(f"These measures are defined for DANet's PAM and CAM; this model's {md(result.head)} head "
+            f"offers the maps {md(', '.join(result.maps) or 'none')}, which the inspector draws.")
+    st.stop()
 st.markdown("Measures of this image's position attention (PAM) and channel attention (CAM), from the "
             "forward pass already made: does attention change the features and the prediction here, and "
             "does a point's attention map depend on the point? Definitions: `docs/measures.md`.")

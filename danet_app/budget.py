@@ -180,7 +180,7 @@ def result_bytes_estimate(num_classes: int, height: int, width: int) -> int:
 def result_bytes(result) -> int:
     """An ``InspectionResult``'s arrays, plus the predictions pages will cache on it."""
     height, width = result.image_size
-    cached = sum(1 for which in ("fused", "pam", "cam") if which in getattr(result, "_cache", {}))
+    cached = sum(1 for which in result.outputs if which in getattr(result, "_cache", {}))
     return nbytes(result) + (3 - cached) * height * width * 8
 
 

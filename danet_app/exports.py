@@ -132,17 +132,18 @@ def npz_bundle(result: InspectionResult, points: list[tuple[int, int]], rows: np
     """
     dtype = np.uint8 if len(classes) <= 255 else np.int32
     arrays = {f"{which}_prediction": result.prediction(which).astype(dtype)
-              for which in ("fused", "pam", "cam")}
+              for which in result.outputs}
     arrays["points"] = np.asarray(points, dtype=np.int32).reshape(-1, 2)
     arrays["cells"] = np.asarray([result.pixel_to_cell(x, y) for x, y in points], dtype=np.int32).reshape(-1, 2)
     gh, gw = result.grid_size
     arrays["pam_attention"] = (np.zeros((0, gh, gw), np.float32) if rows is None
                                else np.asarray(rows, dtype=np.float32))
-    arrays["cam_attention"] = np.asarray(result.cam_attention, np.float32)
-    arrays["cam_input"] = np.asarray(result.cam_input, np.float32)
-    arrays["cam_output"] = np.asarray(result.cam_output, np.float32)
-    arrays["alpha"] = np.float32(result.alpha)
-    arrays["beta"] = np.float32(result.beta)
+    if result.cam_attention is not None:          # DANet's CAM
+        arrays["cam_attention"] = np.asarray(result.cam_attention, np.float32)
+        arrays["cam_input"] = np.asarray(result.cam_input, np.float32)
+        arrays["cam_output"] = np.asarray(result.cam_output, np.float32)
+    for term, gain in result.gains.items():       # DANet: alpha (pam), beta (cam)
+        arrays[{"pam": "alpha", "cam": "beta"}.get(term, f"{term}_gain")] = np.float32(gain)
     arrays["classes"] = np.asarray(classes)
     if labels is not None:
         arrays["labels"] = np.asarray(labels).astype(np.int32)
@@ -182,7 +183,8 @@ def json_record(model: dict, image: dict, result: InspectionResult, points: list
         "inference": {"device": result.device, "forward_seconds": round(result.seconds, 4),
                       "image_size": size_record(*result.image_size),
                       "grid_size": size_record(*result.grid_size),
-                      "alpha": result.alpha, "beta": result.beta},
+                      "head": result.head, "gains": dict(result.gains),
+                      **({"alpha": result.alpha, "beta": result.beta} if result.head == "da" else {})},
         "points": points,
         "settings": settings or {},
     }

@@ -376,7 +376,7 @@ def point_statistics(result: InspectionResult, points: list[tuple[int, int]], ro
                      classes: tuple[str, ...]) -> list[PointStats]:
     """Statistics of each point's attention ``rows`` (P, h, w), judged against the fused prediction."""
     num_classes = len(classes)
-    prediction = result.prediction("fused")
+    prediction = result.prediction()
     on_grid = grid_labels(prediction, result.grid_size, num_classes)   # majority per cell
     per_class_index = on_grid.ravel()
     max_entropy = np.log2(result.num_positions) if result.num_positions > 1 else 1.0
@@ -429,7 +429,7 @@ def score_outputs(result: InspectionResult, labels: LabelMap, num_classes: int) 
     """Per-class IoU, mIoU and pixel accuracy of the fused, PAM and CAM predictions."""
     return {which: scores(confusion_matrix(result.prediction(which), labels.labels, num_classes,
                                            labels.ignore_index))
-            for which in OUTPUTS}
+            for which in result.outputs}
 
 
 def branch_disagreement(result: InspectionResult) -> dict[str, float]:

@@ -91,7 +91,7 @@ def headline(measured: Measured) -> str:
     return text[0].upper() + text[1:]
 
 
-def verdict_line(*, alpha: float, typical: tuple[str, float] | None = None, sink: float | None = None,
+def verdict_line(*, alpha: float | None, typical: tuple[str, float] | None = None, sink: float | None = None,
                  pinned: str = "", card_cost: float | None = None, measured: Measured | None = None,
                  pending: bool = False) -> str:
     """The verdict as one markdown line (outside text escaped): headline, then the numbers."""
@@ -105,7 +105,8 @@ def verdict_line(*, alpha: float, typical: tuple[str, float] | None = None, sink
         facts.append(f"pinned {pinned}")
     if measured.share is not None:
         facts.append(f"mean row {measured.share:.0%} of a row")
-    facts.append(f"alpha {alpha:.3f}")
+    if alpha is not None:                   # DANet's PAM gain; other heads have their own or none
+        facts.append(f"alpha {alpha:.3f}")
     off = []
     if measured.changed_fraction is not None:
         off.append(f"{measured.changed_fraction:.1%} of pixels change"

@@ -325,3 +325,27 @@ def test_every_page_says_what_is_missing_without_a_model(page, title):
     assert at.title[0].value == title and at.session_state["selection"] is None
     assert any("Choose a model and an image" in i.value for i in at.info)
     assert any("Upload a checkpoint to inspect it" in i.value for i in at.sidebar.info)
+
+
+@pytest.mark.slow
+def test_a_ccnet_checkpoint_is_inspected_on_every_page(tmp_path):
+    """Another head than DANet's (CCNet: one output, three criss-cross maps, no CAM): the inspector
+    draws its default map, the measures a head cannot support say why, nothing raises."""
+    from danet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(num_classes=11, backbone="resnet18", head="cc",
+                         head_options={"channels": 16, "key_channels": 4}).eval()
+    checkpoint = save_tiny(model, tmp_path / "cc.safetensors").read_bytes()
+    at = with_tiny_model(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), checkpoint, small_image())
+    assert not at.exception and errors(at) == []
+    result = at.session_state["selection"].result
+    assert result.head == "cc" and list(result.maps) == ["loop1", "loop2", "composed"]
+    assert "cc gain" in rendered(at.caption[0].value)
+    at.session_state["points"] = [(10, 10)]
+    at.run()
+    assert not at.exception and len(point_cards(at)) == 1
+    at.switch_page(CHANNELS).run()
+    assert not at.exception and any("no channel attention" in i.value for i in at.info)
+    at.switch_page("app_pages/measures.py").run()
+    assert not at.exception and any("defined for DANet's PAM and CAM" in i.value for i in at.info)
