@@ -65,26 +65,36 @@ def prediction_views(result_key: str, opacity: float, _result, _image: np.ndarra
     return views
 
 
+def map_key() -> str:
+    """The result and the attention map shown (a head may offer several: CCNet's two loops and their product)."""
+    return f"{selection.result_key}:{chosen_map()}"
+
+
+def chosen_map() -> str:
+    name = st.session_state.get("attention_map_name")
+    return name if name in result.maps else next(iter(result.maps))
+
+
 def attention_rows(points: list[tuple[int, int]]) -> np.ndarray:
-    """PAM rows of ``points`` (P, h, w); each point's row is computed once per session and result."""
+    """Rows of ``points`` (P, h, w) in the chosen map; each computed once per session, result and map."""
     cache = st.session_state.setdefault("row_cache", {})
-    if cache.get("key") != selection.result_key:
+    if cache.get("key") != map_key():
         cache.clear()
-        cache["key"] = selection.result_key
+        cache["key"] = map_key()
     for stale in [p for p in cache if p != "key" and p not in points]:
         del cache[stale]                     # at most MAX_POINTS rows: old clicks do not pile up
     missing = [p for p in points if p not in cache]
     if missing:
-        cache.update(zip(missing, result.rows(missing)))
+        cache.update(zip(missing, result.rows(missing, chosen_map())))
     return np.stack([cache[p] for p in points])
 
 
 def cached_statistics(points: list[tuple[int, int]], rows: np.ndarray) -> list:
     """Per-point statistics, each computed once per session and result (a pin adds one, not P)."""
     cache = st.session_state.setdefault("stats_cache", {})
-    if cache.get("key") != selection.result_key:
+    if cache.get("key") != map_key():
         cache.clear()
-        cache["key"] = selection.result_key
+        cache["key"] = map_key()
     for point, row in zip(points, rows):
         if point not in cache:
             (cache[point],) = point_statistics(result, [point], row[None], classes)
@@ -257,6 +267,10 @@ def attention_panel() -> None:
     # one row that wraps whole controls onto a second row in a narrow main area (columns squeezed
     # them until labels broke mid-word, "Upsam|pling", at 800 px with the sidebar open)
     controls = st.container(horizontal=True, gap="small")
+    if len(result.maps) > 1:            # e.g. CCNet: loop 1, loop 2 and the composed two-loop map
+        controls.selectbox("Attention map", list(result.maps), key="attention_map_name",
+                           format_func=lambda name: f"{name}: {result.maps[name].title}", width=230,
+                           help="each map's kind says whether its rows are exact weights or a composed mass flow")
     mode = controls.selectbox("Display", list(display_modes.MODES), key="attention_display",
                               format_func=display_modes.MODES.get, persist_state="session",
                               help="Every map has its own scale and colour bar.", width=210)
@@ -293,7 +307,7 @@ def points_panel(mode: str, view: str, cmap: str, upsampling: str, opacity: floa
         stats = cached_statistics(points, rows)
     verdict_slot = st.empty()                                     # next to the map: filled twice at most
     try:
-        payload = cached_payload(selection.result_key, result, image, classes)
+        payload = cached_payload(selection.result_key, result, image, classes, chosen_map())
     except DanetError as error:              # too large for a browser: the other tab still works
         show_verdict(verdict_slot, None, stats, points, final=True)
         st.error(f"The interactive view is not shown: {md(error)}")

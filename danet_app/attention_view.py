@@ -132,18 +132,21 @@ def refuse_large_payload(cells: int, channels: int, num_classes: int, pixels_per
                      f"{limit / MB:,.0f} MB it may send; {advice}")
 
 
-def cached_payload(result_key: str, result: InspectionResult, image: np.ndarray, classes: tuple[str, ...]) -> dict:
+def cached_payload(result_key: str, result: InspectionResult, image: np.ndarray, classes: tuple[str, ...],
+                   map_name: str | None = None) -> dict:
     """``build_payload`` once per result, shared read-only by all sessions (and filled by the
     server's warm-up for the default view): the row sweep is O(N^2 d). Kept by bytes
     (``PAYLOAD_CACHE_BYTES``); a payload over ``MAX_PAYLOAD_BYTES`` is refused with
     ``InputError`` before it is built."""
     # PAM's d per q and k; any other kind's numbers per cell, counted the same way
-    cells, channels = result.num_positions, max(1, result.map().values_per_cell() // 2)
+    cells, channels = result.num_positions, max(1, result.map(map_name).values_per_cell() // 2)
+    if map_name is not None and map_name != next(iter(result.maps)):
+        result_key = f"{result_key}:{map_name}"      # the default map keeps the plain key (the warm-up fills it)
     height, width = result.image_size
     refuse_large_payload(cells, channels, len(classes), height * width / max(cells, 1))
 
     def build() -> dict:
-        payload = build_payload(result, image, classes, result_key)
+        payload = build_payload(result, image, classes, result_key, map_name)
         payload["bytes"] = payload_bytes(payload)
         if payload["bytes"] > MAX_PAYLOAD_BYTES:           # the image itself made it too large
             raise InputError(f"the attention view for this image would send {payload['bytes'] / MB:,.0f} MB to "

@@ -345,6 +345,9 @@ def test_a_ccnet_checkpoint_is_inspected_on_every_page(tmp_path):
     at.session_state["points"] = [(10, 10)]
     at.run()
     assert not at.exception and len(point_cards(at)) == 1
+    loop1 = point_cards(at)[0]
+    at.selectbox(key="attention_map_name").set_value("composed").run()         # the two loops composed
+    assert not at.exception and len(point_cards(at)) == 1 and point_cards(at)[0] != loop1
     at.switch_page(CHANNELS).run()
     assert not at.exception and any("no channel attention" in i.value for i in at.info)
     at.switch_page("app_pages/measures.py").run()
