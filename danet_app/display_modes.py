@@ -16,6 +16,7 @@ import base64
 import numpy as np
 
 from danet.errors import InputError
+from danet.maps import DotSoftmaxMap, Grid
 
 MODES = {
     "raw": "Raw weight",
@@ -45,37 +46,25 @@ LOG_FLOOR = 1e-30                  # weights are clamped here before the log (a 
 CHUNK = 256                        # queries per chunk when sweeping all rows: O(CHUNK * N) memory
 
 
-# ---- rows, columns, regions ---------------------------------------------------------------------
+# ---- rows, columns, regions: the one Python kernel is danet.maps (DotSoftmaxMap for PAM) ----------
+def _pam(query: np.ndarray, key: np.ndarray) -> DotSoftmaxMap:
+    n = len(query)
+    return DotSoftmaxMap(Grid((n, 1), (n, 1)), query, key, title="PAM")
+
+
 def attention_row(query: np.ndarray, key: np.ndarray, cell: int) -> np.ndarray:
-    """softmax(q_cell . K) over the N cells (float64), as ``InspectionResult.rows`` computes it."""
-    energy = key.astype(np.float64) @ query[cell].astype(np.float64)
-    energy -= energy.max()
-    weights = np.exp(energy)
-    return weights / weights.sum()
+    """softmax(q_cell . K) over the N cells, as ``InspectionResult.rows`` computes it."""
+    return _pam(query, key).rows_of_cells([cell]).ravel().astype(np.float64)
 
 
 def row_statistics(query: np.ndarray, key: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """(lse, mean_row) over all N queries in one sweep: O(N^2 d) time, O(chunk * N) memory.
+    """(lse, mean_row) over all N queries in one sweep (``DotSoftmaxMap.statistics``).
 
     ``lse[i]`` = log sum_j exp(q_i . k_j), what a column needs to normalise each of its entries;
     ``mean_row`` = the mean of all N softmax rows (what every pixel sees), what the
-    query-specific mode subtracts. Float32 products, float64 sums.
+    query-specific mode subtracts.
     """
-    query = np.ascontiguousarray(query, dtype=np.float32)
-    key_t = np.ascontiguousarray(np.asarray(key, dtype=np.float32).T)
-    n = query.shape[0]
-    lse = np.empty(n, np.float64)
-    total = np.zeros(key_t.shape[1], np.float64)
-    for start in range(0, n, chunk):
-        energy = query[start:start + chunk] @ key_t                  # (c, N)
-        peak = energy.max(axis=1, keepdims=True)
-        np.subtract(energy, peak, out=energy)
-        np.exp(energy, out=energy)
-        sums = energy.sum(axis=1, dtype=np.float64)
-        lse[start:start + chunk] = np.log(sums) + peak[:, 0]
-        energy /= sums[:, None].astype(np.float32)
-        total += energy.sum(axis=0, dtype=np.float64)
-    return lse, total / n
+    return _pam(query, key).statistics()
 
 
 def attention_column(query: np.ndarray, key: np.ndarray, lse: np.ndarray, cell: int) -> np.ndarray:
@@ -97,7 +86,7 @@ def region_cells(box: tuple[int, int, int, int], grid_size: tuple[int, int]) -> 
 
 def region_mean(query: np.ndarray, key: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """Mean attention row of ``cells``: where the region looks, on average."""
-    return np.mean([attention_row(query, key, int(c)) for c in cells], axis=0)
+    return _pam(query, key).region_mean(cells)
 
 
 # ---- display modes ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from danet.maps.base import entropy_bits
 from danet.maps.grid import grid_labels
 from danet.analysis.metrics import confusion_matrix, scores
 from danet.checkpoints.meta import LoadedModel
@@ -338,10 +339,8 @@ def points_from_record(data: bytes | str, image_sha256: str, image_size: tuple[i
 
 # ---- per-point attention statistics -----------------------------------------------------------
 def attention_entropy(row: np.ndarray) -> float:
-    """Shannon entropy (bits) of one attention map that sums to 1."""
-    p = np.asarray(row, dtype=np.float64).ravel()
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
+    """Shannon entropy (bits) of one attention map that sums to 1 (``danet.maps.base.entropy_bits``)."""
+    return float(entropy_bits(np.asarray(row).ravel()))
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def test_uniform_attention_scores_chance():
     np.testing.assert_allclose(stats["same_class_mass_gt"], stats["chance_gt"])
     np.testing.assert_allclose(stats["chance_gt"], [3 / 7, 3 / 7, 1 / 7])
     np.testing.assert_allclose(stats["same_class_mass_pred"], [3 / 8, 5 / 8, 5 / 8])
-    np.testing.assert_allclose(stats["entropy"], math.log(n))
+    np.testing.assert_allclose(stats["entropy"], math.log2(n))                  # bits
     np.testing.assert_allclose(stats["entropy_normalised"], 1.0)
     np.testing.assert_allclose(stats["distance_cells"], stats["uniform_distance_cells"])
     np.testing.assert_allclose(stats["distance_pixels"], stats["uniform_distance_pixels"])
@@ -101,7 +101,7 @@ def test_one_hot_attention():
     rows[2, [5, 1]] = 0.5   # query 2 (class 0): half on the void cell, half on a class-0 cell
     stats = query_statistics(rows, np.array([0, 1, 4]), GT, PRED, IMAGE)
     np.testing.assert_allclose(stats["same_class_mass_gt"], [1.0, 0.0, 1.0])   # void left out
-    np.testing.assert_allclose(stats["entropy"], [0.0, 0.0, math.log(2)])
+    np.testing.assert_allclose(stats["entropy"], [0.0, 0.0, 1.0])
     np.testing.assert_allclose(stats["distance_cells"][:2], [0.0, math.hypot(1, 2)])
     np.testing.assert_allclose(stats["distance_pixels"][:2], [0.0, math.hypot(10, 40)])
     # query 2 sits at cell (1, 0): void cell (1, 1) is 20 px away, cell (0, 1) is hypot(10, 20) away.

@@ -47,6 +47,7 @@ import torch
 
 from danet.errors import LabelMapError
 from danet.analysis.metrics import confusion_matrix, scores
+from danet.maps.base import entropy_bits
 from danet.maps.grid import VOID, cell_centres, grid_labels, pixel_cells  # noqa: F401  (re-exported)
 
 QUERY_COLUMNS = ("image", "row", "col", "x", "y", "gt_class", "pred_class", "same_class_mass_gt",
@@ -91,8 +92,7 @@ def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray,
     with np.errstate(divide="ignore", invalid="ignore"):
         mass_gt = (rows * same_gt).sum(1) / (rows * valid[None, :]).sum(1)
         chance_gt = same_gt.sum(1) / max(valid.sum(), 1)
-        logs = np.where(rows > 0, np.log(np.where(rows > 0, rows, 1.0)), 0.0)
-    entropy = -(rows * logs).sum(1)
+    entropy = entropy_bits(rows)
     if mean_row is not None:
         from danet.analysis.specificity import js_and_share
 
@@ -111,7 +111,7 @@ def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray,
         "same_class_mass_pred": (rows * same_pred).sum(1),
         "chance_pred": same_pred.mean(1),
         "entropy": entropy,
-        "entropy_normalised": entropy / math.log(n) if n > 1 else np.zeros_like(entropy),
+        "entropy_normalised": entropy / math.log2(n) if n > 1 else np.zeros_like(entropy),
         "distance_cells": (rows * d_cells).sum(1),
         "distance_pixels": (rows * d_pixels).sum(1),
         "uniform_distance_cells": d_cells.mean(1),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from danet.errors import InputError
+from danet.maps.base import entropy_bits
 
 ONE_HOT_PERPLEXITY = 1.1
 ONE_HOT_SHARE = 0.9
@@ -88,8 +89,7 @@ def _matrix(attention) -> np.ndarray:
 def cam_saturation(attention) -> CamSaturation:
     """``CamSaturation`` of a (C, C) CAM matrix (or of an ``InspectionResult``'s)."""
     matrix = _matrix(attention)
-    safe = np.where(matrix > 0, matrix, 1.0)
-    entropy = np.maximum(-(matrix * np.log2(safe)).sum(1), 0.0)
+    entropy = np.maximum(entropy_bits(matrix), 0.0)
     effective = np.exp2(entropy)
     top = matrix.argmax(1)
     return CamSaturation(entropy_bits=entropy, effective_channels=effective, top_channel=top,

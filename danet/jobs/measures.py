@@ -26,7 +26,7 @@ from danet.safety.outputs import OutputError, output_lock, prepare_output_dir, s
 from danet.safety.paths import file_sha256, regular_file
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
-from danet.errors import InputError, LabelMapError
+from danet.errors import LabelMapError
 from danet.render.figures import contribution_figure, deletion_curve_figure, save as save_figure, sinks_figure
 from danet.inspection import InspectionResult, inspect_image
 

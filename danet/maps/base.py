@@ -48,6 +48,15 @@ class MapFlags:
         return "; ".join(parts)
 
 
+def entropy_bits(rows) -> np.ndarray:
+    """Shannon entropy in bits of each row (the last axis; 0 log 0 = 0): the one convention of
+    the project (the app's point cards, attention-stats, the CAM measures)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(rows > 0, np.log2(np.where(rows > 0, rows, 1.0)), 0.0)
+    return -(rows * logs).sum(-1)
+
+
 def b64(array, dtype) -> str:
     """Little-endian bytes of ``array`` as ``dtype``, base64 (what the browser decodes)."""
     return base64.b64encode(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
