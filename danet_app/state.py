@@ -18,9 +18,9 @@ from danet.maps.base import entropy_bits
 from danet.maps.grid import grid_labels
 from danet.analysis.metrics import confusion_matrix, scores
 from danet.checkpoints.meta import LoadedModel
-from danet.checkpoints.read import bounded_json
 from danet.data.labels import load_label_map
 from danet.errors import InputError, LabelMapError
+from danet.safety.records import read_points_record
 from danet.inspection import InspectionResult
 
 __all__ = [
@@ -296,39 +296,14 @@ def _coordinate(value) -> int:
 def read_record_points(data: bytes | str, image_sha256: str, image_size: tuple[int, int],
                        max_points: int = MAX_POINTS) -> tuple[list[tuple[int, int]], str | None]:
     """The points of a downloaded JSON record, if it is a record of this image (same sha256 and
-    size), and a notice when it held more than ``max_points`` (the first are kept).
+    size), and a notice (None: the library refuses what it cannot keep whole).
 
-    The record is a stranger's file: its size and nesting are checked before it is parsed, and
-    every point must be two whole, finite numbers inside the image. Anything else is one
-    ``InputError`` naming the problem (never a ``RecursionError`` or ``OverflowError``).
+    The record is a stranger's file: ``danet.safety.records`` bounds its size, nesting, values
+    and numbers before parsing and checks each field; anything else is one ``InputError`` line
+    (never a ``RecursionError`` or ``OverflowError``). A record with more points than a page keeps
+    is refused with the count, as the issue asks of records (a URL keeps the first and says so).
     """
-    try:
-        record = bounded_json(data, "the record", MAX_RECORD_BYTES, MAX_RECORD_DEPTH)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if not isinstance(record, dict) or record.get("tool") != "danet-lens" or not isinstance(record.get("points"), list):
-        raise InputError("the file is not a danet-lens record (no tool/points)")
-    image = record.get("image") if isinstance(record.get("image"), dict) else {}
-    if image.get("sha256") != image_sha256:
-        raise InputError(f"the record is for another image ({image.get('name', 'unnamed')}); choose that image first")
-    height, width = image_size
-    if image.get("size") not in (None, {"height": height, "width": width}):
-        raise InputError(f"the record's image was {image['size']}, this one is {{'height': {height}, 'width': {width}}}"
-                         " (another size limit)")
-    points: list[tuple[int, int]] = []
-    used = 0
-    for entry in record["points"]:
-        if len(points) == max_points:
-            break
-        used += 1
-        if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
-            raise InputError("the record's points have no x/y")
-        x, y = _coordinate(entry["x"]), _coordinate(entry["y"])
-        if not (0 <= x < width and 0 <= y < height):
-            raise InputError(f"point ({x}, {y}) in the record lies outside the {width}x{height} image")
-        points, _ = add_point(points, (x, y), max_points)
-    given = len(record["points"])
-    return points, _kept_notice(given, len(points), "The record", max_points) if used < given else None
+    return read_points_record(data, image_sha256, image_size, max_points).points, None
 
 
 def points_from_record(data: bytes | str, image_sha256: str, image_size: tuple[int, int],

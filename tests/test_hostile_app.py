@@ -195,7 +195,7 @@ def test_a_hostile_record_is_one_notice_and_keeps_the_points(files):
     for name, (data, expected) in hostile_records(sha).items():
         at.file_uploader(key="record_upload").set_value((f"{name}.json", data, "application/json")).run()
         assert not at.exception, (name, at.exception)
-        notices = [w.value for w in at.warning if "Record not loaded" in w.value]
+        notices = [rendered(w.value) for w in at.warning if "Record not loaded" in w.value]
         assert len(notices) == 1 and expected in notices[0] and "\n" not in notices[0], (name, notices)
         assert at.session_state["points"] == [(10, 10), (100, 60)], name
     good = json.dumps({"tool": "danet-lens", "image": {"sha256": sha}, "points": [{"x": 7, "y": 8}]}).encode()
@@ -607,30 +607,32 @@ def test_markup_in_a_checkpoint_is_shown_as_text(files, tmp_path):
     assert "\n" not in shown and shown_text(bad.error[0].value).startswith(f"Could not load {plain(PAYLOADS['html'] + '.pth', 120)}: ")
 
 
-def test_url_and_record_points_beyond_the_limit_keep_the_first_and_say_so(files):
+def test_url_points_beyond_the_limit_keep_the_first_and_say_so_a_record_is_refused(files):
+    """A URL keeps the first 8 points and says so; a record with more than a page keeps is refused
+    in one line with its count (the issue: records with 10^6 points get a one-line refusal)."""
     sha = hashlib.sha256(files["crop.png"]).hexdigest()
     at = session(("tiny.safetensors", files["tiny.safetensors"]), ("crop.png", files["crop.png"]))
     many = [{"x": i % CROP[1], "y": i // CROP[1] % CROP[0]} for i in range(100_000)]
     at.file_uploader(key="record_upload").set_value(("many.json", markup_record("x", sha, many), "application/json")
                                                     ).run()
     assert not at.exception
-    assert at.session_state["points"] == [(i, 0) for i in range(MAX_POINTS)]
-    assert "The record holds 100,000 points; the first 8 are used" in notice(at)
+    assert at.session_state["points"] == []
+    assert "100,000 points; a page keeps at most 8" in notice(at)
     points, kept = read_points_param(";".join(f"{p['x']},{p['y']}" for p in many), CROP)
     assert points == [(i, 0) for i in range(MAX_POINTS)] and kept.startswith("The URL holds 100,000 points")
     assert read_points_param("1,1;2,2", CROP) == ([(1, 1), (2, 2)], None)
 
 
 @pytest.mark.parametrize("record, message", [
-    (b"[" * 100_000 + b"]" * 100_000, "nests 100000 levels deep"),
-    (b'{"tool": "danet-lens", "points": [{"x": Infinity, "y": 1}], "image": {"sha256": "S"}}', "not a whole number"),
-    (b'{"tool": "danet-lens", "points": [{"x": 1e300, "y": 1}], "image": {"sha256": "S"}}', "out of range"),
-    (b'{"tool": "danet-lens", "points": [{"x": "1", "y": 1}], "image": {"sha256": "S"}}', "non-numeric"),
+    (b"[" * 100_000 + b"]" * 100_000, "nests 100,000 levels deep"),
+    (b'{"tool": "danet-lens", "points": [{"x": Infinity, "y": 1}], "image": {"sha256": "S"}}', "Infinity, which is not a number"),
+    (b'{"tool": "danet-lens", "points": [{"x": 1e300, "y": 1}], "image": {"sha256": "S"}}', "outside -2,147,483,648"),
+    (b'{"tool": "danet-lens", "points": [{"x": "1", "y": 1}], "image": {"sha256": "S"}}', "not a whole number"),
     (b'{"tool": "danet-lens", "points": [{"x": 1.5, "y": 1}], "image": {"sha256": "S"}}', "not a whole number"),
     (b'{"tool": "danet-lens", "points": [{"x": 500, "y": 1}], "image": {"sha256": "S"}}', "lies outside"),
-    (b'{"tool": "danet-lens", "points": [[1, 2]], "image": {"sha256": "S"}}', "have no x/y"),
-    (b" " * (9 << 20), "more than the"),
-    (b"\xff\xfe", "not valid JSON"),
+    (b'{"tool": "danet-lens", "points": [[1, 2]], "image": {"sha256": "S"}}', "not an object with x and y"),
+    (b" " * (17 << 20), "more than the"),
+    (b"\xff\xfe", "not UTF-8"),
 ])
 def test_hostile_records_are_refused_in_one_line(record, message, files):
     sha = hashlib.sha256(files["crop.png"]).hexdigest()

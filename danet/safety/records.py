@@ -149,6 +149,9 @@ def shown(value, limit: int = 60, *, quote: bool = True) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+MAX_COORDINATE = 1 << 31           # a coordinate beyond this is out of range, whatever the image
+
+
 def _whole(value, what: str, low: int | None = None, high: int | None = None) -> int:
     """``value`` as an int (in ``low..high-1`` when given): a JSON whole number (``3`` or ``3.0``), not a bool."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -157,7 +160,8 @@ def _whole(value, what: str, low: int | None = None, high: int | None = None) ->
         raise InputError(f"{what} is {value!r}, not a whole number")
     number = int(value)
     if low is not None and high is not None and not low <= number < high:
-        raise InputError(f"{what} is {number:,}, outside {low}..{high - 1:,}")
+        told = f"{number:,}" if abs(number) < 10**15 else f"{float(value):.3g}"    # a huge number stays short
+        raise InputError(f"{what} is {told}, outside {low:,}..{high - 1:,}")
     return number
 
 
@@ -205,7 +209,8 @@ def read_points_record(data: str | bytes, image_sha256: str, image_size: tuple[i
     for number, point in enumerate(points, 1):
         if not isinstance(point, dict) or "x" not in point or "y" not in point:
             raise InputError(f"the record's point {number} is {shown(point)}, not an object with x and y")
-        x, y = _whole(point["x"], f"point {number}'s x"), _whole(point["y"], f"point {number}'s y")
+        x, y = (_whole(point["x"], f"point {number}'s x", -MAX_COORDINATE, MAX_COORDINATE),
+                _whole(point["y"], f"point {number}'s y", -MAX_COORDINATE, MAX_COORDINATE))
         if not (0 <= x < width and 0 <= y < height):
             raise InputError(f"the record's point ({x}, {y}) lies outside the {width}x{height} image")
         kept[(x, y)] = None
