@@ -30,7 +30,7 @@ from danet.errors import InputError
 from danet.jobs.evaluate import evaluate_loaded
 from danet.jobs.predict import PredictReport, merge_reports
 from danet.jobs.train import EpochSeeded, TrainConfig, build, train
-from danet.models import DANet
+from danet.models import Segmentor
 
 
 # ---- one process: the helpers are exact no-ops, the sharding rule holds ----------------------------
@@ -164,12 +164,12 @@ def train_args(data, out, epochs, batch):
 
 
 def image_by_image(forward):
-    """``DANet.forward`` run on each image of the batch alone and concatenated: the same function
+    """``Segmentor.forward`` run on each image of the batch alone and concatenated: the same function
     (BN frozen, no dropout, nothing mixes images), computed with the batch-1 kernels each process
     of a data-parallel run uses."""
     def run(self, x):
         outputs = [forward(self, x[i:i + 1].clone()) for i in range(x.shape[0])]
-        return tuple(torch.cat(parts) for parts in zip(*outputs))
+        return {name: torch.cat([out[name] for out in outputs]) for name in outputs[0]}
     return run
 
 
@@ -199,7 +199,7 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume(tmp_path, m
     data = make_camvid_like(tmp_path / "data", n_train=4, n_val=3)
     one = tmp_path / "one"
     with monkeypatch.context() as patch:
-        patch.setattr(DANet, "forward", image_by_image(DANet.forward))
+        patch.setattr(Segmentor, "forward", image_by_image(Segmentor.forward))
         for epochs in (1, 2):                               # the second call resumes from last.pt
             train(TrainConfig(data=str(data), out=str(one), epochs=epochs, batch_size=2, **TRAIN),
                   log=lambda *_: None)
