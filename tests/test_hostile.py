@@ -499,6 +499,70 @@ def test_inspection_memory_counts_logits_and_refuses_before_running(monkeypatch)
         check_inspection_fits(wide, (1000, 1000))
 
 
+# ---- many classes: class ids without (K, H, W) scores at input size ---------------------------
+@pytest.mark.parametrize("classes, align_corners, size", [(3000, False, (60, 80)), (7, True, (33, 47)),
+                                                          (50, False, (40, 40)), (5, True, (31, 8)),
+                                                          (11, False, (1, 1))])
+def test_class_maps_equal_the_argmax_of_the_full_upsampling(classes, align_corners, size):
+    from danet.inspection.class_maps import class_map, grid_logits
+
+    model = make_tiny_model(classes, head_channels=8, align_corners=align_corners, seed=classes)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        grid = grid_logits(model, x)
+        full = [t.argmax(1)[0].numpy() for t in model(x)]
+        for chunk in (1, 3, 10_000):
+            ours = [class_map(model, t, size, chunk) for t in grid.values()]
+            assert all(np.array_equal(a, b) for a, b in zip(ours, full)), (classes, chunk)
+
+
+def test_class_maps_break_ties_to_the_first_class_like_argmax():
+    from danet.inspection.class_maps import candidate_classes, class_map
+
+    class Upsample:
+        def upsample(self, t, size):
+            return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    logits = torch.zeros(1, 6, 4, 6)
+    logits[:, 4] = logits[:, 2] = 1.0              # two equal best classes: argmax takes 2
+    logits[:, 5, 0, 0] = 5.0                       # one cell where class 5 wins
+    full = torch.nn.functional.interpolate(logits, size=(30, 40), mode="bilinear").argmax(1)[0].numpy()
+    assert np.array_equal(class_map(Upsample(), logits, (30, 40), 1), full)
+    assert candidate_classes(logits).tolist() == [2, 4, 5]
+
+
+def test_the_plan_refuses_in_one_line_what_cannot_fit(monkeypatch):
+    from danet.inspection import class_maps
+
+    config = make_tiny_model(3000, head_channels=8).config
+    monkeypatch.setattr(class_maps, "available_bytes", lambda device="cpu": 8 * 2**30)
+    plan = class_maps.plan_class_maps(config, 360, 480)
+    assert plan.need < 1.5 * 2**30 and plan.chunk == (64 << 20) // (4 * 360 * 480)
+    with pytest.raises(InputError, match=r"x.png: predicting 480x360 pixels with 3,000 classes needs about "
+                                         r".* GiB, .* GiB of it the saved logits, but only 8.0 GiB is free on cpu"):
+        class_maps.plan_class_maps(config, 360, 480, save_logits=True, what="x.png")
+    monkeypatch.setattr(class_maps, "available_bytes", lambda device="cpu": 64 * 2**20)
+    small = class_maps.plan_class_maps(config, 90, 120)
+    assert small.chunk < (64 << 20) // (4 * 90 * 120)             # shrunk to fit, not refused
+    with pytest.raises(InputError, match="use a smaller image"):
+        class_maps.plan_class_maps(config, 2048, 2048)
+
+
+def test_memory_headroom_sees_the_address_space_limit():
+    """In a child under ``ulimit -v``: the headroom is the limit minus what is mapped, and says so."""
+    import subprocess
+
+    code = ("import resource; from danet.runtime.memory import memory_headroom as h; "
+            "import re; mapped = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read())[1]) * 1024; "
+            "limit = mapped + (1 << 30); resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); r = h(); "
+            "print(r.bytes, r.limit)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.returncode == 0, out.stderr
+    left, limit = out.stdout.split(" ", 1)
+    assert 0.9 * 2**30 < int(left) <= 2**30 and "address-space limit" in limit, out.stdout
+
+
 # ---- records handed back (the app's "Load a record") -----------------------------------------
 RECORD_SHA = "ab" * 32
 RECORD_SIZE = (96, 128)                          # (H, W) of the image the record must be for

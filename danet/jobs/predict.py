@@ -34,6 +34,7 @@ from danet.checkpoints.meta import LoadedModel
 from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
 from danet.errors import InputError
 from danet.inspection import to_tensor
+from danet.inspection.class_maps import class_map, grid_logits, is_out_of_memory, out_of_memory_line, plan_class_maps
 from danet.render.overlays import colorize, legend, mask_overlay
 
 OUTPUTS = ("fused", "pam", "cam")
@@ -67,12 +68,13 @@ class PredictReport:
         return f"redid {len(self.redone)} of {len(self.images)} images: {reasons}"
 
     def failure(self) -> str | None:
-        """One line naming the unreadable images (the first three), or None when there were none."""
+        """One line naming the images that failed (unreadable, or too large for the memory left; the
+        first three), or None when there were none."""
         if not self.failed:
             return None
         listing = "; ".join(m if p.name in m else f"{p.name}: {m}" for p, m in self.failed[:3])
         listing += " ..." if len(self.failed) > 3 else ""
-        return f"{len(self.failed)} of {len(self.images)} images could not be read ({listing})"
+        return f"{len(self.failed)} of {len(self.images)} images could not be predicted ({listing})"
 
 
 def expected_files(save_logits: bool) -> list[str]:
@@ -145,18 +147,18 @@ def is_new(folder: Path) -> bool:
         return True
 
 
-def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: np.ndarray,
-                  opacity: float, logits_dtype: str | None, record: dict) -> None:
+def write_outputs(folder: Path, image: np.ndarray, predictions: np.ndarray, palette: np.ndarray,
+                  opacity: float, logits_dtype: str | None, record: dict, logits: np.ndarray | None = None) -> None:
     """Masks, overlays (and logits) of one image; the record last, as the completion mark.
 
-    ``logits`` is (3, K, H, W) in the order fused, PAM, CAM; with ``logits_dtype`` ("float16" or
-    "float32") they are saved, with their softmax probabilities, in ``logits.npz``.
+    ``predictions`` is (3, H, W) class ids in the order fused, PAM, CAM; ``logits`` (3, K, H, W),
+    only when ``logits_dtype`` ("float16" or "float32") asks for them, is saved with its softmax
+    probabilities in ``logits.npz``.
     """
     try:
         (folder / RECORD).unlink(missing_ok=True)      # the old record must not vouch for new files
     except OSError as error:
         raise OutputError(f"cannot replace {folder / RECORD}: {one_line(error)}") from None
-    predictions = logits.argmax(1)
     for which, prediction in zip(OUTPUTS, predictions):
         save_png(folder / f"{which}_mask.png", colorize(prediction, palette))
         save_png(folder / f"{which}_overlay.png", mask_overlay(image, prediction, palette, opacity))
@@ -164,6 +166,7 @@ def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: 
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         save_npz(folder / "logits.npz", logits=logits.astype(logits_dtype),
                  probabilities=probabilities.astype(logits_dtype), outputs=np.array(OUTPUTS))
+        del probabilities
         record["logits_dtype"] = logits_dtype
     counts = [np.bincount(p.ravel(), minlength=len(palette)) / p.size for p in predictions]
     record["class_fractions"] = {which: [round(float(v), 6) for v in c] for which, c in zip(OUTPUTS, counts)}
@@ -283,14 +286,34 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
                        "original_size": picture.original_size}
 
         for group in batches(decoded(), batch_size):
+            # One plan per batch (its images share a size): refused in one line when even one class
+            # at a time does not fit in what this process may still allocate.
+            height, width = group[0]["image"].shape[:2]
+            try:
+                plan = plan_class_maps(meta.config, height, width, device=device.type, save_logits=save_logits,
+                                       logits_bytes=np.dtype(logits_dtype).itemsize,
+                                       what=group[0]["path"].name if len(group) == 1 else f"{len(group)} images")
+            except InputError as error:
+                report.failed.extend((item["path"], one_line(error)) for item in group)
+                bar.update(len(group))
+                continue
             x = torch.cat([to_tensor(item["image"], meta.mean, meta.std) for item in group]).to(device)
             start = time.perf_counter()
-            with torch.inference_mode():
-                fused, pam, cam = model(x)
-            logits = torch.stack([fused, pam, cam], 1).float().cpu().numpy()   # (B, 3, K, H, W)
+            try:
+                with torch.inference_mode():
+                    grid = grid_logits(model, x, OUTPUTS)                # (B, K, h, w) each, at the head's grid
+                    del x
+                    maps = [np.stack([class_map(model, t[b:b + 1], (height, width), plan.chunk)
+                                      for t in grid.values()]) for b in range(len(group))]
+            except (MemoryError, RuntimeError) as error:         # the estimate was wrong: one line, not a traceback
+                if not is_out_of_memory(error):
+                    raise
+                message = out_of_memory_line(plan)
+                report.failed.extend((item["path"], message) for item in group)
+                bar.update(len(group))
+                continue
             seconds = (time.perf_counter() - start) / len(group)
-            for item, image_logits in zip(group, logits):
-                height, width = item["image"].shape[:2]
+            for b, (item, predictions) in enumerate(zip(group, maps)):
                 record = {"image": str(item["path"]), "image_sha256": item["sha"], "settings": settings,
                           "model_sha256": model_info["sha256"], "model_source": model_info["source"],
                           "size": [width, height], "original_size": list(item["original_size"]),
@@ -298,10 +321,17 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
                           "forward_seconds": round(seconds, 4), "batch": len(group)}
                 if sharded:
                     record["rank"] = distributed.rank()
-                write_outputs(child_folder(out, item["name"]), item["image"], image_logits, palette, opacity,
-                              wanted_dtype, record)
+                logits = None
+                if wanted_dtype is not None:                    # asked for: the full scores, planned above
+                    with torch.inference_mode():
+                        logits = torch.stack([model.upsample(t[b:b + 1], (height, width))[0]
+                                              for t in grid.values()]).float().cpu().numpy()
+                write_outputs(child_folder(out, item["name"]), item["image"], predictions, palette, opacity,
+                              wanted_dtype, record, logits)
+                del logits
                 report.processed.append(item["name"])
                 bar.update(1)
+            del grid, maps
 
     if sharded:
         report = merge_reports(report, distributed.all_gather(report), names)
