@@ -26,9 +26,13 @@ import numpy as np
 import torch
 
 from danet.errors import InputError
-from danet.inspection.memory import ALLOCATOR_SLACK, available_bytes, available_text, estimate_forward
+from danet.inspection.memory import (
+    ALLOCATOR_SLACK,
+    available_bytes,
+    available_text,
+    estimate_forward,
+)
 from danet.models import DANetConfig
-from danet.runtime.memory import is_out_of_memory  # noqa: F401 - re-exported for the jobs
 
 CHUNK_BYTES = 64 << 20
 """Scores at input size held at once per output: 64 MiB is 97 classes of a 480x360 frame."""

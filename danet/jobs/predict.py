@@ -34,7 +34,8 @@ from danet.checkpoints.meta import LoadedModel
 from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
 from danet.errors import InputError
 from danet.inspection import to_tensor
-from danet.inspection.class_maps import class_map, grid_logits, is_out_of_memory, out_of_memory_line, plan_class_maps
+from danet.inspection.class_maps import class_map, grid_logits, out_of_memory_line, plan_class_maps
+from danet.runtime.memory import is_out_of_memory
 from danet.render.overlays import colorize, legend, mask_overlay
 
 OUTPUTS = ("fused", "pam", "cam")

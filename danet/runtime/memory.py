@@ -98,8 +98,8 @@ def memory_headroom() -> Headroom:
             soft, _hard = resource.getrlimit(name)
             mapped = _status_kb(field)
             if soft != resource.RLIM_INFINITY and mapped is not None:
-                candidates.append((soft - mapped, f"the process's {what} limit ({soft / 2**30:.1f} GiB, "
-                                                  f"{mapped / 2**30:.1f} GiB of it mapped)"))
+                why = f"the process's {what} limit ({soft / 2**30:.1f} GiB, {mapped / 2**30:.1f} GiB of it mapped)"
+                candidates.append((soft - mapped, why))
     candidates += _cgroup_headroom()
     left, limit = min(candidates, key=lambda c: c[0])
     return Headroom(max(0, int(left)), limit)
