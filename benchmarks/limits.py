@@ -101,8 +101,79 @@ def memory_section(size: tuple[int, int], classes: int) -> list[str]:
     return lines
 
 
-def sandbox_section(jobs: int) -> list[str]:
-    return ["(sandbox section: to come)"]
+SANDBOX_CHILD = r"""
+import io, json, sys, threading, time
+sys.path.insert(0, sys.argv[3])
+import psutil
+from PIL import Image
+from danet.data.isolated import load_image_isolated
+from danet.safety import sandbox
+jobs = int(sys.argv[1])
+buffer = io.BytesIO()
+Image.new("RGB", (8192, 8192), (10, 20, 30)).save(buffer, "PNG", optimize=True)
+data = buffer.getvalue()
+small = io.BytesIO(); Image.new("RGB", (64, 48), (1, 2, 3)).save(small, "PNG"); small = small.getvalue()
+load_image_isolated(small)                                    # the fork server is up before timing
+
+def tree(kind):
+    me = psutil.Process()
+    total = 0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            total += getattr(process.memory_full_info(), kind)
+        except psutil.Error:
+            pass
+    return total
+
+base = {"pss": tree("pss"), "rss": tree("rss")}
+peak = dict(base)
+done = threading.Event()
+def sample():
+    while not done.wait(0.02):
+        for kind in peak:
+            peak[kind] = max(peak[kind], tree(kind))
+threading.Thread(target=sample, daemon=True).start()
+def upload(session):
+    with sandbox.session_scope(session):
+        load_image_isolated(data, name="big.png")
+sandbox.ADMISSION.reset_peaks()
+start = time.perf_counter()
+threads = [threading.Thread(target=upload, args=(f"tab{i}",)) for i in range(jobs)]
+for t in threads:
+    t.start()
+time.sleep(1.0)
+v0 = time.perf_counter()
+with sandbox.session_scope("visitor"):
+    load_image_isolated(small, name="small.png")
+visitor = time.perf_counter() - v0
+for t in threads:
+    t.join()
+done.set()
+print(json.dumps({"pss_mb": (peak["pss"] - base["pss"]) / 2**20, "rss_mb": (peak["rss"] - base["rss"]) / 2**20,
+                  "seconds": time.perf_counter() - start, "visitor_s": visitor,
+                  "children": sandbox.ADMISSION.peak_children, "budget_mb": sandbox.budget_mb()}))
+"""
+
+
+def sandbox_section(jobs: int, before_jobs: int) -> list[str]:
+    rows = []
+    for label, count, env in ((f"before: no shared budget, {before_jobs} uploads at once", before_jobs,
+                               {"DANET_SANDBOX_BUDGET_MB": str(1 << 20), "DANET_SANDBOX_MAX_CHILDREN": "1000",
+                                "DANET_SANDBOX_SESSION_SHARE": "1"}),
+                              (f"now: shared budget (default), {jobs} uploads at once", jobs, {})):
+        done = subprocess.run([sys.executable, "-c", SANDBOX_CHILD, str(count), "", str(ROOT)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        if done.returncode != 0:
+            rows.append(f"| {label} | failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:120]} | | | | |")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(f"| {label} | {r['pss_mb']:,.0f} | {r['rss_mb']:,.0f} | {r['children']} | {r['seconds']:.1f} | "
+                    f"{r['visitor_s']:.2f} |")
+    return ["### Concurrent hostile uploads: an 8192x8192 PNG of 215 KB each, through `load_image_isolated`", "",
+            "Process tree = this process and every descendant (the fork server and its children), peak growth "
+            "sampled every 20 ms; PSS counts pages the children share with the fork server once, RSS once per child.",
+            "", "| run | tree peak PSS (MB) | tree peak RSS (MB) | children at once | seconds | another session's "
+            "small upload (s) |", "|---|---|---|---|---|---|", *rows]
 
 
 def tiny_section(count: int) -> list[str]:
@@ -116,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="480x360", help="memory: the frame, WxH")
     parser.add_argument("--classes", type=int, default=3000)
     parser.add_argument("--tiny-n", type=int, default=300, help="tiny: how many images")
-    parser.add_argument("--jobs", type=int, default=10, help="sandbox: concurrent hostile jobs")
+    parser.add_argument("--jobs", type=int, default=10, help="sandbox: concurrent hostile uploads, shared budget")
+    parser.add_argument("--before-jobs", type=int, default=4,
+                        help="sandbox: concurrent uploads without the budget (the issue measured 4: 8.65 GB)")
     args = parser.parse_args(argv)
     wanted = args.sections.split(",")
     load = os.getloadavg()
@@ -126,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         width, height = (int(v) for v in args.size.lower().split("x"))
         lines += memory_section((width, height), args.classes) + [""]
     if "sandbox" in wanted:
-        lines += sandbox_section(args.jobs) + [""]
+        lines += sandbox_section(args.jobs, args.before_jobs) + [""]
     if "tiny" in wanted:
         lines += tiny_section(args.tiny_n) + [""]
     lines.append(f"load average at end: {os.getloadavg()[0]:.2f}")

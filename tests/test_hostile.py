@@ -437,6 +437,161 @@ def test_another_load_proceeds_while_a_hostile_one_runs(tight_limits):
     assert isinstance(errors[0], CheckpointError)
 
 
+# ---- all children share one budget (issue 26) --------------------------------------------------
+HOLD = ("import time\nb = bytearray({mb} << 20)\nb[::4096] = b'x' * len(b[::4096])\ntime.sleep({seconds})")
+"""A child that makes {mb} MB resident and keeps it for {seconds} s (``builtins:exec`` as the target)."""
+
+
+def tree_pss() -> int:
+    """Proportional set size of this process and all its descendants (shared pages counted once)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return total
+
+
+class TreePeak:
+    """Largest growth of ``tree_pss`` while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self):
+        self.start = self.peak = tree_pss()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, tree_pss())
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.growth_mb = (self.peak - self.start) / 2**20
+
+
+def run_jobs(jobs: list[tuple[str, str, str, sandbox.Limits]], folder: Path, stagger: float = 0.0) -> dict[str, tuple]:
+    """Each (label, session, code, limits) on its own thread, ``stagger`` s apart; label -> (outcome, start, end)."""
+    results: dict[str, tuple] = {}
+
+    def job(label, session, code, limits):
+        work = folder / label
+        work.mkdir()
+        started = time.perf_counter()
+        try:
+            outcome = sandbox.run_limited("builtins:exec", [code], limits, label, str(work), session=session)
+        except DanetError as error:
+            outcome = error
+        results[label] = (outcome, started, time.perf_counter())
+
+    threads = []
+    for label, session, code, limits in jobs:
+        threads.append(threading.Thread(target=job, args=(label, session, code, limits), daemon=True))
+        threads[-1].start()
+        time.sleep(stagger)
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_ten_hostile_jobs_stay_within_the_budget_and_another_session_gets_through(tmp_path, monkeypatch):
+    monkeypatch.setenv(sandbox.BUDGET_ENV, "1024")                # two 512 MB children at a time
+    monkeypatch.setenv(sandbox.CHILDREN_ENV, "8")
+    hold = 0.6
+    hostile = [(f"hostile{i}", "attacker", HOLD.format(mb=300, seconds=hold), sandbox.Limits(512, 20, 60))
+               for i in range(10)]
+    sandbox.ADMISSION.reset_peaks()
+    with TreePeak() as peak:
+        started = time.perf_counter()
+        box = {}
+        attack = threading.Thread(target=lambda: box.update(run_jobs(hostile, tmp_path / "a", 0.01)), daemon=True)
+        (tmp_path / "a").mkdir()
+        attack.start()
+        time.sleep(0.3)                                           # the attackers hold the budget, 8 wait
+        waiting = sandbox.status()["waiting"]
+        (tmp_path / "v").mkdir()
+        victim = run_jobs([("victim", "visitor", "x = 1", sandbox.Limits(64, 5, 30))], tmp_path / "v")
+        attack.join(120)
+        total = time.perf_counter() - started
+    outcome, v_start, v_end = victim["victim"]
+    assert outcome == 0 and all(r[0] == 0 for r in box.values()), (outcome, box)
+    assert waiting >= 6, waiting
+    ends = sorted(end for _, _, end in box.values())
+    assert v_end < ends[-3], "the other session's job must not wait for the attacker's whole queue"
+    assert v_end - v_start < 4, v_end - v_start
+    assert sandbox.ADMISSION.peak_mb <= 1024 and sandbox.ADMISSION.peak_children <= 2
+    assert peak.growth_mb < 1024, f"the process tree grew by {peak.growth_mb:.0f} MB under a 1024 MB budget"
+    assert total > 5 * hold * 0.9                                  # 10 jobs two at a time: they did queue
+    print(f"\n10 hostile jobs: tree peak +{peak.growth_mb:.0f} MB (budget 1024 MB), {total:.1f} s; "
+          f"the visitor's job waited {v_end - v_start:.2f} s")
+
+
+def test_a_queued_job_is_told_and_one_above_the_budget_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(sandbox.BUDGET_ENV, "600")
+    heard = []
+    (tmp_path / "a").mkdir()
+    holder = threading.Thread(target=lambda: run_jobs([("first", "s1", HOLD.format(mb=10, seconds=1.0),
+                                                        sandbox.Limits(512, 5, 30))], tmp_path / "a"), daemon=True)
+    holder.start()
+    time.sleep(0.3)
+    (tmp_path / "b").mkdir()
+    with sandbox.session_scope("s2", on_queue=heard.append):
+        assert sandbox.run_limited("builtins:exec", ["x = 1"], sandbox.Limits(512, 5, 30), "second",
+                                   str(tmp_path / "b")) == 0
+    holder.join(30)
+    assert heard and heard[0].ahead == 0 and heard[0].running == 1
+    assert heard[0].sentence() == "queued: next in line, 1 running (512 of 600 MB of the sandbox budget in use)"
+    with pytest.raises(sandbox.SandboxError, match=r"huge\.pth would need 4,096 MB of memory to be read safely, "
+                                                   r"more than the 600 MB all sandbox jobs share "
+                                                   r"\(DANET_SANDBOX_BUDGET_MB\)"):
+        sandbox.run_limited("builtins:exec", ["x = 1"], sandbox.Limits(4096, 5, 30), "huge.pth", str(tmp_path))
+
+
+def test_the_budget_settings_come_from_the_environment(monkeypatch):
+    for name, bad in ((sandbox.BUDGET_ENV, "lots"), (sandbox.CHILDREN_ENV, "-3"), (sandbox.SHARE_ENV, "nan")):
+        monkeypatch.setenv(name, bad)                            # a bad value keeps the default
+    assert sandbox.budget_mb() >= 4096 and sandbox.max_children() >= 2 and sandbox.session_share() == 0.5
+    monkeypatch.setenv(sandbox.BUDGET_ENV, "2048")
+    monkeypatch.setenv(sandbox.CHILDREN_ENV, "3")
+    monkeypatch.setenv(sandbox.SHARE_ENV, "0.25")
+    assert (sandbox.budget_mb(), sandbox.max_children(), sandbox.session_share()) == (2048, 3, 0.25)
+
+
+@pytest.mark.slow
+def test_ten_uploads_of_an_8192_square_png_stay_within_the_budget(tmp_path, monkeypatch):
+    """The issue's case: a 215 KB PNG decoding to 64 MP, ten at once, through load_image_isolated."""
+    from danet.data.isolated import MEMORY_MB, load_image_isolated
+
+    monkeypatch.setenv(sandbox.BUDGET_ENV, str(2 * MEMORY_MB))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8192, 8192), (10, 20, 30)).save(buffer, "PNG", optimize=True)
+    data = buffer.getvalue()
+    outcomes = []
+
+    def upload(session):
+        with sandbox.session_scope(session):
+            try:
+                outcomes.append(load_image_isolated(data, name="big.png").array.shape)
+            except DanetError as error:
+                outcomes.append(error)
+
+    with TreePeak() as peak:
+        threads = [threading.Thread(target=upload, args=(f"tab{i % 3}",), daemon=True) for i in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+    assert outcomes == [(2048, 2048, 3)] * 10, outcomes
+    assert peak.growth_mb < 2 * MEMORY_MB, peak.growth_mb
+    print(f"\n10 uploads of an 8192x8192 PNG: tree peak +{peak.growth_mb:.0f} MB under a {2 * MEMORY_MB} MB budget")
+
+
 # ---- genuine neighbours still load, identically ---------------------------------------------
 def outputs(loaded, seed: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)
