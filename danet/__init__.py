@@ -8,7 +8,15 @@ Typical use::
     maps = result.rows([(120, 80), (300, 200)])   # PAM rows for two pixels, (2, h, w)
 
 This package never imports streamlit or plotly; the app lives in ``danet_app``.
+
+Importing it sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already chooses (it only
+acts if torch is not imported yet): OpenMP's default of spinning while it waits made every
+small forward 10-17 times slower whenever another process wanted the cores (a 32x32 forward
+took 0.4 s instead of 0.03 s on a busy 2-core machine; ``python -m benchmarks.limits``).
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # idle OpenMP threads sleep (benchmarks.limits)
 from danet.errors import CheckpointError, DanetError, ImageLoadError, InputError, LabelMapError, UnknownNameError
 
 # The rest is imported on first use (PEP 562): ``import danet.data.images`` or ``danet.errors`` then

@@ -27,6 +27,7 @@ from danet.errors import CheckpointError, DanetError
 from danet.inspection import InspectionResult, inspect_image
 from danet.loader import DEFAULT_SOURCE as DEFAULT_NAME
 from danet.render.overlays import legend
+from danet.safety import sandbox
 from danet.weights import default_weights_path
 from danet_app import budget
 from danet_app.budget import ByteBudgetCache
@@ -79,13 +80,34 @@ def app_caches() -> dict[str, ByteBudgetCache]:
             "image": ByteBudgetCache(budget.IMAGE_BUDGET, "decoded image")}
 
 
+def in_sandbox_session(work):
+    """``work()`` with its sandbox children charged to this visitor's session (the shared budget's
+    per-session share, ``danet.safety.sandbox``), and a notice while it waits for room."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx()
+    notice = {}
+
+    def queued(status: sandbox.QueueStatus) -> None:
+        notice.setdefault("slot", st.empty()).info(f"Waiting for a free decoder: {status.sentence()}.",
+                                                   icon=":material/hourglass_top:")
+
+    try:
+        with sandbox.session_scope(context.session_id if context else None, on_queue=queued):
+            return work()
+    finally:
+        if "slot" in notice:
+            notice["slot"].empty()
+
+
 def load_uploaded_model(digest: str, filename: str, dilation: str | None, dataset: str | None,
                         device: str, data: bytes) -> LoadedModel:
     """An upload, read from memory by ``danet.load`` (pickles in its limited child process;
     nothing is written to disk), kept while it fits the models' byte budget."""
     return app_caches()["model"].get(
         ("model", digest, filename, dilation, dataset, device),
-        lambda: danet.load(data, device=device, dilation=dilation, dataset=dataset, name=filename),
+        lambda: in_sandbox_session(lambda: danet.load(data, device=device, dilation=dilation, dataset=dataset,
+                                                      name=filename)),
         budget.model_bytes, detail=f"{filename} (in memory)")
 
 
@@ -93,7 +115,7 @@ def decode_image(digest: str, max_pixels: int, data: bytes) -> LoadedImage:
     """An uploaded image, decoded in a limited child process (``danet.data.isolated``): a slow or
     hostile file costs that child, never the server's memory, lock or other sessions."""
     return app_caches()["image"].get(("image", digest, max_pixels),
-                                     lambda: load_image_isolated(data, max_pixels),
+                                     lambda: in_sandbox_session(lambda: load_image_isolated(data, max_pixels)),
                                      lambda image: image.array.nbytes)
 
 
@@ -112,8 +134,8 @@ def cached_label_map(data: bytes, image_size: tuple[int, int], loaded: LoadedMod
            sha256_bytes(palette.tobytes()))
     reader = None if trusted else load_label_map_isolated
     return app_caches()["image"].get(
-        key, lambda: prepare_label_map(data, image_size, meta.config.num_classes, meta.dataset.ignore_index,
-                                       palette, reader=reader),
+        key, lambda: in_sandbox_session(lambda: prepare_label_map(data, image_size, meta.config.num_classes,
+                                                                  meta.dataset.ignore_index, palette, reader=reader)),
         lambda labels: labels.labels.nbytes)
 
 

@@ -437,6 +437,161 @@ def test_another_load_proceeds_while_a_hostile_one_runs(tight_limits):
     assert isinstance(errors[0], CheckpointError)
 
 
+# ---- all children share one budget (issue 26) --------------------------------------------------
+HOLD = ("import time\nb = bytearray({mb} << 20)\nb[::4096] = b'x' * len(b[::4096])\ntime.sleep({seconds})")
+"""A child that makes {mb} MB resident and keeps it for {seconds} s (``builtins:exec`` as the target)."""
+
+
+def tree_pss() -> int:
+    """Proportional set size of this process and all its descendants (shared pages counted once)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return total
+
+
+class TreePeak:
+    """Largest growth of ``tree_pss`` while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self):
+        self.start = self.peak = tree_pss()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, tree_pss())
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.growth_mb = (self.peak - self.start) / 2**20
+
+
+def run_jobs(jobs: list[tuple[str, str, str, sandbox.Limits]], folder: Path, stagger: float = 0.0) -> dict[str, tuple]:
+    """Each (label, session, code, limits) on its own thread, ``stagger`` s apart; label -> (outcome, start, end)."""
+    results: dict[str, tuple] = {}
+
+    def job(label, session, code, limits):
+        work = folder / label
+        work.mkdir()
+        started = time.perf_counter()
+        try:
+            outcome = sandbox.run_limited("builtins:exec", [code], limits, label, str(work), session=session)
+        except DanetError as error:
+            outcome = error
+        results[label] = (outcome, started, time.perf_counter())
+
+    threads = []
+    for label, session, code, limits in jobs:
+        threads.append(threading.Thread(target=job, args=(label, session, code, limits), daemon=True))
+        threads[-1].start()
+        time.sleep(stagger)
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_ten_hostile_jobs_stay_within_the_budget_and_another_session_gets_through(tmp_path, monkeypatch):
+    monkeypatch.setenv(sandbox.BUDGET_ENV, "1024")                # two 512 MB children at a time
+    monkeypatch.setenv(sandbox.CHILDREN_ENV, "8")
+    hold = 0.6
+    hostile = [(f"hostile{i}", "attacker", HOLD.format(mb=300, seconds=hold), sandbox.Limits(512, 20, 60))
+               for i in range(10)]
+    sandbox.ADMISSION.reset_peaks()
+    with TreePeak() as peak:
+        started = time.perf_counter()
+        box = {}
+        attack = threading.Thread(target=lambda: box.update(run_jobs(hostile, tmp_path / "a", 0.01)), daemon=True)
+        (tmp_path / "a").mkdir()
+        attack.start()
+        time.sleep(0.3)                                           # the attackers hold the budget, 8 wait
+        waiting = sandbox.status()["waiting"]
+        (tmp_path / "v").mkdir()
+        victim = run_jobs([("victim", "visitor", "x = 1", sandbox.Limits(64, 5, 30))], tmp_path / "v")
+        attack.join(120)
+        total = time.perf_counter() - started
+    outcome, v_start, v_end = victim["victim"]
+    assert outcome == 0 and all(r[0] == 0 for r in box.values()), (outcome, box)
+    assert waiting >= 6, waiting
+    ends = sorted(end for _, _, end in box.values())
+    assert v_end < ends[-3], "the other session's job must not wait for the attacker's whole queue"
+    assert v_end - v_start < 4, v_end - v_start
+    assert sandbox.ADMISSION.peak_mb <= 1024 and sandbox.ADMISSION.peak_children <= 2
+    assert peak.growth_mb < 1024, f"the process tree grew by {peak.growth_mb:.0f} MB under a 1024 MB budget"
+    assert total > 5 * hold * 0.9                                  # 10 jobs two at a time: they did queue
+    print(f"\n10 hostile jobs: tree peak +{peak.growth_mb:.0f} MB (budget 1024 MB), {total:.1f} s; "
+          f"the visitor's job waited {v_end - v_start:.2f} s")
+
+
+def test_a_queued_job_is_told_and_one_above_the_budget_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(sandbox.BUDGET_ENV, "600")
+    heard = []
+    (tmp_path / "a").mkdir()
+    holder = threading.Thread(target=lambda: run_jobs([("first", "s1", HOLD.format(mb=10, seconds=1.0),
+                                                        sandbox.Limits(512, 5, 30))], tmp_path / "a"), daemon=True)
+    holder.start()
+    time.sleep(0.3)
+    (tmp_path / "b").mkdir()
+    with sandbox.session_scope("s2", on_queue=heard.append):
+        assert sandbox.run_limited("builtins:exec", ["x = 1"], sandbox.Limits(512, 5, 30), "second",
+                                   str(tmp_path / "b")) == 0
+    holder.join(30)
+    assert heard and heard[0].ahead == 0 and heard[0].running == 1
+    assert heard[0].sentence() == "queued: next in line, 1 running (512 of 600 MB of the sandbox budget in use)"
+    with pytest.raises(sandbox.SandboxError, match=r"huge\.pth would need 4,096 MB of memory to be read safely, "
+                                                   r"more than the 600 MB all sandbox jobs share "
+                                                   r"\(DANET_SANDBOX_BUDGET_MB\)"):
+        sandbox.run_limited("builtins:exec", ["x = 1"], sandbox.Limits(4096, 5, 30), "huge.pth", str(tmp_path))
+
+
+def test_the_budget_settings_come_from_the_environment(monkeypatch):
+    for name, bad in ((sandbox.BUDGET_ENV, "lots"), (sandbox.CHILDREN_ENV, "-3"), (sandbox.SHARE_ENV, "nan")):
+        monkeypatch.setenv(name, bad)                            # a bad value keeps the default
+    assert sandbox.budget_mb() >= 4096 and sandbox.max_children() >= 2 and sandbox.session_share() == 0.5
+    monkeypatch.setenv(sandbox.BUDGET_ENV, "2048")
+    monkeypatch.setenv(sandbox.CHILDREN_ENV, "3")
+    monkeypatch.setenv(sandbox.SHARE_ENV, "0.25")
+    assert (sandbox.budget_mb(), sandbox.max_children(), sandbox.session_share()) == (2048, 3, 0.25)
+
+
+@pytest.mark.slow
+def test_ten_uploads_of_an_8192_square_png_stay_within_the_budget(tmp_path, monkeypatch):
+    """The issue's case: a 215 KB PNG decoding to 64 MP, ten at once, through load_image_isolated."""
+    from danet.data.isolated import MEMORY_MB, load_image_isolated
+
+    monkeypatch.setenv(sandbox.BUDGET_ENV, str(2 * MEMORY_MB))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8192, 8192), (10, 20, 30)).save(buffer, "PNG", optimize=True)
+    data = buffer.getvalue()
+    outcomes = []
+
+    def upload(session):
+        with sandbox.session_scope(session):
+            try:
+                outcomes.append(load_image_isolated(data, name="big.png").array.shape)
+            except DanetError as error:
+                outcomes.append(error)
+
+    with TreePeak() as peak:
+        threads = [threading.Thread(target=upload, args=(f"tab{i % 3}",), daemon=True) for i in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+    assert outcomes == [(2048, 2048, 3)] * 10, outcomes
+    assert peak.growth_mb < 2 * MEMORY_MB, peak.growth_mb
+    print(f"\n10 uploads of an 8192x8192 PNG: tree peak +{peak.growth_mb:.0f} MB under a {2 * MEMORY_MB} MB budget")
+
+
 # ---- genuine neighbours still load, identically ---------------------------------------------
 def outputs(loaded, seed: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)
@@ -497,6 +652,70 @@ def test_inspection_memory_counts_logits_and_refuses_before_running(monkeypatch)
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 8 * 2**30)
     with pytest.raises(InputError, match=r"1000x1000 image with 3,000 classes needs about .* GiB \(33\.5 GiB of it"):
         check_inspection_fits(wide, (1000, 1000))
+
+
+# ---- many classes: class ids without (K, H, W) scores at input size ---------------------------
+@pytest.mark.parametrize("classes, align_corners, size", [(3000, False, (60, 80)), (7, True, (33, 47)),
+                                                          (50, False, (40, 40)), (5, True, (31, 8)),
+                                                          (11, False, (1, 1))])
+def test_class_maps_equal_the_argmax_of_the_full_upsampling(classes, align_corners, size):
+    from danet.inspection.class_maps import class_map, grid_logits
+
+    model = make_tiny_model(classes, head_channels=8, align_corners=align_corners, seed=classes)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        grid = grid_logits(model, x)
+        full = [t.argmax(1)[0].numpy() for t in model(x)]
+        for chunk in (1, 3, 10_000):
+            ours = [class_map(model, t, size, chunk) for t in grid.values()]
+            assert all(np.array_equal(a, b) for a, b in zip(ours, full)), (classes, chunk)
+
+
+def test_class_maps_break_ties_to_the_first_class_like_argmax():
+    from danet.inspection.class_maps import candidate_classes, class_map
+
+    class Upsample:
+        def upsample(self, t, size):
+            return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    logits = torch.zeros(1, 6, 4, 6)
+    logits[:, 4] = logits[:, 2] = 1.0              # two equal best classes: argmax takes 2
+    logits[:, 5, 0, 0] = 5.0                       # one cell where class 5 wins
+    full = torch.nn.functional.interpolate(logits, size=(30, 40), mode="bilinear").argmax(1)[0].numpy()
+    assert np.array_equal(class_map(Upsample(), logits, (30, 40), 1), full)
+    assert candidate_classes(logits).tolist() == [2, 4, 5]
+
+
+def test_the_plan_refuses_in_one_line_what_cannot_fit(monkeypatch):
+    from danet.inspection import class_maps
+
+    config = make_tiny_model(3000, head_channels=8).config
+    monkeypatch.setattr(class_maps, "available_bytes", lambda device="cpu": 8 * 2**30)
+    plan = class_maps.plan_class_maps(config, 360, 480)
+    assert plan.need < 1.5 * 2**30 and plan.chunk == (64 << 20) // (4 * 360 * 480)
+    with pytest.raises(InputError, match=r"x.png: predicting 480x360 pixels with 3,000 classes needs about "
+                                         r".* GiB, .* GiB of it the saved logits, but only 8.0 GiB is free on cpu"):
+        class_maps.plan_class_maps(config, 360, 480, save_logits=True, what="x.png")
+    monkeypatch.setattr(class_maps, "available_bytes", lambda device="cpu": 64 * 2**20)
+    small = class_maps.plan_class_maps(config, 90, 120)
+    assert small.chunk < (64 << 20) // (4 * 90 * 120)             # shrunk to fit, not refused
+    with pytest.raises(InputError, match="use a smaller image"):
+        class_maps.plan_class_maps(config, 2048, 2048)
+
+
+def test_memory_headroom_sees_the_address_space_limit():
+    """In a child under ``ulimit -v``: the headroom is the limit minus what is mapped, and says so."""
+    import subprocess
+
+    code = ("import resource; from danet.runtime.memory import memory_headroom as h; "
+            "import re; mapped = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read())[1]) * 1024; "
+            "limit = mapped + (1 << 30); resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); r = h(); "
+            "print(r.bytes, r.limit)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.returncode == 0, out.stderr
+    left, limit = out.stdout.split(" ", 1)
+    assert 0.9 * 2**30 < int(left) <= 2**30 and "address-space limit" in limit, out.stdout
 
 
 # ---- records handed back (the app's "Load a record") -----------------------------------------

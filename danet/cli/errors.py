@@ -1,8 +1,9 @@
 """How the command line reports trouble: one ``error: ...`` line on stderr and exit code 1.
 
 Every refusal of bad input in the library is a ``DanetError`` with a one-line message, and
-unreadable files surface as ``OSError``; ``reported`` turns both into that line. Anything else
-is a bug and keeps its traceback.
+unreadable files surface as ``OSError``; ``reported`` turns both into that line, and a failed
+allocation too (``MemoryError``, PyTorch's allocator errors) when a memory estimate missed it.
+Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 
 from danet.errors import one_line
 from danet.errors import DanetError
+from danet.runtime.memory import is_out_of_memory
 
 REPORTED = (DanetError, OSError)
 F = TypeVar("F", bound=Callable)
@@ -36,6 +38,11 @@ def reported() -> Iterator[None]:
         yield
     except REPORTED as error:
         fail(error)
+    except (MemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        fail(f"ran out of memory ({one_line(error)[:200] or type(error).__name__}); the estimate before the "
+             "work did not cover it: use a smaller image, or free memory")
 
 
 def reports_errors(command: F) -> F:

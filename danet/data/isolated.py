@@ -15,6 +15,7 @@ in-process, as before.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,29 +24,48 @@ from pathlib import Path
 import numpy as np
 
 from danet.errors import ImageLoadError, InputError, LabelMapError
+from danet.data.headers import WITH_ALPHA, declared
 from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, LoadedImage, load_image
 from danet.data.labels import load_label_map
 from danet.safety import sandbox
 from danet.safety.records import bounded_loads
 
 MEMORY_MB = 2048
-"""Address space the child may add: a 64 MP 16-bit RGBA TIFF is 512 MB decoded, plus its conversions."""
+"""Most address space a child may add: a 64 MP RGBA PNG decodes and converts within it (measured)."""
+FLOOR_MB = 128
+"""Least: a thumbnail decodes in 64 MB above what the fork server had mapped (measured)."""
 CPU_LIMIT_S = 20
 """CPU seconds: the JPEG scan budget allows ~4 s of decoding, a 64 MP PNG takes ~1-2 s."""
 WALL_LIMIT_S = 60
 """Wall seconds, looser than CPU time because a busy machine shares its cores."""
 
 
-def _limits() -> sandbox.Limits:
-    return sandbox.Limits(MEMORY_MB, CPU_LIMIT_S, WALL_LIMIT_S)
+def decode_memory_mb(data: bytes | None = None, size: tuple[int, int] | None = None) -> int:
+    """The child's memory limit for decoding ``data`` (from the size its header declares, read by
+    ``danet.data.headers`` without any decoder) or a label map of ``size`` (W, H): ``FLOOR_MB``
+    plus a measured cost per pixel, at most ``MEMORY_MB``. The sandbox's shared budget is charged
+    this, so a thumbnail does not reserve what an 8192x8192 bomb needs. A header that cannot be
+    read here (TIFF, damaged) costs ``MEMORY_MB``."""
+    if size is not None:
+        pixels, per_pixel = int(size[0]) * int(size[1]), WITH_ALPHA
+    else:
+        header = declared(data or b"")
+        if header is None:
+            return MEMORY_MB
+        pixels, per_pixel = header.pixels, header.bytes_per_pixel
+    return int(min(MEMORY_MB, math.ceil(FLOOR_MB + pixels * per_pixel / 2**20)))
+
+
+def _limits(memory_mb: int = MEMORY_MB) -> sandbox.Limits:
+    return sandbox.Limits(memory_mb, CPU_LIMIT_S, WALL_LIMIT_S)
 
 
 def _supported() -> bool:
     return sandbox.SUPPORTED
 
 
-def _run(kind: str, data: bytes, name: str, params: dict, error) -> tuple[np.ndarray, dict]:
-    """Decode ``data`` in a child; (array, info) or ``error`` with one line."""
+def _run(kind: str, data: bytes, name: str, params: dict, error, memory_mb: int = MEMORY_MB) -> tuple[np.ndarray, dict]:
+    """Decode ``data`` in a child limited to ``memory_mb``; (array, info) or ``error`` with one line."""
     folder = tempfile.mkdtemp(prefix="danet-decode-")            # private (0700), removed below
     try:
         path = os.path.join(folder, "input")
@@ -53,7 +73,7 @@ def _run(kind: str, data: bytes, name: str, params: dict, error) -> tuple[np.nda
             handle.write(data)
         try:
             code = sandbox.run_limited(f"{__name__}:_decode_child", [kind, path, folder, json.dumps(params)],
-                               _limits(), name, folder)
+                               _limits(memory_mb), name, folder)
         except sandbox.SandboxError as exc:                # crash, hang, CPU or memory limit: one line
             raise error(str(exc)) from None
         info_path = os.path.join(folder, "info.json")
@@ -88,7 +108,7 @@ def load_image_isolated(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, na
     if not _supported():
         return load_image(data, max_pixels, min_side=min_side)
     array, info = _run("image", data, name, {"max_pixels": int(max_pixels), "min_side": int(min_side)},
-                       ImageLoadError)
+                       ImageLoadError, decode_memory_mb(data))
     height, width = array.shape[:2] if array.ndim == 3 else (0, 0)
     # what came back must be what load_image makes: RGB uint8 within the pixel budget
     ceiling = max(max_pixels, 64 * min_side * min_side) * 1.02 + 4 * max(height, width)
@@ -106,7 +126,8 @@ def load_label_map_isolated(data: bytes, expected_size: tuple[int, int], num_cla
     params = {"expected_size": [int(v) for v in expected_size], "num_classes": int(num_classes),
               "ignore_index": None if ignore_index is None else int(ignore_index),
               "palette": None if palette is None else np.asarray(palette).astype(int).tolist()}
-    ids, info = _run("labels", data, name, params, LabelMapError)
+    ids, info = _run("labels", data, name, params, LabelMapError,
+                     max(decode_memory_mb(data), decode_memory_mb(size=expected_size)))
     width, height = expected_size
     if ids.dtype != np.int64 or ids.shape != (height, width):
         raise LabelMapError(f"{name} could not be read safely (the decoder returned {ids.dtype} {ids.shape})")

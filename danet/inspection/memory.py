@@ -38,6 +38,7 @@ from torch import nn
 from danet.models.segmentor import Segmentor, DANetConfig
 from danet.maps.dot_softmax import method_for
 from danet.models.heads.da import pam_working_bytes  # noqa: F401  (re-exported: the tests measure it)
+from danet.runtime.memory import memory_headroom
 
 ALLOCATOR_SLACK = {"cpu": 1.6, "cuda": 1.2}   # process memory / live tensors (see module docstring)
 
@@ -208,13 +209,22 @@ def estimate_forward_bytes(config: DANetConfig, height: int, width: int, device:
 
 
 def available_bytes(device: str = "cpu") -> int:
-    """Memory a new allocation can use now: free RAM on the CPU, free GPU memory on CUDA."""
+    """Memory a new allocation can use now: on the CPU the least of free RAM, the address-space
+    and data limits (``ulimit -v``) and the cgroup's limit (``danet.runtime.memory``); free GPU
+    memory on CUDA."""
     if torch.device(device).type == "cuda":
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
-    import psutil
+    return memory_headroom().bytes
 
-    return int(psutil.virtual_memory().available)
+
+def available_text(free: int, device: str = "cpu") -> str:
+    """``"2.1 GiB is free on cpu"``, plus the limit when one below free RAM binds (for refusals)."""
+    text = f"{free / 2**30:.1f} GiB is free on {device}"
+    if torch.device(device).type == "cuda":
+        return text
+    limit = memory_headroom().limit
+    return text if limit == "free memory" else f"{text} under {limit}"
 
 
 def check_forward_fits(config: DANetConfig, height: int, width: int, device: str = "cpu",
@@ -226,7 +236,7 @@ def check_forward_fits(config: DANetConfig, height: int, width: int, device: str
         return None
     return (f"a {width}x{height} forward needs about {estimate.process_peak / 2**30:.1f} GiB "
             f"({estimate.positions} attention positions, {estimate.pam_method} PAM) but only "
-            f"{free / 2**30:.1f} GiB is free on {device}; use a smaller image")
+            f"{available_text(free, device)}; use a smaller image")
 
 
 def check_inspection_fits(config: DANetConfig, image_size: tuple[int, int], device: str = "cpu",
@@ -247,4 +257,5 @@ def check_inspection_fits(config: DANetConfig, image_size: tuple[int, int], devi
         return estimate
     raise InputError(f"inspecting a {width}x{height} image with {config.num_classes:,} classes needs about "
                      f"{estimate.process_peak / 2**30:.1f} GiB ({estimate.outputs / 2**30:.1f} GiB of it the class "
-                     f"scores), but only {free / 2**30:.1f} GiB is free on {device}; use a smaller image")
+                     f"scores), more than the {headroom:.0%} of free memory a forward may use "
+                     f"({available_text(free, device)}); use a smaller image")

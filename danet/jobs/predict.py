@@ -7,8 +7,9 @@ config, opacity, size limits, package version; the logits dtype when logits are 
 image whose record matches and whose files are all present is skipped; one whose settings differ
 is redone and the summary says how many and why. The output folder is locked for the run
 (``danet.safety.outputs.output_lock``) and every per-image folder is a real folder directly inside it. Consecutive images of one size are batched through
-the model (``batch_size``); on the CPU batch 1 is the default, as batching measured no faster
-there (the convolutions already use every core) while memory grows with the batch.
+the model (``batch_size``); on the CPU the default batch holds ``CPU_BATCH_PIXELS`` (one image of
+256x256 or more, as batching frames measured no faster there while memory grows with the batch;
+up to 64 tiny images, whose forwards are mostly per-layer overhead).
 
 Under ``torchrun`` each process predicts its share of the images (``danet.runtime.distributed.shard``),
 so each image is written once, by one rank; rank 0 gathers the reports and writes the one
@@ -28,15 +29,18 @@ from tqdm import tqdm
 from danet.runtime import distributed
 from danet.errors import DanetError, one_line
 from danet.jobs.inputs import collect_images, describe_model, output_names
-from danet.safety.outputs import OutputBusyError, OutputError, child_folder, output_lock, prepare_output_dir, read_json, save_json, save_npz, save_png
+from danet.safety.outputs import (OutputBusyError, OutputError, SyncGroup, child_folder, output_lock, prepare_output_dir,
+                                  read_json, save_json, save_npz, save_png)
 from danet.safety.paths import file_sha256
 from danet.checkpoints.meta import LoadedModel
 from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
 from danet.errors import InputError
 from danet.inspection import to_tensor
+from danet.inspection.class_maps import class_map, grid_logits, out_of_memory_line, plan_class_maps
+from danet.runtime.memory import is_out_of_memory
 from danet.render.overlays import colorize, legend, mask_overlay
 
-OUTPUTS = ("fused", "pam", "cam")      # DANet's; a model's own come from ``model.outputs``
+OUTPUTS = ("fused", "pam", "cam")
 RECORD = "prediction.json"
 LOGITS_DTYPES = ("float16", "float32")
 
@@ -67,12 +71,13 @@ class PredictReport:
         return f"redid {len(self.redone)} of {len(self.images)} images: {reasons}"
 
     def failure(self) -> str | None:
-        """One line naming the unreadable images (the first three), or None when there were none."""
+        """One line naming the images that failed (unreadable, or too large for the memory left; the
+        first three), or None when there were none."""
         if not self.failed:
             return None
         listing = "; ".join(m if p.name in m else f"{p.name}: {m}" for p, m in self.failed[:3])
         listing += " ..." if len(self.failed) > 3 else ""
-        return f"{len(self.failed)} of {len(self.images)} images could not be read ({listing})"
+        return f"{len(self.failed)} of {len(self.images)} images could not be predicted ({listing})"
 
 
 def expected_files(save_logits: bool, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
@@ -83,7 +88,7 @@ def expected_files(save_logits: bool, outputs: tuple[str, ...] = OUTPUTS) -> lis
 def output_settings(loaded: LoadedModel, model_sha: str, opacity: float) -> dict:
     """Every setting besides the image that changes an output: a rerun redoes images whose
     record holds other values (the logits dtype is compared separately, only when asked for)."""
-    from danet import __version__  # at call time: the package finishes importing first
+    from danet import __version__        # at call time: the package finishes importing first
 
     meta = loaded.meta
     return {"model_sha256": model_sha, "config": meta.config.to_dict(), "dataset": meta.dataset.name,
@@ -133,7 +138,7 @@ def redo_reason(folder: Path, image_sha: str, settings: dict, logits_dtype: str 
     if logits_dtype is not None and record.get("logits_dtype") != logits_dtype:
         reasons.append("--logits-dtype changed" if record.get("logits_dtype") else "--save-logits asked for logits")
     if not reasons and not all((folder / name).is_file() for name in expected_files(
-            logits_dtype is not None, tuple(record.get("class_fractions") or OUTPUTS))):
+            logits_dtype is not None, tuple(record.get("outputs") or OUTPUTS))):
         reasons.append("outputs were missing")
     return " and ".join(reasons) or None
 
@@ -146,18 +151,22 @@ def is_new(folder: Path) -> bool:
         return True
 
 
-def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: np.ndarray,
-                  opacity: float, logits_dtype: str | None, record: dict, outputs: tuple[str, ...] = OUTPUTS) -> None:
+def write_outputs(folder: Path, image: np.ndarray, predictions: np.ndarray, palette: np.ndarray,
+                  opacity: float, logits_dtype: str | None, record: dict, logits: np.ndarray | None = None,
+                  *, write_record: bool = True) -> None:
     """Masks, overlays (and logits) of one image; the record last, as the completion mark.
 
-    ``logits`` is (O, K, H, W) in the order of ``outputs`` (the model's, main first); with ``logits_dtype`` ("float16" or
-    "float32") they are saved, with their softmax probabilities, in ``logits.npz``.
+    ``predictions`` is (O, H, W) class ids in the order of ``record["outputs"]`` (the model's, main
+    first; DANet's fused, PAM, CAM when absent); ``logits`` (3, K, H, W),
+    only when ``logits_dtype`` ("float16" or "float32") asks for them, is saved with its softmax
+    probabilities in ``logits.npz``. ``write_record=False`` fills in ``record`` but leaves writing
+    it to the caller (after the outputs are in place: ``SyncGroup``).
     """
     try:
         (folder / RECORD).unlink(missing_ok=True)      # the old record must not vouch for new files
     except OSError as error:
         raise OutputError(f"cannot replace {folder / RECORD}: {one_line(error)}") from None
-    predictions = logits.argmax(1)
+    outputs = tuple(record.get("outputs") or OUTPUTS)
     for which, prediction in zip(outputs, predictions):
         save_png(folder / f"{which}_mask.png", colorize(prediction, palette))
         save_png(folder / f"{which}_overlay.png", mask_overlay(image, prediction, palette, opacity))
@@ -165,17 +174,63 @@ def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: 
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         save_npz(folder / "logits.npz", logits=logits.astype(logits_dtype),
                  probabilities=probabilities.astype(logits_dtype), outputs=np.array(outputs))
+        del probabilities
         record["logits_dtype"] = logits_dtype
     counts = [np.bincount(p.ravel(), minlength=len(palette)) / p.size for p in predictions]
     record["class_fractions"] = {which: [round(float(v), 6) for v in c] for which, c in zip(outputs, counts)}
-    save_json(folder / RECORD, record)
+    if write_record:
+        save_json(folder / RECORD, record)
 
 
-def batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    """Consecutive runs of ``items`` with the same image shape, at most ``size`` long."""
+def write_batch(out: Path, items: list[tuple[dict, np.ndarray, np.ndarray | None, dict]], palette: np.ndarray,
+                opacity: float, logits_dtype: str | None, done) -> None:
+    """``write_outputs`` for a batch's images, made durable together (``SyncGroup``: one file-system
+    flush for all their files, then one for their records, instead of one fsync per file: 7 per
+    image). Records are written only for images whose files are all in place; ``done(item)`` is
+    called for each. A failure for one image still completes the images before it, then raises."""
+    files, records = SyncGroup(out), SyncGroup(out)
+    failure = None
+    written = []
+    for item, predictions, logits, record in items:
+        folder = child_folder(out, item["name"])
+        try:
+            with files.collect(key=len(written)):
+                write_outputs(folder, item["image"], predictions, palette, opacity, logits_dtype, record, logits,
+                              write_record=False)
+        except OutputError as error:
+            failure = error
+            break
+        written.append((item, folder, record))
+    try:
+        for index in files.commit():
+            item, folder, record = written[index]
+            with records.collect(key=index):
+                save_json(folder / RECORD, record)
+    except OutputError as error:
+        failure = failure or error
+    for index in records.commit():
+        done(written[index][0])
+    if failure is not None:
+        raise failure
+
+
+CPU_BATCH_PIXELS = 64 * 64 * 16
+"""The CPU's default batch: as many same-size images as hold this many pixels (one image of 256x256
+or more: batching larger frames measured no faster, while 47 tiny 43x32 images share one forward)."""
+
+
+def cpu_batch(shape: tuple[int, ...]) -> int:
+    """The CPU's default batch size for images of ``shape`` (H, W, 3)."""
+    return max(1, min(64, CPU_BATCH_PIXELS // max(1, shape[0] * shape[1])))
+
+
+def batches(items: Iterable[dict], size: int | None) -> Iterator[list[dict]]:
+    """Consecutive runs of ``items`` with the same image shape, at most ``size`` long (None: the
+    CPU's default for that shape, ``cpu_batch``)."""
     run: list = []
     for item in items:
-        if run and (len(run) == size or run[0]["image"].shape != item["image"].shape):
+        limit = (size or cpu_batch(run[0]["image"].shape)) if run else 0
+        if run and (len(run) == limit or run[0]["image"].shape != item["image"].shape):
             yield run
             run = []
         run.append(item)
@@ -269,7 +324,12 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
             report.redone[name] = reason
         pending.append({"path": path, "name": name, "sha": sha})
 
-    batch_size = batch_size or (8 if device.type == "cuda" else 1)
+    batch_size = batch_size or (8 if device.type == "cuda" else None)      # None: ``cpu_batch`` per size
+
+    def done(item: dict) -> None:
+        report.processed.append(item["name"])
+        bar.update(1)
+
     with tqdm(total=len(pending), desc="predict", unit="image", disable=not progress or not main) as bar:
         # Decode lazily, one batch at a time, so memory stays bounded for long lists.
         def decoded():
@@ -284,25 +344,54 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
                        "original_size": picture.original_size}
 
         for group in batches(decoded(), batch_size):
+            # One plan per batch (its images share a size): refused in one line when even one class
+            # at a time does not fit in what this process may still allocate.
+            height, width = group[0]["image"].shape[:2]
+            try:
+                plan = plan_class_maps(meta.config, height, width, device=device.type, save_logits=save_logits,
+                                       logits_bytes=np.dtype(logits_dtype).itemsize,
+                                       what=group[0]["path"].name if len(group) == 1 else f"{len(group)} images")
+            except InputError as error:
+                report.failed.extend((item["path"], one_line(error)) for item in group)
+                bar.update(len(group))
+                continue
             x = torch.cat([to_tensor(item["image"], meta.mean, meta.std) for item in group]).to(device)
             start = time.perf_counter()
-            with torch.inference_mode():
-                outputs = model(x)
-            logits = torch.stack(list(outputs.values()), 1).float().cpu().numpy()   # (B, O, K, H, W)
+            try:
+                with torch.inference_mode():
+                    grid = grid_logits(model, x, tuple(model.outputs))   # (B, K, h, w) each, at the head's grid
+                    del x
+                    maps = [np.stack([class_map(model, t[b:b + 1], (height, width), plan.chunk)
+                                      for t in grid.values()]) for b in range(len(group))]
+            except (MemoryError, RuntimeError) as error:         # the estimate was wrong: one line, not a traceback
+                if not is_out_of_memory(error):
+                    raise
+                message = out_of_memory_line(plan)
+                report.failed.extend((item["path"], message) for item in group)
+                bar.update(len(group))
+                continue
             seconds = (time.perf_counter() - start) / len(group)
-            for item, image_logits in zip(group, logits):
-                height, width = item["image"].shape[:2]
+            finished = []
+            for b, (item, predictions) in enumerate(zip(group, maps)):
                 record = {"image": str(item["path"]), "image_sha256": item["sha"], "settings": settings,
                           "model_sha256": model_info["sha256"], "model_source": model_info["source"],
                           "size": [width, height], "original_size": list(item["original_size"]),
-                          "notices": item["notices"], "classes": list(meta.classes),
+                          "notices": item["notices"], "classes": list(meta.classes), "outputs": list(grid),
                           "forward_seconds": round(seconds, 4), "batch": len(group)}
                 if sharded:
                     record["rank"] = distributed.rank()
-                write_outputs(child_folder(out, item["name"]), item["image"], image_logits, palette, opacity,
-                              wanted_dtype, record, tuple(outputs))
-                report.processed.append(item["name"])
-                bar.update(1)
+                logits = None
+                if wanted_dtype is not None:                    # asked for: the full scores, planned above
+                    with torch.inference_mode():
+                        logits = torch.stack([model.upsample(t[b:b + 1], (height, width))[0]
+                                              for t in grid.values()]).float().cpu().numpy()
+                finished.append((item, predictions, logits, record))
+                if logits is not None:                          # full scores: written one image at a time
+                    write_batch(out, finished, palette, opacity, wanted_dtype, done)
+                    finished = []
+                del logits
+            write_batch(out, finished, palette, opacity, wanted_dtype, done)
+            del grid, maps, finished
 
     if sharded:
         report = merge_reports(report, distributed.all_gather(report), names)

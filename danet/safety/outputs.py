@@ -6,6 +6,7 @@ folders directly inside it (``child_folder``). A failed write is one ``OutputErr
 """
 from __future__ import annotations
 
+import contextvars
 import errno
 import json
 import os
@@ -67,7 +68,8 @@ def _fsync(path: Path) -> None:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block finishes it is fsynced and renamed
-    onto ``path`` (a symlink at ``path`` is replaced, never written through).
+    onto ``path`` (a symlink at ``path`` is replaced, never written through). Inside
+    ``SyncGroup.collect()`` the fsync and the rename wait for the group's commit instead.
 
     A failure to write (disk full, read-only folder, a folder in the way) is an ``OutputError``
     naming ``path``, and the temporary file is removed: nothing half-written looks complete.
@@ -80,18 +82,97 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as error:
         raise write_error(path, error) from None
     temporary = partial_name(path)
+    group = _GROUP.get()
+    kept = False
     try:
         try:
             yield temporary
-            _fsync(temporary)
-            os.replace(temporary, path)
+            if group is not None:
+                group.pending.append((temporary, path))
+                kept = True
+            else:
+                _fsync(temporary)
+                os.replace(temporary, path)
         except OSError as error:
             raise write_error(path, error) from None
     finally:
+        if not kept:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+
+
+# ---- many files made durable with one flush -----------------------------------------------------
+_GROUP: contextvars.ContextVar[SyncGroup | None] = contextvars.ContextVar("danet_sync_group", default=None)
+
+
+def _syncfs(folder: Path) -> bool:
+    """Flush the file system holding ``folder`` (Linux ``syncfs``); False where there is none."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except (OSError, AttributeError):
+        return False
+    try:
+        return getattr(libc, "syncfs", None) is not None and libc.syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
+class SyncGroup:
+    """Files written through ``atomic_path`` inside ``collect()`` wait here, and ``commit`` puts them
+    in place together: one ``syncfs`` of their file system first, then each file is fsynced (now
+    cheap: its data is already on disk) and renamed onto its name, in the order written. The
+    guarantee is ``atomic_path``'s -- a file under its final name was complete on disk before it
+    got that name -- at about one disk flush per group instead of one per file (a CPU batch of 47
+    thumbnails writes 329 files). ``commit`` yields each ``key`` (e.g. an image's folder) once all
+    its files are in place, so the caller can write that key's completion record."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.pending: list[tuple[Path, Path]] = []
+        self.keys: list[tuple[object, int]] = []          # (key, number of pending files when it ended)
+
+    @contextmanager
+    def collect(self, key=None) -> Iterator[SyncGroup]:
+        """Defer the writes inside to ``commit``; ``key`` names what they belong to."""
+        token = _GROUP.set(self)
         try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+            yield self
+        finally:
+            _GROUP.reset(token)
+        self.keys.append((key, len(self.pending)))
+
+    def commit(self) -> Iterator[object]:
+        """Put every collected file in place (see the class); yields each key when its files are.
+        A failure is the ``OutputError`` naming the file; files not yet in place are removed."""
+        try:
+            if len(self.pending) > 1:
+                _syncfs(self.root)
+            done = 0
+            for key, end in self.keys:
+                for temporary, path in self.pending[done:end]:
+                    try:
+                        _fsync(temporary)
+                        os.replace(temporary, path)
+                    except OSError as error:
+                        raise write_error(path, error) from None
+                    done += 1
+                yield key
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the temporary files of every write not put in place."""
+        for temporary, _path in self.pending:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+        self.pending, self.keys = [], []
 
 
 def save_png(path: str | Path, array: np.ndarray) -> None:

@@ -18,16 +18,35 @@ Whatever the child does -- crash (SIGSEGV), hang, exhaust its limits -- the call
 ``SandboxError("<name> could not be read safely (<what happened>)")``; a ``DanetError`` the target
 raises comes back as its one-line message (``child_message``). The callers (``checkpoints.isolated``,
 ``data.isolated``) turn these into their own error types.
+
+**All children share one budget.** Each child keeps to its own limit, but before issue 26
+nothing limited how many ran at once: 4 uploads of a 260 KB 8192x8192 PNG made a 8.65 GB
+process tree. ``run_limited`` now first takes a slot from the process-wide ``Admission``: the
+children's memory limits together stay within ``DANET_SANDBOX_BUDGET_MB`` (default: a quarter
+of the machine's memory, at least 4,096 MB), at most ``DANET_SANDBOX_MAX_CHILDREN`` run at once
+(default: twice the core count, at least 4), and while other sessions wait, one session holds at most
+``DANET_SANDBOX_SESSION_SHARE`` of the budget (default 0.5) -- its further jobs let theirs go
+first, so one visitor cannot starve the rest; and a small job (at most ``SMALL_JOB_MB``, a
+thumbnail's decode) starts whenever the budget holds it, ahead of large ones waiting for room. A job that must wait is told so (``on_queue``,
+e.g. "waiting for the decoder: 3 jobs ahead"), waits at most ``QUEUE_WAIT_S``, and a job that
+needs more than the whole budget is refused in one line. The session and the callback come from
+``session_scope(key, on_queue=...)`` (a context variable: the app wraps each script run), or
+from ``run_limited``'s own arguments; ``status()`` says what runs and waits.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib
+import itertools
 import json
 import math
 import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +71,176 @@ class Limits:
     memory_mb: int
     cpu_s: float
     wall_s: float
+
+
+# ---- one budget for all children ------------------------------------------------------------
+QUEUE_WAIT_S = 300
+"""How long a job waits for a slot before it is refused (the budget is busy with other jobs)."""
+SMALL_JOB_MB = 256
+"""A job this small (a thumbnail's decode) may start beside full child slots and ahead of a large
+job still waiting for room, as long as the budget holds it: small uploads never queue behind bombs."""
+BUDGET_ENV, CHILDREN_ENV, SHARE_ENV = "DANET_SANDBOX_BUDGET_MB", "DANET_SANDBOX_MAX_CHILDREN", "DANET_SANDBOX_SESSION_SHARE"
+
+
+def _total_memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return 16_384
+
+
+def _env_number(name: str, default: float, low: float, high: float) -> float:
+    """``name`` from the environment within ``low..high``; a bad value is ignored (the default holds)."""
+    try:
+        value = float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+    return value if math.isfinite(value) and low <= value <= high else default
+
+
+def budget_mb() -> int:
+    """Memory all children's limits may add up to (``DANET_SANDBOX_BUDGET_MB``)."""
+    return int(_env_number(BUDGET_ENV, max(4096, _total_memory_mb() // 4), 64, 1 << 24))
+
+
+def max_children() -> int:
+    """Children above ``SMALL_JOB_MB`` that may run at once (``DANET_SANDBOX_MAX_CHILDREN``)."""
+    return int(_env_number(CHILDREN_ENV, max(4, 2 * (os.cpu_count() or 2)), 1, 4096))
+
+
+def session_share() -> float:
+    """Share of the budget one session may hold while other sessions wait (``DANET_SANDBOX_SESSION_SHARE``)."""
+    return _env_number(SHARE_ENV, 0.5, 0.01, 1.0)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """What a waiting job is told: jobs ahead of it, what runs, and the budget."""
+
+    ahead: int
+    running: int
+    used_mb: int
+    budget_mb: int
+    waited_s: float
+
+    def sentence(self) -> str:
+        ahead = f"{self.ahead} job{'s' if self.ahead != 1 else ''} ahead" if self.ahead else "next in line"
+        return (f"queued: {ahead}, {self.running} running ({self.used_mb:,} of {self.budget_mb:,} MB of the "
+                f"sandbox budget in use)")
+
+
+@dataclass
+class _Ticket:
+    need_mb: int
+    session: object
+    order: int
+    since: float
+
+
+_SESSION = contextvars.ContextVar("danet_sandbox_session", default=None)
+_ON_QUEUE = contextvars.ContextVar("danet_sandbox_on_queue", default=None)
+
+
+@contextmanager
+def session_scope(key, on_queue: Callable[[QueueStatus], None] | None = None) -> Iterator[None]:
+    """Sandbox jobs started inside count against session ``key``; ``on_queue`` hears when one waits."""
+    tokens = _SESSION.set(key), _ON_QUEUE.set(on_queue)
+    try:
+        yield
+    finally:
+        _SESSION.reset(tokens[0])
+        _ON_QUEUE.reset(tokens[1])
+
+
+class Admission:
+    """The process-wide gate in front of the fork server: a job runs when its memory limit fits in
+    what the budget has left, a child slot is free, it is first in line among the sessions not
+    over their share, and no earlier job is still waiting for room (large jobs are not starved)."""
+
+    def __init__(self):
+        self.condition = threading.Condition()
+        self.running: list[_Ticket] = []
+        self.waiting: list[_Ticket] = []
+        self.order = itertools.count()
+        self.peak_children = 0
+        self.peak_mb = 0
+
+    def _used(self, session=None, *, everyone: bool = True) -> int:
+        return sum(t.need_mb for t in self.running if everyone or t.session == session)
+
+    def _over_share(self, ticket: _Ticket) -> bool:
+        others_wait = any(w.session != ticket.session for w in self.waiting)
+        held = self._used(ticket.session, everyone=False)
+        return others_wait and held > 0 and held + ticket.need_mb > session_share() * budget_mb()
+
+    def _fits(self, ticket: _Ticket) -> bool:
+        if self._used() + ticket.need_mb > budget_mb():
+            return False
+        large = [t for t in self.running if t.need_mb > SMALL_JOB_MB]
+        return ticket.need_mb <= SMALL_JOB_MB or len(large) < max_children()
+
+    def _next(self) -> _Ticket | None:
+        eligible = [w for w in self.waiting if not self._over_share(w)]
+        head = (eligible or self.waiting or [None])[0]
+        if head is not None and self._fits(head):
+            return head
+        return next((w for w in self.waiting if w.need_mb <= SMALL_JOB_MB and self._fits(w)), None)
+
+    def _status(self, ticket: _Ticket) -> QueueStatus:
+        return QueueStatus(ahead=self.waiting.index(ticket), running=len(self.running), used_mb=self._used(),
+                           budget_mb=budget_mb(), waited_s=time.monotonic() - ticket.since)
+
+    @contextmanager
+    def slot(self, need_mb: int, name: str, session=None,
+             on_queue: Callable[[QueueStatus], None] | None = None) -> Iterator[None]:
+        budget = budget_mb()
+        if need_mb > budget:
+            raise SandboxError(f"{name} would need {need_mb:,} MB of memory to be read safely, more than the "
+                               f"{budget:,} MB all sandbox jobs share ({BUDGET_ENV})")
+        ticket = _Ticket(int(need_mb), session, next(self.order), time.monotonic())
+        told = None
+        with self.condition:
+            self.waiting.append(ticket)
+            try:
+                while self._next() is not ticket:
+                    status = self._status(ticket)
+                    if status.waited_s > QUEUE_WAIT_S:
+                        raise SandboxError(f"{name} waited more than {QUEUE_WAIT_S} s for the sandbox "
+                                           f"({status.ahead} jobs ahead, {status.running} running); try again later")
+                    if on_queue is not None and (status.ahead, status.running) != told:
+                        told = (status.ahead, status.running)
+                        on_queue(status)
+                    self.condition.wait(1.0)
+            finally:
+                self.waiting.remove(ticket)
+                self.condition.notify_all()
+            self.running.append(ticket)
+            self.peak_children = max(self.peak_children, len(self.running))
+            self.peak_mb = max(self.peak_mb, self._used())
+        try:
+            yield
+        finally:
+            with self.condition:
+                self.running.remove(ticket)
+                self.condition.notify_all()
+
+    def reset_peaks(self) -> None:
+        with self.condition:
+            self.peak_children, self.peak_mb = len(self.running), self._used()
+
+    def status(self) -> dict:
+        with self.condition:
+            return {"budget_mb": budget_mb(), "max_children": max_children(), "used_mb": self._used(),
+                    "running": len(self.running), "waiting": len(self.waiting),
+                    "peak_children": self.peak_children, "peak_mb": self.peak_mb}
+
+
+ADMISSION = Admission()
+
+
+def status() -> dict:
+    """The shared budget now: MB in use of the budget, children running and jobs waiting (and peaks)."""
+    return ADMISSION.status()
 
 
 
@@ -160,13 +349,23 @@ def _signal_name(number: int) -> str:
         return "unknown"
 
 
-def run_limited(target: str, args: list, limits: Limits, name: str, folder: str) -> int:
+def run_limited(target: str, args: list, limits: Limits, name: str, folder: str, *, session=None,
+                on_queue: Callable[[QueueStatus], None] | None = None) -> int:
     """Run ``target`` (``"module:function"``) on JSON ``args`` in a limited child; its exit code.
 
     0 or one of ``_EXIT_*`` when it ended by itself. A crash, a hang past ``limits.wall_s``, a CPU
-    or memory limit hit raises ``SandboxError``. The child's stdout/stderr go to
-    ``folder/child.log``, never to the caller's terminal.
+    or memory limit hit raises ``SandboxError``; so does a job that needs more than the shared
+    budget or waits for it longer than ``QUEUE_WAIT_S``. ``session`` and ``on_queue`` default to
+    ``session_scope``'s. The child's stdout/stderr go to ``folder/child.log``, never to the
+    caller's terminal.
     """
+    session = _SESSION.get() if session is None else session
+    on_queue = _ON_QUEUE.get() if on_queue is None else on_queue
+    with ADMISSION.slot(limits.memory_mb, name, session, on_queue):
+        return _run_admitted(target, args, limits, name, folder)
+
+
+def _run_admitted(target: str, args: list, limits: Limits, name: str, folder: str) -> int:
     request = {"target": target, "args": args, "folder": folder, "memory_mb": limits.memory_mb,
                "cpu_s": limits.cpu_s, "wall_s": limits.wall_s}
     reply = _server().run(request, limits.wall_s + SERVER_START_S)
