@@ -581,6 +581,18 @@ def test_url_and_record_points_beyond_the_limit_keep_the_first_and_say_so(files)
     assert not at.exception
     assert at.session_state["points"] == [(i, 0) for i in range(MAX_POINTS)]
     assert "The record holds 100,000 points; the first 8 are used" in notice(at)
+    # hostile records in the page: one line each, no error page
+    million = markup_record("x", sha, [{"x": 1, "y": 1}] * 1_000_000)
+    for name, record in [("deep", b"[" * 100_000 + b"]" * 100_000), ("million", million),
+                         ("infinite", markup_record("x", sha, [{"x": float("inf"), "y": 1}])),
+                         ("huge number", markup_record("x", sha, [{"x": 10**400, "y": 1}])),
+                         ("wrong type", markup_record("x", sha, [{"x": [1], "y": 1}])),
+                         ("outside", markup_record("x", sha, [{"x": -1, "y": 1}]))]:
+        at.file_uploader(key="record_upload").set_value((f"{name}.json", record, "application/json")).run()
+        assert not at.exception, name
+        shown = notice(at)
+        assert shown.startswith("Record not loaded: ") and "\n" not in shown and len(shown) < 400, (name, shown)
+    assert at.session_state["points"] == [(i, 0) for i in range(MAX_POINTS)]        # the good record's points
     points, kept = read_points_param(";".join(f"{p['x']},{p['y']}" for p in many), CROP)
     assert points == [(i, 0) for i in range(MAX_POINTS)] and kept.startswith("The URL holds 100,000 points")
     assert read_points_param("1,1;2,2", CROP) == ([(1, 1), (2, 2)], None)
