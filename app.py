@@ -19,6 +19,12 @@ import sys
 
 import streamlit as st
 
+from danet_app import warmup
+from danet_app.timeline import mark
+
+warmup.passive_threads()                     # before anything imports torch
+
+mark("script run starts")
 # An emoji icon: the browser draws it (a data: URL). A ":material/...:" page icon is fetched from
 # fonts.gstatic.com on every page load: nothing may leave the server (tests/test_browser_ui.py).
 st.set_page_config(page_title="danet-lens", page_icon="🔎", layout="wide")
@@ -38,8 +44,11 @@ if "danet_app.sidebar" not in sys.modules:          # the first run of this proc
         st.info("Loading the default model and the libraries (torch, timm)… the page fills in by itself.",
                 icon=":material/hourglass_top:")
 
+warmup.start()                               # once per process: the first visit's run starts it
 from danet_app import sidebar  # noqa: E402  (after the skeleton: this import is the slow part)
 from danet_app.layout import narrow_layout  # noqa: E402
+
+mark("app imports done")
 
 selection = sidebar.render()
 skeleton.empty()
@@ -52,5 +61,6 @@ if selection is None:
 else:
     page.run()
 sidebar.show_diagnostics()
+mark("script run ends")
 with st.sidebar:                  # collapses the sidebar once in a window narrower than 1,100 px
     narrow_layout()

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from danet_app import warmup               # stdlib only; the thread imports the heavy part
+
+warmup.passive_threads()                   # before anything imports torch
+
 
 @asynccontextmanager
 async def lifespan(_app):
-    from danet_app import warmup          # imports nothing heavy; the thread does
-
     warmup.start()
     yield
 

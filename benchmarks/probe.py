@@ -14,7 +14,7 @@ import time
 import torch
 
 from danet.inspection.memory import pam_method_for
-from danet.models.attention import pam_aggregate
+from danet.models import pam_aggregate
 
 from .measure import PeakMemory, PieceTimer, sync
 from .reference import make_head

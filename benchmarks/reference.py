@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from danet.models.attention import PositionAttention
-from danet.models.head import DAHead
+from danet.models import PositionAttention
+from danet.models import DAHead
 
 
 class ReferencePAM(nn.Module):
@@ -35,7 +35,7 @@ class ReferencePAM(nn.Module):
         attention = torch.softmax(energy, dim=-1)
         proj_value = self.value(x).view(b, -1, h * w)                      # (B, C, N)
         out = torch.bmm(proj_value, attention.permute(0, 2, 1)).view(b, c, h, w)
-        return self.alpha * out + x, proj_query, proj_key.transpose(1, 2)
+        return self.alpha * out + x, proj_query, proj_key.transpose(1, 2), proj_value.transpose(1, 2)
 
 
 CHUNK_ROWS = 1024          # queries per block in the benchmark's own chunked candidate
@@ -69,7 +69,7 @@ class ChunkedPAM(ReferencePAM):
         value = self.value(x).flatten(2).transpose(1, 2)                  # (B, N, C)
         out = chunked_aggregate(query, key, value, self.rows)
         out = out.transpose(1, 2).reshape(b, c, h, w)
-        return self.alpha * out + x, query, key
+        return self.alpha * out + x, query, key, value
 
 
 METHODS = ("ours", "reference", "chunked")

@@ -20,7 +20,8 @@ from danet.data.palettes import generic_dataset
 from danet.inspection import inspect_image
 from danet.inspection.memory import available_bytes, pam_method_for, pam_working_bytes
 from danet.models import DANetConfig, create_model
-from danet.models.attention import EXPLICIT_MAX_POSITIONS, pam_aggregate, pam_attention_explicit
+from danet.maps.dot_softmax import EXPLICIT_MAX_POSITIONS
+from danet.models import pam_aggregate, pam_attention_explicit
 
 from .measure import PieceTimer, interleaved_medians, median_seconds, run_probe
 from .probe import HEAD_CONVS, probe_head, probe_head_times
@@ -127,8 +128,8 @@ def check_same_outputs(plan: Plan) -> float:
             x = torch.randn(1, cin, *grid, generator=torch.Generator().manual_seed(2))
             ours = make_head(cin, inter, classes, "ours").inspect(x)
             reference = make_head(cin, inter, classes, "reference").inspect(x)
-            worst = max(worst, max(float((a - b).abs().max()) for a, b in
-                                   zip(ours[:3], reference[:3])))
+            worst = max(worst, max(float((ours.logits[name] - reference.logits[name]).abs().max())
+                                   for name in ours.logits))
     return worst
 
 

@@ -12,8 +12,9 @@ Install with ``pip install "danet-lens[app]"``; run with ``streamlit run app.py`
   ``display_modes``: its maths in numpy (the reference the browser is tested against).
 - ``budget``: the byte-bounded caches (results, models, decoded images) shared by all sessions.
 - ``measures_view``: pure helpers of the "Does attention matter?" page.
-- ``warmup``: loads the default model in a background thread once per process.
-"""
-from danet_app import warmup
+- ``warmup``: loads the default model in a background thread once per process, when an entry
+  point (``app.py``, ``serve.py``) asks for it.
 
-warmup.start()
+Importing this package or any of its modules starts nothing: no thread, no model load
+(``tests/test_app_imports.py`` checks it in a fresh interpreter).
+"""

@@ -22,13 +22,14 @@ import numpy as np
 from PIL import Image
 
 from danet.render import overlays as viz
-from danet.analysis.attention_stats import grid_labels
+from danet.maps.grid import grid_labels
 from danet.errors import InputError
 from danet.inspection import InspectionResult
 
 from danet_app import display_modes
 from danet_app.budget import ByteBudgetCache
 from danet_app.literal import plain
+from danet_app.timeline import mark
 
 STATIC = Path(__file__).resolve().parent / "static"
 COMPONENT_NAME = "danet_attention_view"
@@ -153,7 +154,9 @@ def cached_payload(result_key: str, result: InspectionResult, image: np.ndarray,
                              f"the browser, more than the {MAX_PAYLOAD_BYTES / MB:,.0f} MB it may send")
         return payload
 
-    return payload_cache().get(("view", result_key), build, lambda payload: payload["bytes"])
+    payload = payload_cache().get(("view", result_key), build, lambda payload: payload["bytes"])
+    mark("payload ready")
+    return payload
 
 
 _cache_holder = None
@@ -202,5 +205,7 @@ def view_data(payload: dict, view_settings: dict, *, send_payload: bool) -> dict
 def attention_view(payload: dict, view_settings: dict, *, key: str, send_payload: bool, on_pin, on_need):
     """Mount the view; ``on_pin`` runs (as a callback, before the rerun) when a point is pinned,
     ``on_need`` when the browser lacks the payload of the id it was given (after a reload)."""
-    return renderer()(data=view_data(payload, view_settings, send_payload=send_payload), key=key,
-                      on_pin_change=on_pin, on_need_change=on_need, width="stretch", height="content")
+    mounted = renderer()(data=view_data(payload, view_settings, send_payload=send_payload), key=key,
+                         on_pin_change=on_pin, on_need_change=on_need, width="stretch", height="content")
+    mark("view sent" + (" with its payload" if send_payload else ""))
+    return mounted

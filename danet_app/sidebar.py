@@ -31,6 +31,7 @@ from danet.weights import default_weights_path
 from danet_app import budget
 from danet_app.budget import ByteBudgetCache
 from danet_app.literal import code, md, visible
+from danet_app.timeline import mark
 from danet_app.state import (FORWARDS, LabelMap, Selection, dataset_guess, file_sha256, model_id, prepare_label_map,
                              result_key, sha256_bytes, switch_image_points)
 
@@ -366,9 +367,11 @@ def check_label_map(loaded: LoadedModel, image: LoadedImage, data: bytes | None,
 def build_selection() -> Selection | None:
     st.session_state.setdefault("points", [])
     loaded, identity, weights_sha256 = choose_model()
+    mark("model ready")
     if loaded is not None:
         show_model_summary(loaded)
     image, name, digest, label_bytes = choose_image()
+    mark("image decoded")
     if loaded is None or image is None:
         return None
     if (label_bytes is not None and st.session_state.get("image_source") == SAMPLE_SOURCE
@@ -393,6 +396,7 @@ def build_selection() -> Selection | None:
         except Exception as error:  # noqa: BLE001 - e.g. out of memory on a huge input
             failure = f"The forward pass failed: {md(describe_error(error))}"
             remember_failure(key, failure)
+    mark("forward done")
     if failure is not None:
         tell("error", failure)
         return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from danet.analysis.attention_stats import grid_labels
+from danet.maps.grid import grid_labels
 from danet.analysis.metrics import confusion_matrix, scores
 from danet.checkpoints.meta import LoadedModel
 from danet.checkpoints.read import bounded_json

@@ -21,7 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/helpers_*.py
 from danet.checkpoints import ModelMeta, save_model        # noqa: E402
 from danet.data.palettes import CAMVID, DatasetInfo, generic_dataset  # noqa: E402
 from danet.models import DANet, create_model               # noqa: E402
+from danet_app import warmup                                # noqa: E402  (stdlib only)
 from helpers_browser import launch_chromium, streamlit_server  # noqa: E402
+
+# AppTest runs app.py in this process, where the app's background warm-up (the default model and a
+# forward) would race the tests' own loads and forward counts. The servers the browser tests start
+# are processes of their own and warm up as a user's do.
+warmup.disable()
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -163,4 +163,4 @@ def wrap(state: dict, layout: str, meta: dict | None = None, module_prefix: bool
 @torch.inference_mode()
 def outputs(model: DANet, size=(64, 64), seed: int = 1) -> tuple[torch.Tensor, ...]:
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed))
-    return model(x)
+    return tuple(model(x).values())

@@ -36,7 +36,7 @@ def make_result(class_map: np.ndarray, query: torch.Tensor, key: torch.Tensor, g
     logits = torch.nn.functional.one_hot(torch.from_numpy(class_map).long(), len(CLASSES)).permute(2, 0, 1).float()
     cam = torch.softmax(torch.randn(channels, channels, generator=torch.Generator().manual_seed(0)), 1)
     maps = torch.rand(channels, *grid, generator=torch.Generator().manual_seed(1))
-    return InspectionResult(
+    return InspectionResult.for_da(
         image_size=(height, width), grid_size=grid, fused_logits=logits, pam_logits=logits.clone(),
         cam_logits=logits.roll(1, 0), pam_query=query, pam_key=key, cam_attention=cam.numpy(),
         cam_input=maps.numpy(), cam_output=(maps * 1.1).numpy(), alpha=0.5, beta=0.25, align_corners=False)
@@ -275,6 +275,17 @@ def test_forward_counter_and_result_key():
     assert result_key("m", "img", "cpu") != result_key("m", "img", "cuda")
 
 
+def test_the_app_record_round_trips_through_the_bounded_reader():
+    """A record the app exports (json_record) is read back by the app's loader unchanged."""
+    from danet_app.state import points_from_record
+
+    result = make_result(np.zeros((96, 128), np.int64), torch.zeros(6, 6), torch.zeros(6, 6))
+    points = [{"index": 1, "x": 5, "y": 6, "class": "a"}, {"index": 2, "x": 120, "y": 90, "class": "b"}]
+    model = {"classes": [f"class {i}" for i in range(3000)]}
+    metrics = {w: {"miou": None, "iou": {f"class {i}": 0.5 for i in range(3000)}} for w in ("fused", "pam", "cam")}
+    text = json_record(model, image_summary("i.png", "ab" * 32, (96, 128), (96, 128)), result, points,
+                       metrics=metrics)
+    assert points_from_record(text, "ab" * 32, (96, 128)) == [(5, 6), (120, 90)]
 def test_a_dataset_guessed_from_the_class_count_says_so():
     from danet_app.state import dataset_guess, dataset_label
 

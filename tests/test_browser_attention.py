@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import danet
-from danet.analysis.attention_stats import grid_labels
+from danet.maps.grid import grid_labels
 from danet.data.images import load_image
 from danet.inspection import inspect_image
 from danet_app import display_modes as dm

@@ -223,7 +223,7 @@ def test_missing_file_and_empty_file(tmp_path):
 
 def test_unknown_layout_names_its_keys(tmp_path):
     state = {"encoder.conv.weight": torch.zeros(4, 3, 3, 3), "decoder.cls.weight": torch.zeros(2, 4, 1, 1)}
-    with pytest.raises(CheckpointError, match="no known DANet layout") as info:
+    with pytest.raises(CheckpointError, match="no known layout") as info:
         load_model(save(state, tmp_path / "other.pth"))
     assert "encoder.conv.weight" in str(info.value) and "official" in str(info.value)
 
@@ -254,7 +254,7 @@ def test_missing_and_unexpected_keys_name_layout_and_keys(models, tmp_path):
     state = foreign_state(models["official"], "official")
     state["head.conv5a.2.weight"] = torch.zeros(3)
     state["head.conv9.weight"] = torch.zeros(3)
-    with pytest.raises(CheckpointError, match=r"official layout detected.*2 keys have no place in DANet: "
+    with pytest.raises(CheckpointError, match=r"official layout detected.*2 keys have no place in its da head or backbone: "
                                               r"head\.conv5a\.2\.weight, head\.conv9\.weight"):
         load_model(save(state, tmp_path / "x.pth"))
 

@@ -151,7 +151,7 @@ def test_write_measures_without_points_and_nan_as_null(tmp_path, image, checkpoi
 @pytest.mark.parametrize("extra, fragment", [
     (["--point", "500,10"], "outside"),
     (["--point", "1;2"], "X,Y"),
-    (["--labels", "{missing}"], "not a file"),
+    (["--labels", "{missing}"], "does not exist"),
     (["--labels", "{wrong_size}"], "label map must cover"),
     (["--labels", "{all_void}"], "void"),
     (["--out", "{a_file}"], "not a folder"),
@@ -170,7 +170,7 @@ def test_measures_unreadable_image_and_bad_checkpoint(tmp_path, checkpoint):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     assert_one_line_error(run("measures", broken, "--checkpoint", checkpoint), "broken.png")
-    assert_one_line_error(run("measures", tmp_path / "absent.png", "--checkpoint", checkpoint), "not a file")
+    assert_one_line_error(run("measures", tmp_path / "absent.png", "--checkpoint", checkpoint), "does not exist")
     image = write_image(tmp_path / "ok.png")
     assert_one_line_error(run("measures", image, "--checkpoint", tmp_path / "none.safetensors"), "does not exist")
 

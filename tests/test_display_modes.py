@@ -116,7 +116,7 @@ def test_rows_columns_and_regions_match_the_explicit_matrix(qk):
 
 def test_rows_match_inspection_result_rows(qk):
     query, key = qk
-    result = InspectionResult(image_size=(50, 70), grid_size=(5, 7), fused_logits=torch.zeros(3, 50, 70),
+    result = InspectionResult.for_da(image_size=(50, 70), grid_size=(5, 7), fused_logits=torch.zeros(3, 50, 70),
                               pam_logits=torch.zeros(3, 50, 70), cam_logits=torch.zeros(3, 50, 70),
                               pam_query=torch.from_numpy(query), pam_key=torch.from_numpy(key),
                               cam_attention=np.eye(2, dtype=np.float32), cam_input=np.zeros((2, 5, 7), np.float32),

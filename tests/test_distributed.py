@@ -30,6 +30,7 @@ from danet.errors import InputError
 from danet.jobs.evaluate import evaluate_loaded
 from danet.jobs.predict import PredictReport, merge_reports
 from danet.jobs.train import EpochSeeded, TrainConfig, build, train
+from danet.models import DANet
 
 
 # ---- one process: the helpers are exact no-ops, the sharding rule holds ----------------------------
@@ -162,14 +163,46 @@ def train_args(data, out, epochs, batch):
             "--freeze-bn", "--threads", 1, "--device", "cpu", "--epochs", epochs, "--batch-size", batch]
 
 
+def image_by_image(forward):
+    """``DANet.forward`` run on each image of the batch alone and concatenated: the same function
+    (BN frozen, no dropout, nothing mixes images), computed with the batch-1 kernels each process
+    of a data-parallel run uses."""
+    def run(self, x):
+        outputs = [forward(self, x[i:i + 1].clone()) for i in range(x.shape[0])]
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
+    return run
+
+
 @pytest.mark.slow
-def test_two_processes_train_as_one_with_the_global_batch_and_resume(tmp_path):
-    """Every step: 2 processes x batch 1 give the same mean loss and update as 1 process x batch 2
-    (the images are full frames, so each holds as many labelled pixels; BN frozen, no dropout)."""
+def test_two_processes_train_as_one_with_the_global_batch_and_resume(tmp_path, monkeypatch):
+    """2 processes x batch 1 under torchrun end with the same weights and optimizer state, bit for
+    bit, as 1 process x batch 2 (the images are full frames, so each holds as many labelled pixels;
+    BN frozen, no dropout), after one epoch and a resumed second.
+
+    Why bit for bit, and why the one-process run computes its batch image by image: a batch-2
+    forward sums in another order than two batch-1 forwards (outputs agree to about 3e-8). That
+    alone would be harmless, but ReLU's derivative jumps at 0: here one pre-activation of layer4
+    is 3.4e-8 (its summands are about 1) computed one way and exactly 0 the other, so ReLU passes
+    that unit's gradient in one run and blocks it in the other, and the parameter gradients differ
+    by up to 1.3% of a layer's largest gradient, not by rounding. AdamW then moves each weight by
+    about lr_t per step whatever its gradient's size (m/sqrt(v) is 1 at the first step), so where
+    that flips a gradient's sign the weights part by up to 2 * sum(lr_t): the only elementwise
+    bound batched and image-by-image training have is twice the update itself (measured 1.3e-4
+    against a 3e-4 update), which no tolerance can test. Computed image by image, each image's
+    gradient is the same sums in the same order as in its own process; the one-process loss mean
+    over 2n pixels scales it by 1/(2n) where DDP scales by 1/n and then halves, both exact powers
+    of two apart, and a sum of two terms does not depend on its order. So the two runs must agree
+    exactly on any machine (the batched path is PyTorch's, not the trainer's, and is not what this
+    test is about): any difference is the trainer's (sampler order, gradient averaging, the lr
+    schedule, resume, optimizer state). The logged loss is a float32 mean over 2 x 2976 pixels
+    summed in another order than DDP's mean of two means: rounding, far below the 1e-5 asked."""
     data = make_camvid_like(tmp_path / "data", n_train=4, n_val=3)
     one = tmp_path / "one"
-    for epochs in (1, 2):                               # the second call resumes from last.pt
-        train(TrainConfig(data=str(data), out=str(one), epochs=epochs, batch_size=2, **TRAIN), log=lambda *_: None)
+    with monkeypatch.context() as patch:
+        patch.setattr(DANet, "forward", image_by_image(DANet.forward))
+        for epochs in (1, 2):                               # the second call resumes from last.pt
+            train(TrainConfig(data=str(data), out=str(one), epochs=epochs, batch_size=2, **TRAIN),
+                  log=lambda *_: None)
     two = tmp_path / "two"
     first = torchrun(*train_args(data, two, 1, 1))
     second = torchrun(*train_args(data, two, 2, 1))
@@ -182,16 +215,22 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume(tmp_path):
     assert [r["step"] for r in log_two] == [r["step"] for r in log_one] == [2, 4]
     for a, b in zip(log_one, log_two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
-        assert b["val_miou"] == pytest.approx(a["val_miou"], abs=1e-9)
-    weights_one = torch.load(one / "last.pt", weights_only=True)["model"]
-    weights_two = torch.load(two / "last.pt", weights_only=True)["model"]
+        assert b["val_miou"] == a["val_miou"]
+    state_one = torch.load(one / "last.pt", weights_only=True)
+    state_two = torch.load(two / "last.pt", weights_only=True)
+    weights_one, weights_two = state_one["model"], state_two["model"]
     assert weights_one.keys() == weights_two.keys()
     for key, value in weights_one.items():
-        torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(weights_two[key], value, rtol=0, atol=0, msg=key)
+    moments_one, moments_two = state_one["optimizer"]["state"], state_two["optimizer"]["state"]
+    assert moments_one.keys() == moments_two.keys()
+    for index, moments in moments_one.items():
+        for name, value in moments.items():
+            torch.testing.assert_close(moments_two[index][name], value, rtol=0, atol=0, msg=f"{index}.{name}")
     torch.manual_seed(0)                                             # train() seeds so before building
     initial = build(TrainConfig(data=str(data), **TRAIN)).state_dict()
     moved = max(float((weights_one[k].float() - v.float()).abs().max()) for k, v in initial.items())
-    assert 1e-4 < moved < 1e-2                  # the steps did move the weights, far beyond the tolerance
+    assert 1e-4 < moved < 1e-2                                       # the steps did move the weights
     exported = danet.load(two / "best.safetensors").meta.extra["training"]
     assert (exported["processes"], exported["effective_batch_size"]) == (2, 2)
 

@@ -105,6 +105,26 @@ def test_readme_has_exactly_the_two_setup_commands():
     assert 'python -m pytest -m "not slow" -q' in setup, "the fast lane belongs next to the full test command"
 
 
+CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+
+
+def test_the_cpu_route_is_the_two_setup_commands_with_the_cpu_index():
+    """The CPU route stays in step with Set up: the same two commands, PyTorch's CPU wheel index
+    added to each install, and what each route costs is stated."""
+    section = _section(README.read_text(), "CPU only: without CUDA's libraries")
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 1, "the CPU section should hold one bash block"
+    commands = [line.strip() for line in blocks[0].splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    expected = [command.replace(" && ", f" {CPU_INDEX} && ", 1) for command in (APP_COMMAND, TEST_COMMAND)]
+    assert commands == expected, f"the CPU route should be {expected}, found {commands}"
+    assert "| default (PyPI's CUDA build) |" in section and "| CPU index |" in section, "say what each route costs"
+
+
+def test_setup_says_the_app_listens_on_every_interface():
+    setup = _section(README.read_text(), "Set up")
+    assert "every network interface" in setup and "--server.address 127.0.0.1" in setup
+
+
 def _ci_commands() -> tuple[list[str], list[str]]:
     """.ci/run's pip-install and pytest command lines, as argument lists."""
     installs, tests = [], []

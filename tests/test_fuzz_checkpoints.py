@@ -113,7 +113,7 @@ def check_contract(data: bytes, name: str, via: str = "bytes") -> LoadedModel | 
 def outcome(message: str) -> str:
     """The kind of refusal, for the statistics: which stage of the loader stopped the file."""
     for words in ("truncated or corrupted", "not a valid safetensors", "not a checkpoint", "is empty",
-                  "refused to load", "metadata that cannot be read", "cannot be built", "no known DANet layout",
+                  "refused to load", "metadata that cannot be read", "cannot be built", "no known layout",
                   "no weights found", "have no place", "do not fit", "is missing", "not a dict", "holds a"):
         if words in message:
             return words

@@ -442,7 +442,7 @@ def outputs(loaded, seed: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        result = loaded.model(x)
+        result = tuple(loaded.model(x).values())
     return torch.cat([t.flatten() for t in (result if isinstance(result, (tuple, list)) else (result,))])
 
 
@@ -499,6 +499,108 @@ def test_inspection_memory_counts_logits_and_refuses_before_running(monkeypatch)
         check_inspection_fits(wide, (1000, 1000))
 
 
+# ---- records handed back (the app's "Load a record") -----------------------------------------
+RECORD_SHA = "ab" * 32
+RECORD_SIZE = (96, 128)                          # (H, W) of the image the record must be for
+
+
+def record_text(points=None, **fields) -> str:
+    image = {"name": "crop.png", "sha256": RECORD_SHA, "size": {"height": 96, "width": 128}}
+    image.update(fields.pop("image", {}))
+    record = {"tool": "danet-lens", "image": image,
+              "points": [{"x": 3, "y": 4}, {"x": 100, "y": 50}] if points is None else points, **fields}
+    return json.dumps(record)
+
+
+def replaced(old: str, new: str) -> str:
+    text = record_text()
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def bracket_bomb(depth: int) -> str:
+    return '{"tool": "danet-lens", "points": [], "x": ' + "[" * depth + "]" * depth + "}"
+
+
+# name -> (the file's text or bytes, message pattern)
+RECORD_CASES = {
+    "nested 100,000 deep": (bracket_bomb(100_000), r"nests 100,001 levels deep, more than the 32"),
+    "nested 100,000 deep, unclosed": ("[" * 100_000, r"nests 100,000 levels deep"),
+    "infinite number (1e400)": (replaced('"x": 3', '"x": 1e400'), r"a number out of range \(1e400\)"),
+    "NaN": (replaced('"x": 3', '"x": NaN'), r"holds NaN, which is not a number JSON allows"),
+    "-Infinity": (replaced('"y": 4', '"y": -Infinity'), r"holds -Infinity"),
+    "a 5,000-digit number": (replaced('"x": 3', '"x": ' + "9" * 5000), r"a number of 5,000 characters"),
+    "a 30-digit coordinate": (replaced('"x": 3', '"x": ' + "9" * 30), r"point \(9{30}, 4\) lies outside the 128x96 image"),
+    "17 MB of spaces": (" " * (17 << 20), r"is 17,825,792 bytes, more than the 16,777,216"),
+    "a million empty objects": ('{"tool": "danet-lens", "points": [' + ",".join(["{}"] * 10**6) + "]}",
+                                r"holds about 2,000,00\d values, more than the 1,000,000"),
+    "10^6 points": (record_text([{"x": i % 128, "y": i % 96} for i in range(10**6)]),
+                    r"more than the 16,777,216|lists 1,000,000 points; a page keeps at most 8"),
+    "20,000 points, compact": ('{"tool":"danet-lens","image":{"sha256":"%s"},"points":[%s]}'
+                               % (RECORD_SHA, ",".join(['{"x":1,"y":2}'] * 20_000)),
+                               r"lists 20,000 points; a page keeps at most 8"),
+    "9 distinct points": (record_text([{"x": i, "y": 1} for i in range(9)]), r"holds 9 points; a page keeps at most 8"),
+    "x a string": (replaced('"x": 3', '"x": "3"'), r"""point 1's x is "3", not a whole number"""),
+    "x true": (replaced('"x": 3', '"x": true'), r"point 1's x is true, not a whole number"),
+    "x 1.5": (replaced('"x": 3', '"x": 1.5'), r"point 1's x is 1.5, not a whole number"),
+    "x null": (replaced('"x": 3', '"x": null'), r"point 1's x is null"),
+    "x a list": (replaced('"x": 3', '"x": [3]'), r"point 1's x is \[3\]"),
+    "point outside": (replaced('"x": 100', '"x": 128'), r"point \(128, 50\) lies outside the 128x96 image"),
+    "negative point": (replaced('"y": 4', '"y": -4'), r"point \(3, -4\) lies outside"),
+    "point without y": (record_text([{"x": 1}]), r"point 1 is \{\"x\": 1\}, not an object with x and y"),
+    "point a number": (record_text([7]), r"point 1 is 7, not an object with x and y"),
+    "points a string": (record_text("1,2"), r"points are \"1,2\", not a list"),
+    "image a string": (replaced('"image": {', '"image": "x", "_": {'), r"image is \"x\", not a description"),
+    "size a string": (replaced('{"height": 96, "width": 128}', '"96x128"'), r"image size is \"96x128\""),
+    "size infinite": (replaced('"height": 96', '"height": 1e999'), r"a number out of range"),
+    "size with a float height": (replaced('"height": 96', '"height": 96.5'), r"image height is 96.5, not a whole"),
+    "another size": (replaced('"height": 96', '"height": 48'), r"image was 128x48, this one is 128x96"),
+    "another image, 5 MB name": (record_text(image={"sha256": "cd" * 32, "name": "A" * 5_000_000}),
+                                 r"for another image \(A{57}\.\.\.\); choose that image first"),
+    "not UTF-8": (b"\xff\xfe{\x00", r"not UTF-8 text"),
+    "not JSON": ("hello", r"not valid JSON"),
+    "a JSON list": ("[1, 2]", r"not a danet-lens record"),
+    "another tool's JSON": ('{"points": []}', r"not a danet-lens record"),
+    "escaped quotes hiding brackets": ('"\\\\\\"' + "[" * 50_000, r"nests 50,000 levels deep|not valid JSON"),
+}
+
+
+def load_record(data):
+    from danet.safety.records import read_points_record
+
+    return lambda: read_points_record(data, RECORD_SHA, RECORD_SIZE, 8)
+
+
+@pytest.mark.parametrize("case", list(RECORD_CASES))
+def test_hostile_record_is_a_one_line_input_error(case):
+    data, pattern = RECORD_CASES[case]
+    outcome, seconds, grew_mb = measure(load_record(data))
+    check_refusal(outcome, seconds, grew_mb, InputError, pattern, 5)
+
+
+def test_genuine_records_load_their_points():
+    from danet.safety.records import read_points_record
+
+    text = record_text([{"x": 3, "y": 4, "class": "road", "entropy_bits": 1.5}, {"x": 3.0, "y": 4},
+                        {"x": 127, "y": 95}], created="2026-01-01T00:00:00+00:00",
+                       metrics={"fused": {"miou": None, "iou": {"road": 0.5}}})
+    assert read_points_record(text, RECORD_SHA, RECORD_SIZE, 8).points == [(3, 4), (127, 95)]
+    assert read_points_record(text.encode("utf-8-sig"), RECORD_SHA, RECORD_SIZE, 8).points == [(3, 4), (127, 95)]
+    assert read_points_record(record_text([]), RECORD_SHA, RECORD_SIZE, 8).points == []
+
+
+def test_json_scan_is_the_same_in_any_chunk_size():
+    from danet.safety.records import scan_json
+
+    rng = np.random.default_rng(0)
+    pieces = ['"a\\\\"', '"\\"["', "[", "]", "{", "}", ",", ":", '"x"', "1", '"\\\\\\""', " "]
+    for _ in range(60):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 40))))
+        whole = scan_json(text)
+        assert all(scan_json(text, chunk) == whole for chunk in (1, 2, 3, 5, 16))
+    assert scan_json('[{"a": "[[["}, [1, 2]]').depth == 2
+
+
 # ---- the table for docs/hardening.md ----------------------------------------------------------
 def table() -> str:
     import pytest as _pytest
@@ -515,6 +617,9 @@ def table() -> str:
     outcome, seconds, grew = measure(lambda: load_image(data))
     rows.append(f"| progressive JPEG, 5,000 scans | {type(outcome).__name__}: {str(outcome)[:110]} | {seconds:.2f} | "
                 f"{grew:.0f} |")
+    for name, (data, _pattern) in RECORD_CASES.items():
+        outcome, seconds, grew = measure(load_record(data))
+        rows.append(f"| record: {name} | {type(outcome).__name__}: {str(outcome)[:110]} | {seconds:.2f} | {grew:.0f} |")
     patch.undo()
     return "\n".join(rows)
 

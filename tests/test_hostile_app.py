@@ -168,6 +168,41 @@ def test_a_bad_upload_errs_only_in_its_own_session(case, files, tight_limits):
     print(f"\n{case}: {seconds:.2f} s, error: {shown[0][:140]}")
 
 
+def hostile_records(sha: str) -> dict[str, tuple[bytes, str]]:
+    """name -> (the record's bytes, what its one-line notice must say); ``sha`` is the image's."""
+    def record(points: str, size: str = '{"height": 96, "width": 128}') -> bytes:
+        return ('{"tool": "danet-lens", "image": {"name": "crop.png", "sha256": "%s", "size": %s}, "points": %s}'
+                % (sha, size, points)).encode()
+
+    return {
+        "nested 100,000 deep": (record("[" * 100_000 + "]" * 100_000), "nests 100,001 levels deep"),
+        "an infinite x": (record('[{"x": 1e400, "y": 3}]'), "a number out of range (1e400)"),
+        "NaN": (record('[{"x": NaN, "y": 3}]'), "holds NaN"),
+        "x a string": (record('[{"x": "5", "y": 3}]'), "point 1's x is \"5\", not a whole number"),
+        "points an object": (record('{"x": 5}'), "points are {\"x\": 5}, not a list"),
+        "size infinite": (record("[]", '{"height": 1e999, "width": 128}'), "a number out of range"),
+        "10^6 points": (record("[" + ",".join(['{"x":1,"y":2}'] * 10**6) + "]"), "values, more than the 1,000,000"),
+        "20 points": (record(json.dumps([{"x": i, "y": 2} for i in range(20)])), "holds 20 points; a page keeps at most 8"),
+        "a point outside": (record('[{"x": 128, "y": 3}]'), "point (128, 3) lies outside the 128x96 image"),
+    }
+
+
+@pytest.mark.slow
+def test_a_hostile_record_is_one_notice_and_keeps_the_points(files):
+    """Load a record: deep, non-finite, wrong types, out-of-range, 10^6 points: one line, no page error."""
+    at = victim(files)
+    sha = hashlib.sha256(files["crop.png"]).hexdigest()
+    for name, (data, expected) in hostile_records(sha).items():
+        at.file_uploader(key="record_upload").set_value((f"{name}.json", data, "application/json")).run()
+        assert not at.exception, (name, at.exception)
+        notices = [w.value for w in at.warning if "Record not loaded" in w.value]
+        assert len(notices) == 1 and expected in notices[0] and "\n" not in notices[0], (name, notices)
+        assert at.session_state["points"] == [(10, 10), (100, 60)], name
+    good = json.dumps({"tool": "danet-lens", "image": {"sha256": sha}, "points": [{"x": 7, "y": 8}]}).encode()
+    at.file_uploader(key="record_upload").set_value(("good.json", good, "application/json")).run()
+    assert not at.exception and at.session_state["points"] == [(7, 8)]
+
+
 def test_a_3000_class_model_on_a_small_image_works_with_a_bounded_legend(files):
     at = session(("classes3000.safetensors", files["classes3000.safetensors"]), ("small.png", files["small.png"]))
     assert not at.exception and errors(at) == [], errors(at)

@@ -654,3 +654,247 @@ def test_the_audit_sees_writes_beside_out(tmp_path):
         (out / "link" / "through.txt").write_text("x")
         (out / "inside.txt").write_text("x")
     assert sorted(Path(p).name for p in audit.outside(out, tmp_path)) == ["beside.txt", "through.txt"]
+
+
+# ---- every numeric option at its bounds and beyond (issue 26) ---------------------------------
+# The least each command needs to parse; nothing here runs a command's body.
+REQUIRED = {"predict": ["x.png", "--out", "o"], "attention": ["x.png", "--point", "1,1", "--out", "o"],
+            "figure": ["x.png", "--point", "1,1", "--out", "f.png"], "measures": ["x.png"],
+            "attention-stats": ["--data", "d", "--out", "o"], "evaluate": ["--data", "d"], "train": ["--data", "d"],
+            "convert": ["a.pth", "b.safetensors"], "info": []}
+
+
+def numeric_options():
+    """(command, option, Range) for every option of every command whose value is a number; an option
+    typed int/float without a ``ranged`` declaration fails here, so none can be added unbounded."""
+    import typing
+
+    import typer.main
+
+    from danet.cli import app
+    from danet.cli.ranges import RangeCheck
+
+    def numeric(annotation) -> bool:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return annotation in (int, float) or any(numeric(a) for a in inner)
+
+    group = typer.main.get_command(app)
+    found, unbounded = [], []
+    for name, command in group.commands.items():
+        for param in command.params:
+            described = param.type_descriptor
+            parser = getattr(described.parameter_info, "parser", None)
+            if isinstance(parser, RangeCheck):
+                found.append((name, parser.option, parser.spec))
+            elif numeric(described.annotation):
+                unbounded.append(f"{name} {param.opts[0]}")
+    assert not unbounded, f"numeric options without a documented range: {unbounded}"
+    assert set(REQUIRED) == set(group.commands), "a new command needs its required arguments in REQUIRED"
+    return found
+
+
+NUMERIC = numeric_options()
+
+
+def test_every_numeric_option_is_in_the_ranges_table():
+    from danet.cli.ranges import RANGES
+
+    assert {f"{command} {option}" for command, option, _ in NUMERIC} == set(RANGES)
+    assert len(NUMERIC) == len(RANGES) == 28
+
+
+def parse_only(command: str, option: str, value: str):
+    """The value the option gets after parsing ``danet COMMAND ... OPTION VALUE`` (the body is not run)."""
+    import typer.main
+
+    from danet.cli import app
+
+    group = typer.main.get_command(app)
+    context = group.commands[command].make_context(command, [*REQUIRED[command], option, value])
+    name = next(p.name for p in group.commands[command].params if option in p.opts)
+    got = context.params[name]
+    return got[-1] if isinstance(got, (list, tuple)) else got
+
+
+def beyond(spec) -> list[str]:
+    """Values just outside ``spec``, plus values that are no number at all."""
+    if spec.whole:
+        outside = [str(int(spec.low) - 1), str(int(spec.high) + 1), str(10**30), "-" + str(10**30), "1.5", "1e3"]
+        outside += [str(v) for v in range(int(spec.low), int(spec.high) + 1) if v not in spec.choices][:2] if spec.choices else []
+    else:
+        step = max((spec.high - spec.low) * 1e-3, 1e-9)
+        outside = [repr(spec.low - step), repr(spec.high + step), "1e400", "-1e400", "nan", "inf"]
+    return outside + ["abc", "", "0x10"]
+
+
+@pytest.mark.parametrize("command, option, spec", NUMERIC, ids=[f"{c} {o}" for c, o, _ in NUMERIC])
+def test_numeric_option_at_its_bounds_parses(command, option, spec):
+    values = list(spec.choices) or [spec.low, spec.high]
+    for value in values:
+        text = str(int(value)) if spec.whole else repr(float(value))
+        assert parse_only(command, option, text) == value, (command, option, text)
+
+
+@pytest.mark.parametrize("command, option, spec", NUMERIC, ids=[f"{c} {o}" for c, o, _ in NUMERIC])
+def test_numeric_option_beyond_its_bounds_is_one_line_before_any_work(command, option, spec, monkeypatch):
+    import danet.cli.options as options
+
+    monkeypatch.setattr(options, "load", lambda *a, **k: pytest.fail("a model was loaded for a bad option"))
+    for value in beyond(spec):
+        result = run(command, *REQUIRED[command], option, value)
+        line = assert_one_line_error(result, option)
+        assert f"its range is {spec.text()}" in line or f"outside its range {spec.text()}" in line or \
+            f"is not one of {spec.text()}" in line, line
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["measures", "x.png", "--point", "5,5", "--draws", "1000000000"], "--draws 1000000000 is outside its range 1 to 100"),
+    (["measures", "x.png", "--seed", "-1"], "--seed -1 is outside its range 0 to 4,294,967,295"),
+    (["train", "--data", "d", "--crop", "100000,100000"], "each side must be 32 to 4096 pixels"),
+    (["train", "--data", "d", "--scale", "0.1,1e400"], "need 0.1 <= LOW <= HIGH <= 4"),
+    (["evaluate", "--data", "d", "--scales", ",".join(["1"] * 9)], "lists 9 scales; at most 8"),
+    (["evaluate", "--data", "d", "--scales", "nan"], "each scale must lie between 0.1 and 4"),
+])
+def test_numbers_inside_text_options_are_bounded_too(args, fragment):
+    assert_one_line_error(run(*args), fragment)
+
+
+def test_points_are_bounded_in_number_and_value(tmp_path):
+    from danet.jobs.attention import MAX_QUERY_POINTS
+
+    image = write_image(tmp_path / "x.png")
+    many = [a for i in range(MAX_QUERY_POINTS + 1) for a in ("--point", f"{i % 60},1")]
+    assert_one_line_error(run("attention", image, *many, "--out", tmp_path / "o"), "65 points given; at most 64")
+    for point, fragment in [("1e400,5", "is not finite"), ("nan,5", "is not finite"), ("5", "is not X,Y"),
+                            ("64,5", "lies outside the 64x48 image"), ("-1,5", "lies outside")]:
+        assert_one_line_error(run("measures", image, "--point", point), fragment)
+
+
+def test_the_library_refuses_the_same_knockout_settings():
+    from danet.analysis.knockout import check_knockout_settings
+    from danet.errors import InputError
+
+    check_knockout_settings(10**6, 100, 2**32 - 1)             # max_k stops at the grid's cells anyway
+    for max_k, draws, seed, fragment in [(0, 5, 0, "max_k must be"), (64, 10**9, 0, "draws must be"),
+                                         (64, 0, 0, "draws must be"), (64, 5, -1, "seed must be"),
+                                         (64, 5, 2**32, "seed must be"), (64, True, 0, "draws must be")]:
+        with pytest.raises(InputError, match=fragment):
+            check_knockout_settings(max_k, draws, seed)
+
+
+def test_measures_runs_at_the_upper_bounds_of_its_numbers(tmp_path, checkpoint):
+    """The reported case, at the largest values its ranges allow: a result, not a MemoryError."""
+    image = write_image(tmp_path / "x.png")
+    result = run("measures", image, "--point", "5,5", "--draws", 100, "--max-k", 4096, "--seed", 2**32 - 1,
+                 "--checkpoint", checkpoint, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["settings"]["draws"] == 100 and record["settings"]["seed"] == 2**32 - 1
+
+
+def test_docs_list_every_range():
+    from danet.cli.ranges import RANGES
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    missing = [k for k, spec in RANGES.items() if f"| `{k}` | {spec.text()} |" not in text]
+    assert not missing, f"docs/cli.md does not list the ranges of {missing}"
+
+
+# ---- a FIFO or a link to /dev/zero for every command's file argument (issue 26) ---------------
+def special_file(kind: str, path: Path) -> Path:
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    return path
+
+
+# name -> (arguments given the special file S, a good image I, a checkpoint C, a dataset D, a folder T)
+FILE_ARGUMENTS = {
+    "predict IMAGE": lambda S, I, C, D, T: ["predict", S("x.png"), "--out", T / "o", "--checkpoint", C],
+    "predict --checkpoint": lambda S, I, C, D, T: ["predict", I, "--out", T / "o", "--checkpoint", S("m.safetensors")],
+    "attention IMAGE": lambda S, I, C, D, T: ["attention", S("x.png"), "--point", "1,1", "--out", T / "o",
+                                             "--checkpoint", C],
+    "attention --checkpoint": lambda S, I, C, D, T: ["attention", I, "--point", "1,1", "--out", T / "o",
+                                                    "--checkpoint", S("m.pth")],
+    "figure IMAGE": lambda S, I, C, D, T: ["figure", S("x.png"), "--point", "1,1", "--out", T / "f.png",
+                                          "--checkpoint", C],
+    "figure --checkpoint": lambda S, I, C, D, T: ["figure", I, "--point", "1,1", "--out", T / "f.png",
+                                                 "--checkpoint", S("m.pth")],
+    "measures IMAGE": lambda S, I, C, D, T: ["measures", S("x.png"), "--checkpoint", C],
+    "measures --labels": lambda S, I, C, D, T: ["measures", I, "--labels", S("l.png"), "--checkpoint", C],
+    "measures --checkpoint": lambda S, I, C, D, T: ["measures", I, "--checkpoint", S("m.safetensors")],
+    "attention-stats --checkpoint": lambda S, I, C, D, T: ["attention-stats", "--data", D, "--out", T / "o",
+                                                          "--checkpoint", S("m.pth")],
+    "evaluate --checkpoint": lambda S, I, C, D, T: ["evaluate", "--data", D, "--checkpoint", S("m.pth")],
+    "train --init": lambda S, I, C, D, T: ["train", "--data", D, "--out", T / "run", "--init", S("m.pth"),
+                                          "--no-imagenet", "--max-steps", 1],
+    "convert SOURCE": lambda S, I, C, D, T: ["convert", S("m.pth"), T / "out.safetensors"],
+    "info CHECKPOINT": lambda S, I, C, D, T: ["info", S("m.pth")],
+    "info --checkpoint": lambda S, I, C, D, T: ["info", "--checkpoint", S("m.safetensors")],
+}
+
+
+def run_with_deadline(seconds: float, args, fifos: list[Path]):
+    """``run(*args)`` in a thread; a hang fails the test (and the FIFO's blocked reader is released)."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=run(*args)), daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for fifo in fifos:                       # let a reader blocked in open() go, then fail
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        thread.join(5)
+        pytest.fail(f"danet {' '.join(map(str, args))} still ran after {seconds} s")
+    return box["result"], time.perf_counter() - started
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero_link"])
+@pytest.mark.parametrize("case", list(FILE_ARGUMENTS))
+def test_a_special_file_as_any_file_argument_is_refused_at_once(case, kind, tmp_path, checkpoint):
+    image = write_image(tmp_path / "ok.png")
+    data = make_camvid_like(tmp_path / "camvid")
+    specials: list[Path] = []
+
+    def special(name: str) -> Path:
+        specials.append(special_file(kind, tmp_path / name))
+        return specials[-1]
+
+    args = FILE_ARGUMENTS[case](special, image, checkpoint, data, tmp_path)
+    result, seconds = run_with_deadline(30, [*args, "--device", "cpu"] if case.split()[0] not in ("convert",)
+                                        else args, specials)
+    assert_one_line_error(result, str(specials[0].name), "not a regular file (a pipe, socket or device)")
+    assert seconds < 30
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero_link"])
+def test_a_special_file_in_place_of_an_output_file_is_replaced_not_written_through(kind, tmp_path, checkpoint):
+    """Output files are renamed into place, so a FIFO or a /dev/zero link there is replaced: no hang."""
+    image = write_image(tmp_path / "ok.png")
+    figure = special_file(kind, tmp_path / "f.png")
+    result, _ = run_with_deadline(60, ["figure", image, "--point", "1,1", "--out", figure, "--checkpoint", checkpoint,
+                                       "--device", "cpu", "--dpi", 50], [figure])
+    assert result.exit_code == 0, result.output
+    assert figure.is_file() and not figure.is_symlink() and figure.read_bytes()[:4] == b"\x89PNG"
+    destination = special_file(kind, tmp_path / "out.safetensors")
+    result, _ = run_with_deadline(60, ["convert", checkpoint, destination], [destination])
+    assert result.exit_code == 0, result.output
+    assert destination.is_file() and not destination.is_symlink() and Path("/dev/zero").is_char_device()
+
+
+def test_a_folder_holding_a_fifo_or_a_dev_zero_link_skips_them(tmp_path, checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "good.png")
+    special_file("fifo", folder / "pipe.png")
+    special_file("dev_zero_link", folder / "zero.png")
+    result, _ = run_with_deadline(60, ["predict", folder, "--out", tmp_path / "o", "--checkpoint", checkpoint,
+                                       "--device", "cpu"], [folder / "pipe.png"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir()) == ["good"]

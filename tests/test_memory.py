@@ -14,7 +14,7 @@ from danet.inspection import inspect_image
 from danet.inspection.memory import (ALLOCATOR_SLACK, check_forward_fits, estimate_forward, estimate_forward_bytes,
                           pam_working_bytes)
 from danet.models import create_model
-from danet.models.attention import EXPLICIT_MAX_POSITIONS
+from danet.maps.dot_softmax import EXPLICIT_MAX_POSITIONS
 
 TINY = dict(backbone="resnet18", num_classes=5, head_channels=32)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import danet.models.attention as attention
+import danet.maps.dot_softmax as attention
 from danet.inspection import inspect_image, to_tensor
 from danet.models import ChannelAttention, DAHead, PositionAttention, pam_aggregate
 from danet.models.backbones import DilatedResNet
@@ -70,7 +70,7 @@ def test_pam_aggregate_methods_match_reference(d, c):
     expected = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)   # no 1/sqrt(d)
     for method in ("explicit", "chunked", "sdpa", "auto"):
         torch.testing.assert_close(pam_aggregate(q, k, v, method), expected, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="unknown PAM method"):
+    with pytest.raises(ValueError, match="unknown attention method"):
         pam_aggregate(q, k, v, "fast")
 
 
@@ -81,7 +81,7 @@ def test_position_attention_matches_official_maths(method):
         pam.alpha.fill_(0.8)
     x = torch.randn(2, 32, 6, 7)
     with torch.no_grad():
-        got, query, key = pam.attend(x)
+        got, query, key, _ = pam.attend(x)
         want, attn = reference_pam(x, pam.query, pam.key, pam.value, pam.alpha)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.softmax(query @ key.transpose(1, 2), -1), attn, rtol=1e-5, atol=1e-6)
@@ -117,7 +117,7 @@ def test_da_head_matches_hand_written_forward():
         x = torch.randn(1, 48, 7, 9)
         got = head(x)
         want = reference_head(head, x)
-    for name, g, w in zip(("fused", "pam", "cam"), got, want):
+    for name, g, w in zip(("fused", "pam", "cam"), got.values(), want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -139,7 +139,7 @@ def test_inspection_rows_equal_explicit_softmax_rows(small_model):
         pam_in = small_model.head.pam_in_conv(features)
         _, attn = reference_pam(pam_in, small_model.head.pam.query, small_model.head.pam.key,
                                 small_model.head.pam.value, small_model.head.pam.alpha)
-        fused = small_model(to_tensor(img))[0][0]
+        fused = small_model(to_tensor(img))["fused"][0]
     gh, gw = result.grid_size
     assert (gh, gw) == tuple(features.shape[-2:]) == (9, 12)
     torch.testing.assert_close(result.fused_logits, fused, rtol=1e-4, atol=1e-4)
@@ -241,9 +241,9 @@ def test_auto_picks_explicit_for_small_grids(monkeypatch):
 
 def test_auto_path_per_device():
     n = attention.EXPLICIT_MAX_POSITIONS
-    assert attention.pam_method_for(n, "cpu") == attention.pam_method_for(n, "cuda") == "explicit"
-    assert attention.pam_method_for(n + 1, "cpu") == "chunked"
-    assert attention.pam_method_for(n + 1, "cuda") == "sdpa"
+    assert attention.method_for(n, "cpu") == attention.method_for(n, "cuda") == "explicit"
+    assert attention.method_for(n + 1, "cpu") == "chunked"
+    assert attention.method_for(n + 1, "cuda") == "sdpa"
 
 
 def test_chunked_path_splits_queries_and_matches_explicit(monkeypatch):
@@ -268,7 +268,7 @@ def test_large_grid_never_builds_an_n_by_n_matrix(monkeypatch, method, sdpa_call
 
     calls = []
     original = F.scaled_dot_product_attention
-    monkeypatch.setattr(attention, "pam_attention_explicit", no_explicit)
+    monkeypatch.setattr(attention, "softmax_matrix", no_explicit)
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
     pam = PositionAttention(channels, method=method).eval()   # key channels = 2: q/k and v differ
     with torch.no_grad():
@@ -287,7 +287,7 @@ def test_large_grid_never_builds_an_n_by_n_matrix(monkeypatch, method, sdpa_call
     sampler.start()
     try:
         with torch.no_grad():
-            y, query, key = pam.attend(x)
+            y, query, key, _ = pam.attend(x)
     finally:
         done.set()
         sampler.join()

@@ -50,7 +50,7 @@ def test_builder_forward_gives_three_maps_at_input_size(name):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         features = model.backbone(x)
-        outputs = model(x)
+        outputs = tuple(model(x).values())
     assert features.shape[1] == BACKBONES[model.config.backbone].channels
     assert features.shape[-2:] == (64 // model.config.output_stride, 96 // model.config.output_stride)
     assert len(outputs) == 3                              # fused, PAM-only, CAM-only

@@ -15,10 +15,7 @@ import torch
 
 from danet.errors import InputError, LabelMapError
 from danet.analysis.metrics import confusion_matrix, scores
-from danet.models.attention import pam_aggregate
-from danet.analysis.common import as_tensor, require
-
-OUTPUTS = ("fused", "pam", "cam")
+from danet.analysis.common import require
 
 
 @dataclass(frozen=True)
@@ -65,32 +62,14 @@ def check_model(model, result) -> None:
                          f"{result.fused_logits.shape[0]} classes)")
 
 
-def pam_features(result, alpha: float | None = None) -> torch.Tensor:
-    """PAM's output E = alpha * softmax(Q K^T) V + A as a (C, h, w) tensor (alpha of the result by default)."""
-    alpha = result.alpha if alpha is None else alpha
-    inputs = as_tensor(result.pam_input)
-    if alpha == 0:
-        return inputs
-    context = pam_aggregate(as_tensor(result.pam_query)[None], as_tensor(result.pam_key)[None],
-                            as_tensor(result.pam_value)[None])[0]
-    return alpha * context.t().reshape(inputs.shape) + inputs
-
-
 @torch.inference_mode()
 def head_logits(model, result, *, pam: bool = True, cam: bool = True) -> dict[str, torch.Tensor]:
     """Grid-resolution (K, h, w) logits of the head, with PAM (``pam=False``: alpha = 0) and CAM
-    (``cam=False``: beta = 0) on or off, recomputed from the result's kept branch inputs."""
+    (``cam=False``: beta = 0) on or off, recomputed by the head from the result's kept tensors."""
     require(result, "pam_input", "pam_value", "pam_query", "pam_key", "cam_input", "cam_output")
     check_model(model, result)
-    head = model.head
-    parameter = next(head.parameters())
-    pam_in = pam_features(result, None if pam else 0.0)
-    cam_in = as_tensor(result.cam_output if cam else result.cam_input)
-    pam_feat = head.pam_out_conv(pam_in[None].to(parameter.device, parameter.dtype))
-    cam_feat = head.cam_out_conv(cam_in[None].to(parameter.device, parameter.dtype))
-    logits = (head.fused_classifier(pam_feat + cam_feat), head.pam_classifier(pam_feat),
-              head.cam_classifier(cam_feat))
-    return {name: t[0].float().cpu() for name, t in zip(OUTPUTS, logits)}
+    off = frozenset(name for name, on in (("pam", pam), ("cam", cam)) if not on)
+    return model.head.recompute(result.kept, off)
 
 
 def fused_miou(prediction: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int | None) -> float:
@@ -107,8 +86,8 @@ def ablate(model, result, *, pam_off: bool = True, cam_off: bool = False, label:
     """
     grid = head_logits(model, result, pam=not pam_off, cam=not cam_off)
     logits = {name: model.upsample(t[None], result.image_size)[0] for name, t in grid.items()}
-    prediction = logits["fused"].argmax(0).numpy().astype(np.int64)
-    before = result.prediction("fused")
+    prediction = logits[result.main_output].argmax(0).numpy().astype(np.int64)
+    before = result.prediction()
     miou_before = miou_after = None
     if label is not None:
         label = np.asarray(label)

@@ -47,8 +47,7 @@ import torch
 
 from danet.errors import LabelMapError
 from danet.analysis.metrics import confusion_matrix, scores
-
-VOID = -1
+from danet.maps.grid import VOID, cell_centres, grid_labels, pixel_cells  # noqa: F401  (re-exported)
 
 QUERY_COLUMNS = ("image", "row", "col", "x", "y", "gt_class", "pred_class", "same_class_mass_gt",
                  "chance_gt", "same_class_mass_pred", "chance_pred", "entropy", "entropy_normalised",
@@ -61,46 +60,11 @@ IMAGE_COLUMNS = ("image", "js_mean", "mean_row_share", "sink_peak", "pam_contrib
 
 
 # ---- pure functions ------------------------------------------------------------------------------
-def pixel_cells(image_size: tuple[int, int], grid_size: tuple[int, int]) -> np.ndarray:
-    """(H, W) index of the grid cell that covers each input pixel (row-major cell numbers)."""
-    height, width = image_size
-    gh, gw = grid_size
-    rows = np.minimum(np.arange(height) * gh // height, gh - 1)
-    cols = np.minimum(np.arange(width) * gw // width, gw - 1)
-    return rows[:, None] * gw + cols[None, :]
-
-
-def grid_labels(label: np.ndarray, grid_size: tuple[int, int], num_classes: int,
-                ignore_index: int | None = None) -> np.ndarray:
-    """(h, w) majority label of each cell; ``VOID`` where void pixels win (see module docstring)."""
-    label = np.asarray(label).astype(np.int64)
-    void = (label < 0) | (label >= num_classes)
-    if ignore_index is not None:
-        void |= label == ignore_index
-    classes = np.where(void, num_classes, label)              # void is the last candidate
-    cells = pixel_cells(label.shape, grid_size)
-    n = grid_size[0] * grid_size[1]
-    counts = np.bincount((cells * (num_classes + 1) + classes).ravel(),
-                         minlength=n * (num_classes + 1)).reshape(n, num_classes + 1)
-    winner = counts.argmax(1)
-    return np.where(winner == num_classes, VOID, winner).reshape(grid_size)
-
-
 def sample_queries(grid_gt: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted flat indices of up to ``count`` distinct non-void cells."""
     candidates = np.flatnonzero(np.asarray(grid_gt).ravel() != VOID)
     take = min(count, candidates.size)
     return np.sort(rng.choice(candidates, size=take, replace=False)) if take else candidates[:0]
-
-
-def cell_centres(grid_size: tuple[int, int], image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Centres of all cells as (N, 2) (row, col) in cell units and (N, 2) (x, y) in input pixels."""
-    gh, gw = grid_size
-    height, width = image_size
-    rows, cols = np.meshgrid(np.arange(gh) + 0.5, np.arange(gw) + 0.5, indexing="ij")
-    in_cells = np.stack([rows.ravel(), cols.ravel()], 1)
-    in_pixels = np.stack([cols.ravel() * width / gw, rows.ravel() * height / gh], 1)
-    return in_cells, in_pixels
 
 
 def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray, grid_pred: np.ndarray,
@@ -263,11 +227,11 @@ class StatsPart:
     images: dict[int, tuple[dict, dict[str, list]]] = field(default_factory=dict)  # index -> (row, query columns)
 
     @classmethod
-    def empty(cls, variants, num_classes: int) -> "StatsPart":
+    def empty(cls, variants, num_classes: int) -> StatsPart:
         return cls({name: {o: np.zeros((num_classes, num_classes), np.int64) for o in ("fused", "pam", "cam")}
                     for name, _, _ in variants}, {name: 0 for name, _, _ in variants})
 
-    def add(self, other: "StatsPart") -> "StatsPart":
+    def add(self, other: StatsPart) -> StatsPart:
         """Add ``other``'s counts and images into this part (in place); an image index seen twice is
         a bug in the sharding, so it raises."""
         overlap = self.images.keys() & other.images.keys()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from danet.errors import InputError
-from danet.models.attention import pam_aggregate
+from danet.maps.dot_softmax import aggregate as pam_aggregate
 from danet.analysis.common import as_tensor, require
 
 

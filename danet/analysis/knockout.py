@@ -24,12 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from danet.errors import InputError
 from danet.analysis.ablation import check_model
-from danet.analysis.common import as_tensor, check_cell, require
+from danet.analysis.common import as_tensor, check_seed, require
+from danet.errors import InputError
 
 MAX_K = 64
 DRAWS = 5
+MAX_K_LIMIT = 4096
+"""The command line's largest ``--max-k`` (a 512x512 image at stride 8 has 4,096 cells): the removal
+masks are (k, N) per draw. The library takes any ``max_k`` >= 1 and stops at N - 1 anyway."""
+MAX_DRAWS = 100
+"""Largest ``draws``: the random curves hold draws x k x K logits (100 x 1024 x 3,000 classes: 1.2 GB)."""
 EFFECT_TOL = 0.05
 RULE = ("faithful when AUC_top >= 2 x AUC_random and AUC_top - AUC_random >= {tol:g} logits; "
         "no effect when no removal moves the logit by {tol:g} or more; otherwise not faithful")
@@ -158,6 +163,16 @@ class LocalHead:
 
 
 @torch.inference_mode()
+def check_knockout_settings(max_k, draws, seed) -> None:
+    """``max_k`` at least 1 (the curve stops at N - 1 cells), ``draws`` in 1..``MAX_DRAWS``, a valid
+    seed; else ``InputError`` (a billion draws was a ``MemoryError``, seed -1 numpy's ``ValueError``)."""
+    if isinstance(max_k, bool) or not isinstance(max_k, (int, np.integer)) or max_k < 1:
+        raise InputError(f"max_k must be a whole number of at least 1, not {max_k!r}")
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or not 1 <= draws <= MAX_DRAWS:
+        raise InputError(f"draws must be a whole number from 1 to {MAX_DRAWS:,}, not {draws!r}")
+    check_seed(seed)
+
+
 def knockout_curve(model, result, point: tuple[float, float] | None = None, *, cell: tuple[int, int] | None = None,
                    max_k: int = MAX_K, draws: int = DRAWS, seed: int = 0, output: str = "fused",
                    effect_tol: float = EFFECT_TOL) -> Knockout:
@@ -171,12 +186,11 @@ def knockout_curve(model, result, point: tuple[float, float] | None = None, *, c
             cell = result.pixel_to_cell(*point)
         except ValueError as error:
             raise InputError(str(error)) from None
-    cell = check_cell(cell, result.grid_size)
+    cell = result.grid.check_cell(cell)
     n = result.num_positions
     if n < 2:
         raise InputError("a knockout needs a feature grid of at least 2 cells")
-    if max_k < 1 or draws < 1:
-        raise InputError(f"max_k and draws must be at least 1, got {max_k} and {draws}")
+    check_knockout_settings(max_k, draws, seed)
     local = LocalHead(model, result, cell, output)
     ks = np.arange(1, min(max_k, n - 1) + 1)
     energy = local.energy()

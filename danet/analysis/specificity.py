@@ -1,7 +1,7 @@
 """Query specificity: do different query cells attend differently, or all to the same cells?
 
 For query rows a_i (softmax rows of PAM, each summing to 1 over the N cells) and the image's
-mean row m = (1/S) sum_i a_i over the S measured queries:
+mean row m = (1/N) sum_i a_i over all N queries:
 
 * ``js_bits``: JS(a_i, m) = 1/2 KL(a_i || M_i) + 1/2 KL(m || M_i), M_i = (a_i + m) / 2, in bits
   (0 = the row is the mean row, 1 = disjoint supports).
@@ -10,9 +10,9 @@ mean row m = (1/S) sum_i a_i over the S measured queries:
 * ``sinks``: m itself as an (h, w) map, the mean attention each cell receives (sums to 1;
   uniform is 1/N everywhere).
 
-All N cells are queries when N <= ``max_queries``; otherwise a seeded sample of ``max_queries``
-cells, and m is the sample's mean row. Two passes over the rows, a block of queries at a time:
-O(block * N) memory, except that rows totalling at most 64 MiB are kept for the second pass.
+m is always the mean of ALL N rows (``AttentionMap.mean_row``: one definition, shared with the
+view). The divergences are measured for all N cells when N <= ``max_queries``, otherwise for a
+seeded sample of ``max_queries``; rows come a block at a time: O(block * N) memory.
 """
 from __future__ import annotations
 
@@ -23,12 +23,10 @@ import numpy as np
 import torch
 
 from danet.errors import InputError
-from danet.analysis.common import as_tensor, require, row_blocks
+from danet.analysis.common import as_tensor
+from danet.maps import DotSoftmaxMap, Grid
 
 MAX_QUERIES = 4096
-# The second pass reuses the first pass's rows when they take at most this much (the model's own
-# explicit PAM holds an N x N matrix this size); above it the rows are recomputed block by block.
-KEEP_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,29 @@ def js_and_share(rows: torch.Tensor, mean_row: torch.Tensor) -> tuple[torch.Tens
     return js, share
 
 
+def specificity_of_map(the_map, *, max_queries: int = MAX_QUERIES, seed: int = 0) -> Specificity:
+    """``Specificity`` of any attention map whose rows are distributions and depend on the query.
+
+    The mean row is the map's own (over all N queries, the one the view subtracts too); the
+    divergences are measured for all queries or a seeded sample of ``max_queries``.
+    """
+    if not the_map.flags.distribution:
+        raise InputError(f"{the_map.title}: its rows are not distributions, so their divergence is not defined")
+    if not the_map.flags.query_dependent:
+        raise InputError(f"{the_map.title}: one map serves every query by construction, so there is "
+                         "nothing query-specific to measure")
+    n = the_map.cells
+    chosen, sampled = choose_queries(n, max_queries, seed)
+    index = torch.from_numpy(chosen)
+    mean_row = torch.from_numpy(the_map.mean_row()).float()
+    js = torch.empty(len(chosen))
+    share = torch.empty(len(chosen))
+    for start, stop, rows in the_map.row_blocks(index):
+        js[start:stop], share[start:stop] = js_and_share(rows, mean_row)
+    return Specificity(queries=chosen, js_bits=js.numpy(), mean_row_share=share.numpy(),
+                       sinks=mean_row.reshape(the_map.grid.grid_size).numpy(), sampled=sampled)
+
+
 def specificity_from_qk(query, key, grid_size: tuple[int, int], *, max_queries: int = MAX_QUERIES,
                         seed: int = 0) -> Specificity:
     """``Specificity`` of the PAM rows softmax(Q K^T) for (N, d) ``query`` and ``key``."""
@@ -107,26 +128,11 @@ def specificity_from_qk(query, key, grid_size: tuple[int, int], *, max_queries: 
     if query.shape != key.shape or n != grid_size[0] * grid_size[1]:
         raise InputError(f"query {tuple(query.shape)} and key {tuple(key.shape)} do not fit a "
                          f"{grid_size[0]}x{grid_size[1]} grid")
-    chosen, sampled = choose_queries(n, max_queries, seed)
-    index = None if not sampled else torch.from_numpy(chosen)
-    total = torch.zeros(n, dtype=torch.float64)
-    keep = len(chosen) * n * 4 <= KEEP_BYTES
-    kept = []
-    for block in row_blocks(query, key, index):
-        total += block[2].sum(0).double()
-        if keep:
-            kept.append(block)
-    mean_row = (total / len(chosen)).float()
-    js = torch.empty(len(chosen))
-    share = torch.empty(len(chosen))
-    for start, stop, rows in (kept if keep else row_blocks(query, key, index)):
-        js[start:stop], share[start:stop] = js_and_share(rows, mean_row)
-    return Specificity(queries=chosen, js_bits=js.numpy(), mean_row_share=share.numpy(),
-                       sinks=mean_row.reshape(grid_size).numpy(), sampled=sampled)
+    grid = Grid(tuple(grid_size), tuple(grid_size))
+    return specificity_of_map(DotSoftmaxMap(grid, query, key, title="PAM"), max_queries=max_queries, seed=seed)
 
 
-def query_specificity(result, *, max_queries: int = MAX_QUERIES, seed: int = 0) -> Specificity:
-    """``Specificity`` of an ``InspectionResult``'s PAM (from its kept query/key)."""
-    require(result, "pam_query", "pam_key")
-    return specificity_from_qk(result.pam_query, result.pam_key, result.grid_size,
-                               max_queries=max_queries, seed=seed)
+def query_specificity(result, *, max_queries: int = MAX_QUERIES, seed: int = 0,
+                      map_name: str | None = None) -> Specificity:
+    """``Specificity`` of one of an ``InspectionResult``'s maps (the default: DANet's PAM)."""
+    return specificity_of_map(result.map(map_name), max_queries=max_queries, seed=seed)

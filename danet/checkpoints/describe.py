@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from danet.models import DANet
-from danet.checkpoints.layouts import LAYOUTS_BY_NAME, Layout, dilation_name
+from danet.models import Segmentor
+from danet.checkpoints.layouts import Layout, dilation_name, find_layout
 from danet.checkpoints.meta import LoadedModel
 
 
-def layer4_dilations(model: DANet) -> list[int] | None:
+def layer4_dilations(model: Segmentor) -> list[int] | None:
     """Dilation of each layer4 block's 3x3 conv (None for timm backbones)."""
     layer4 = getattr(model.backbone, "layer4", None)
     if layer4 is None:
@@ -23,7 +23,11 @@ def layer4_dilations(model: DANet) -> list[int] | None:
 def describe(loaded: LoadedModel) -> dict:
     """Everything ``danet info`` shows, as plain JSON-able values."""
     meta, config = loaded.meta, loaded.meta.config
-    layout: Layout | None = LAYOUTS_BY_NAME.get(meta.layout)
+    layout: Layout | None = find_layout(meta.layout, config.head)
+    head = loaded.model.head
+    shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    options = type(head).options_from_shapes(lambda key: shapes[key])
+    options.pop("num_classes", None)
     return {
         "source": loaded.source,
         "layout": meta.layout,
@@ -36,14 +40,15 @@ def describe(loaded: LoadedModel) -> dict:
         "dilation": dilation_name(config.output_stride, config.multi_grid) if config.is_resnet else None,
         "layer4_dilations": layer4_dilations(loaded.model),
         "align_corners": config.align_corners,
-        "head_channels": loaded.model.head.pam_in_conv[0].out_channels,
-        "key_channels": loaded.model.head.pam.query.out_channels,
+        "head": head.name,
+        "head_title": head.title,
+        "outputs": list(head.outputs),
+        **options,
         "num_classes": config.num_classes,
         "dataset": meta.dataset.name,
         "classes": list(meta.classes),
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "alpha": float(loaded.model.head.pam.alpha.item()),
-        "beta": float(loaded.model.head.cam.beta.item()),
+        **{term.gain_title or term.name: gain for term, gain in zip(head.terms, head.gains().values())},
         "mean": list(meta.mean),
         "std": list(meta.std),
         "extra": meta.extra,

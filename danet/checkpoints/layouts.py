@@ -1,7 +1,10 @@
-"""The public DANet checkpoint layouts, as data: key prefixes, name maps and defaults.
+"""The public checkpoint layouts, as data: key prefixes, name maps and defaults.
 
-Every layout is a backbone prefix, a head prefix and a table that renames the head's modules
-to ours (``docs/checkpoint-formats.md`` §4 gives each table with its sources). Backbone keys
+A layout is a public *source* (a code base: its backbone and head prefixes, dilation and
+``align_corners`` defaults, ignored keys, ``meta`` reader) combined with how that source names one
+head's modules, which the head itself states (``AttentionHead.keys``; DANet's tables are in
+``danet/models/heads/da.py``, ``docs/checkpoint-formats.md`` §4 gives each with its sources).
+A head registered later brings its own tables: ``layouts()`` reads the registry each time. Backbone keys
 keep their torchvision names (``layerX.Y.convZ``...) everywhere; only the stem is spelled three
 ways, which ``STEM_STYLES`` maps to our ``stem.N`` Sequential. What differs beyond names (mmseg's
 ``meta`` with classes, palette and config text) is a per-layout hook, ``read_meta``, in the
@@ -16,27 +19,15 @@ from typing import Callable
 import numpy as np
 
 from danet.data.palettes import DATASETS, DatasetInfo, generic_dataset
-
-# Our head, module by module (relative to ``head.``). Each public layout renames these.
-OUR_HEAD_MODULES = (
-    "pam_in_conv.0", "pam_in_conv.1", "cam_in_conv.0", "cam_in_conv.1",
-    "pam.query", "pam.key", "pam.value", "pam.alpha", "cam.beta",
-    "pam_out_conv.0", "pam_out_conv.1", "cam_out_conv.0", "cam_out_conv.1",
-    "pam_classifier.1", "cam_classifier.1", "fused_classifier.1",
-)
-
-
-def _head_map(*foreign: str) -> dict[str, str]:
-    """Foreign module names, in the order of ``OUR_HEAD_MODULES``, -> ours."""
-    assert len(foreign) == len(OUR_HEAD_MODULES)
-    return dict(zip(foreign, OUR_HEAD_MODULES))
-
+from danet.models.heads import get_head, list_heads
+from danet.models.heads.da import MODULES as DA_MODULES
 
 @dataclass(frozen=True)
 class Layout:
     """One public way of naming DANet's weights, and what its training code implies.
 
     ``marker`` is a head module (relative to ``head_prefix``) that only this layout has;
+    ``head_map`` renames the source's head modules to ours (None: the source uses our names);
     together with ``backbone_prefix`` it identifies the layout. ``dilation`` and
     ``align_corners`` are the defaults of the code that writes such files.
     """
@@ -46,12 +37,13 @@ class Layout:
     backbone_prefix: str
     head_prefix: str
     marker: str
-    head_map: dict[str, str]
+    head_map: dict[str, str] | None
     dilation: str
     align_corners: bool
     ignored_prefixes: tuple[str, ...] = ()      # whole keys dropped on purpose (fc, aux head)
     optional_head: tuple[str, ...] = ()         # our head modules the layout may omit
     read_meta: Callable[[dict, int], "MetaHints"] | None = None   # what the file's non-tensor entries say
+    head: str = "da"                            # the registered head whose tables these are
 
     def is_ignored(self, key: str) -> bool:
         return key.endswith("num_batches_tracked") or key.startswith(self.ignored_prefixes)
@@ -109,62 +101,61 @@ def read_mmseg_meta(meta: dict, num_classes: int) -> MetaHints:
     return MetaHints(_mmseg_dataset(meta, num_classes), _mmseg_align_corners(meta), extra)
 
 
-OFFICIAL = Layout(
-    name="official",
-    title="junfu1115/DANet (CASIA-IVA-Lab), e.g. DANet101.pth.tar",
-    backbone_prefix="pretrained.", head_prefix="head.", marker="conv5a",
-    head_map=_head_map("conv5a.0", "conv5a.1", "conv5c.0", "conv5c.1",
-                       "sa.query_conv", "sa.key_conv", "sa.value_conv", "sa.gamma", "sc.gamma",
-                       "conv51.0", "conv51.1", "conv52.0", "conv52.1", "conv6.1", "conv7.1", "conv8.1"),
-    dilation="4-8-16", align_corners=True,
-    ignored_prefixes=("pretrained.fc.",),   # a 2018-era file may still carry the ImageNet fc
-)
+@dataclass(frozen=True)
+class Source:
+    """One public code base that writes checkpoints, whatever head it trained."""
 
-MMSEG = Layout(
-    name="mmseg",
-    title="open-mmlab/mmsegmentation DAHead, e.g. danet_r50-d8_512x1024_40k_cityscapes_*.pth",
-    backbone_prefix="backbone.", head_prefix="decode_head.", marker="pam_in_conv",
-    head_map=_head_map("pam_in_conv.conv", "pam_in_conv.bn", "cam_in_conv.conv", "cam_in_conv.bn",
-                       "pam.query_project", "pam.key_project", "pam.value_project", "pam.gamma.scale",
-                       "cam.gamma.scale", "pam_out_conv.conv", "pam_out_conv.bn", "cam_out_conv.conv",
-                       "cam_out_conv.bn", "pam_conv_seg", "cam_conv_seg", "conv_seg"),
-    dilation="2-4-4", align_corners=False,
-    ignored_prefixes=("auxiliary_head.", "data_preprocessor."),
-    read_meta=read_mmseg_meta,
-)
+    name: str
+    title: str
+    backbone_prefix: str
+    head_prefix: str
+    dilation: str
+    align_corners: bool
+    ignored_prefixes: tuple[str, ...] = ()
+    read_meta: Callable[[dict, int], MetaHints] | None = None
 
-_TRAMAC_HEAD = _head_map("conv_p1.0", "conv_p1.1", "conv_c1.0", "conv_c1.1",
-                         "pam.conv_b", "pam.conv_c", "pam.conv_d", "pam.alpha", "cam.beta",
-                         "conv_p2.0", "conv_p2.1", "conv_c2.0", "conv_c2.1", "conv_p3.1", "conv_c3.1", "out.1")
 
-TRAMAC = Layout(
-    name="tramac",
-    title="Tramac/awesome-semantic-segmentation-pytorch, e.g. danet_resnet101_citys.pth",
-    backbone_prefix="pretrained.", head_prefix="head.", marker="conv_p1",
-    head_map=_TRAMAC_HEAD, dilation="2-4-4", align_corners=True,
-    ignored_prefixes=("pretrained.fc.",),
-    # trained with --aux off (the script's default) the PAM/CAM-only classifiers are absent
-    optional_head=("pam_classifier.1", "cam_classifier.1"),
-)
-
-BLOG = Layout(
-    name="blog",
-    title="the tutorial DANet on a plain torchvision ResNet (keys model.* + head.conv_p1)",
-    backbone_prefix="model.", head_prefix="head.", marker="conv_p1",
-    head_map=_TRAMAC_HEAD, dilation="1-1-1", align_corners=True,
-    ignored_prefixes=("model.fc.",),
-)
-
-DANET_LENS = Layout(
-    name="danet-lens",
-    title="danet-lens, this project's own DANet (.safetensors exports, training last.pt)",
-    backbone_prefix="backbone.", head_prefix="head.", marker="pam_in_conv",
+SOURCES: dict[str, Source] = {source.name: source for source in (
+    Source("official", "junfu1115/DANet (CASIA-IVA-Lab), e.g. DANet101.pth.tar", "pretrained.", "head.",
+           "4-8-16", True, ("pretrained.fc.",)),   # a 2018-era file may still carry the ImageNet fc
+    Source("mmseg", "open-mmlab/mmsegmentation, e.g. danet_r50-d8_512x1024_40k_cityscapes_*.pth", "backbone.",
+           "decode_head.", "2-4-4", False, ("auxiliary_head.", "data_preprocessor."), read_mmseg_meta),
+    Source("tramac", "Tramac/awesome-semantic-segmentation-pytorch, e.g. danet_resnet101_citys.pth", "pretrained.",
+           "head.", "2-4-4", True, ("pretrained.fc.",)),
+    Source("blog", "the tutorial DANet on a plain torchvision ResNet (keys model.* + head.conv_p1)", "model.",
+           "head.", "1-1-1", True, ("model.fc.",)),
     # ``danet train`` trains with align_corners=False; a bare state dict of ours means that
-    head_map={m: m for m in OUR_HEAD_MODULES}, dilation="2-4-4", align_corners=False,
-)
+    Source("danet-lens", "danet-lens, this project's own models (.safetensors exports, training last.pt)",
+           "backbone.", "head.", "2-4-4", False),
+)}
 
-LAYOUTS: tuple[Layout, ...] = (OFFICIAL, MMSEG, TRAMAC, BLOG, DANET_LENS)
+
+def layout_of(source: Source, head) -> Layout:
+    """``source`` naming the modules of ``head`` (a registered head class)."""
+    keys = head.keys[source.name]
+    return Layout(name=source.name, title=source.title, backbone_prefix=source.backbone_prefix,
+                  head_prefix=source.head_prefix, marker=keys.marker, head_map=keys.table, dilation=source.dilation,
+                  align_corners=source.align_corners, ignored_prefixes=source.ignored_prefixes,
+                  optional_head=keys.optional, read_meta=source.read_meta, head=head.name)
+
+
+def layouts() -> tuple[Layout, ...]:
+    """Every (source, head) pair a registered head states, DANet's first."""
+    heads = [get_head(name) for name in ["da"] + [n for n in list_heads() if n != "da"]]
+    return tuple(layout_of(source, head) for head in heads for name, source in SOURCES.items()
+                 if name in head.keys)
+
+
+def find_layout(name: str, head: str = "da") -> Layout | None:
+    """The layout of source ``name`` for ``head``, if that head states one."""
+    return next((layout for layout in layouts() if layout.name == name and layout.head == head), None)
+
+
+# DANet's layouts, by name (the 0.2 API and the docs' tables).
+LAYOUTS: tuple[Layout, ...] = tuple(layout for layout in layouts() if layout.head == "da")
 LAYOUTS_BY_NAME = {layout.name: layout for layout in LAYOUTS}
+OFFICIAL, MMSEG, TRAMAC, BLOG, DANET_LENS = (LAYOUTS_BY_NAME[name] for name in SOURCES)
+OUR_HEAD_MODULES = DA_MODULES
 
 # How the stem is spelled (relative to the backbone prefix) -> our ``stem.N``.
 STEM_STYLES: dict[str, dict[str, str]] = {
@@ -204,8 +195,10 @@ def parse_dilation(value: str) -> tuple[int, bool]:
     return DILATIONS[key]
 
 
-def _rename(name: str, table: dict[str, str]) -> str | None:
-    """Rename ``name`` by the longest table entry that is it or a module prefix of it."""
+def _rename(name: str, table: dict[str, str] | None) -> str | None:
+    """Rename ``name`` by the longest table entry that is it or a module prefix of it (None: as is)."""
+    if table is None:
+        return name
     best = None
     for old in table:
         if (name == old or name.startswith(old + ".")) and (best is None or len(old) > len(best)):
@@ -232,7 +225,7 @@ def to_ours(layout: Layout, style: str | None, key: str) -> str | None:
         if rest.startswith("layer"):
             return "backbone." + rest
         if rest.startswith("body."):          # our timm backbones
-            return "backbone." + rest if layout is DANET_LENS else None
+            return "backbone." + rest if layout.name == "danet-lens" else None
         mapped = _rename(rest, STEM_STYLES[style]) if style else None
         return None if mapped is None else "backbone." + mapped
     if key.startswith(layout.head_prefix):
@@ -249,6 +242,7 @@ def to_foreign(layout: Layout, style: str | None, key: str) -> str:
             rest = _rename(rest, {v: k for k, v in STEM_STYLES[style].items()}) or rest
         return layout.backbone_prefix + rest
     if key.startswith("head."):
-        rest = _rename(key[len("head."):], {v: k for k, v in layout.head_map.items()})
+        table = None if layout.head_map is None else {v: k for k, v in layout.head_map.items()}
+        rest = _rename(key[len("head."):], table)
         return layout.head_prefix + (rest or key[len("head."):])
     return key

@@ -12,37 +12,36 @@ from pathlib import Path
 from danet.data.palettes import DatasetInfo
 from danet.runtime.device import select_device
 from danet.errors import CheckpointError
-from danet.models import DANet, DANetConfig
+from danet.models import Segmentor, DANetConfig
 from danet.models.registry import TIMM_BACKBONES, normalisation
-from danet.checkpoints.layouts import DANET_LENS, MetaHints, dilation_name
+from danet.checkpoints.layouts import DANET_LENS, MetaHints, dilation_name, find_layout
 from danet.checkpoints.mapping import Mapped, detect_layout, infer_architecture, map_to_ours, unwrap
-from danet.checkpoints.meta import METADATA_FORMAT, OWN_META_KEY, LoadedModel, ModelMeta
+from danet.checkpoints.meta import READABLE_FORMATS, OWN_META_KEY, LoadedModel, ModelMeta
 from danet.checkpoints.read import RawCheckpoint, read_checkpoint
 from danet.checkpoints.resolve import apply_overrides, read_own_meta, resolve_dataset, resolve_dilation
 from danet.checkpoints.strict import build_empty, load_strict
 
 
-
 def _own_header(raw: RawCheckpoint) -> dict[str, str] | None:
     """Our metadata strings, from a safetensors header or a training checkpoint's dict."""
-    if raw.header and raw.header.get("format") == METADATA_FORMAT:
+    if raw.header and raw.header.get("format") in READABLE_FORMATS:
         return raw.header
     if isinstance(raw.obj, Mapping):
         header = raw.obj.get(OWN_META_KEY)
-        if isinstance(header, Mapping) and header.get("format") == METADATA_FORMAT \
+        if isinstance(header, Mapping) and header.get("format") in READABLE_FORMATS \
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in header.items()):
             return dict(header)
     return None
 
 
-def _load_own(raw: RawCheckpoint, header: dict[str, str], dilation, dataset, align_corners) -> tuple[DANet, ModelMeta, Mapped]:
+def _load_own(raw: RawCheckpoint, header: dict[str, str], dilation, dataset, align_corners) -> tuple[Segmentor, ModelMeta, Mapped]:
     meta = apply_overrides(read_own_meta(header, raw.name), dilation, dataset, align_corners)
     meta.extra = {**meta.extra, "container": "danet-lens safetensors" if raw.header else raw.container}
     if dilation is not None and meta.config.is_resnet:
         meta.extra["dilation"] = dilation_name(meta.config.output_stride, meta.config.multi_grid)
     state = unwrap(raw.obj).state if raw.header is None else raw.obj
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    mapped = Mapped(DANET_LENS, "stem.N", state, {k: k for k in state})
+    mapped = Mapped(find_layout("danet-lens", meta.config.head) or DANET_LENS, "stem.N", state, {k: k for k in state})
     try:
         model = build_empty(meta.config)
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as error:   # e.g. a timm ViT
@@ -50,7 +49,7 @@ def _load_own(raw: RawCheckpoint, header: dict[str, str], dilation, dataset, ali
     return model, meta, mapped
 
 
-def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple[DANet, ModelMeta, Mapped]:
+def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple[Segmentor, ModelMeta, Mapped]:
     unwrapped = unwrap(raw.obj)
     layout = detect_layout(unwrapped.state)
     mapped = map_to_ours(unwrapped.state, layout)
@@ -64,9 +63,11 @@ def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple
         align, align_from = hints.align_corners, "checkpoint meta config"
     else:
         align, align_from = layout.align_corners, f"{layout.name} default"
+    da_fields = {k: v for k, v in arch.options.items() if k in ("head_channels", "key_channels", "dropout")}
+    other = {k: v for k, v in arch.options.items() if k not in da_fields}
     config = DANetConfig(num_classes=arch.num_classes, backbone=arch.backbone, stem=arch.stem,
-                         output_stride=output_stride, multi_grid=multi_grid and is_resnet,
-                         head_channels=arch.head_channels, key_channels=arch.key_channels, align_corners=align)
+                         output_stride=output_stride, multi_grid=multi_grid and is_resnet, head=arch.head,
+                         head_options=other, align_corners=align, **da_fields)
     info, dataset_from = resolve_dataset(dataset, arch.num_classes, hints.dataset)
     mean, std = normalisation(arch.backbone)     # mmseg's 0-255 values are ImageNet's, times 255
     extra = {"source_file": raw.name, "container": raw.container, "wrapper": unwrapped.wrapper,
@@ -79,12 +80,12 @@ def _load_foreign(raw: RawCheckpoint, dilation, dataset, align_corners) -> tuple
 
 def load_model(source: str | Path | bytes, *, dilation: str | None = None, dataset: str | DatasetInfo | None = None,
                align_corners: bool | None = None, device: str = "auto", name: str | None = None) -> LoadedModel:
-    """Load a DANet checkpoint of any supported layout, in eval mode on ``device``.
+    """Load a checkpoint of any supported layout, in eval mode on ``device``.
 
     Prefer ``danet.load``, which also knows the embedded default. ``source`` is a path or the
     file's bytes (``name`` then labels it in messages). Shapes give the architecture;
     ``dilation``, ``align_corners`` and ``dataset`` override the layout's defaults. Raises
-    ``CheckpointError`` for anything that is not a loadable DANet checkpoint.
+    ``CheckpointError`` for anything that is not a loadable checkpoint.
     """
     device = select_device(device)
     raw = read_checkpoint(source, name)

@@ -17,7 +17,8 @@ import torch
 
 from danet.models.backbones import RESNET_LAYERS
 from danet.errors import CheckpointError
-from danet.checkpoints.layouts import LAYOUTS, Layout, stem_style, to_foreign, to_ours
+from danet.checkpoints.layouts import Layout, layouts, stem_style, to_foreign, to_ours
+from danet.models.heads import get_head
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")   # where training code nests weights
 MAX_LISTED = 5
@@ -68,20 +69,20 @@ def unwrap(obj) -> Unwrapped:
 
 
 def describe_layouts() -> str:
-    return "; ".join(f"{l.name} ({l.backbone_prefix}* + {l.head_prefix}{l.marker}.*)" for l in LAYOUTS)
+    return "; ".join(f"{l.name}/{l.head} ({l.backbone_prefix}* + {l.head_prefix}{l.marker}.*)" for l in layouts())
 
 
 def detect_layout(keys) -> Layout:
-    """The layout whose backbone prefix and head marker both occur in ``keys``."""
+    """The (source, head) layout whose backbone prefix and head marker both occur in ``keys``."""
     keys = list(keys)
-    for layout in LAYOUTS:
+    for layout in layouts():
         marker = layout.head_prefix + layout.marker + "."
         if any(k.startswith(layout.backbone_prefix) for k in keys) and any(k.startswith(marker) for k in keys):
             return layout
     prefixes = Counter(k.split(".")[0] + "." for k in keys)
     heads = sorted({".".join(k.split(".")[:2]) for k in keys if k.split(".")[0] in ("head", "decode_head")})
     raise CheckpointError(
-        "this state dict is in no known DANet layout. Top-level key groups: "
+        "this state dict is in no known layout. Top-level key groups: "
         f"{listed(f'{p}* ({n})' for p, n in prefixes.most_common())}"
         + (f"; head modules: {listed(heads)}" if heads else "")
         + f"; first keys: {listed(keys[:MAX_LISTED])}. Known layouts: {describe_layouts()}")
@@ -113,7 +114,7 @@ def map_to_ours(state: dict[str, torch.Tensor], layout: Layout) -> Mapped:
         else:
             mapped[ours], names[ours] = tensor, key
     if unknown:
-        raise CheckpointError(f"{layout.name} layout detected, but {len(unknown)} keys have no place in DANet: "
+        raise CheckpointError(f"{layout.name} layout detected, but {len(unknown)} keys have no place in its {layout.head} head or backbone: "
                               f"{listed(unknown)}")
     return Mapped(layout, style, mapped, names, ignored)
 
@@ -124,9 +125,17 @@ class Architecture:
 
     backbone: str              # "resnet50", or a timm name for our own files
     stem: str | None           # "7x7" | "deep32" | "deep64"; None for timm backbones
-    head_channels: int
-    key_channels: int
     num_classes: int
+    head: str = "da"
+    options: dict = field(default_factory=dict)     # the head's options the shapes determine
+
+    @property
+    def head_channels(self) -> int | None:
+        return self.options.get("head_channels")
+
+    @property
+    def key_channels(self) -> int | None:
+        return self.options.get("key_channels")
 
 
 def _shape(mapped: Mapped, key: str) -> torch.Size:
@@ -175,10 +184,9 @@ def infer_architecture(mapped: Mapped, timm_candidates=()) -> Architecture:
         backbone, stem = _match_timm(mapped, timm_candidates), None
     else:
         backbone, stem = infer_resnet(mapped)
-    inter = _shape(mapped, "head.pam_in_conv.0.weight")[0]
-    key_channels = _shape(mapped, "head.pam.query.weight")[0]
-    classes = _shape(mapped, "head.fused_classifier.1.weight")[0]
-    return Architecture(backbone, stem, int(inter), int(key_channels), int(classes))
+    options = dict(get_head(mapped.layout.head).options_from_shapes(lambda key: tuple(_shape(mapped, "head." + key))))
+    classes = int(options.pop("num_classes"))
+    return Architecture(backbone, stem, classes, mapped.layout.head, options)
 
 
 def _match_timm(mapped: Mapped, candidates) -> str:

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from danet.data.palettes import DatasetInfo, generic_dataset, get_dataset
-from danet.models import IMAGENET_MEAN, IMAGENET_STD, DANet, DANetConfig
+from danet.models import IMAGENET_MEAN, IMAGENET_STD, Segmentor, DANetConfig
 
-METADATA_FORMAT = "danet-lens/1"
+# v2 records the head (``config.head``, ``config.head_options``); a v1 file is DANet's DA head.
+METADATA_FORMAT = "danet-lens/2"
+READABLE_FORMATS = ("danet-lens/1", "danet-lens/2")
 OWN_META_KEY = "danet_lens"     # a training run's last.pt carries its ModelMeta strings here
 
 
@@ -48,7 +50,7 @@ class ModelMeta:
         }
 
     @classmethod
-    def from_strings(cls, data: dict[str, str]) -> "ModelMeta":
+    def from_strings(cls, data: dict[str, str]) -> ModelMeta:
         config = DANetConfig.from_dict(json.loads(data["config"]))
         classes = tuple(json.loads(data["classes"])) if "classes" in data else None
         palette = json.loads(data["palette"]) if "palette" in data else None
@@ -70,9 +72,9 @@ class ModelMeta:
 
 @dataclass
 class LoadedModel:
-    """A DANet in eval mode plus its metadata; what the app and CLI hold."""
+    """A Segmentor in eval mode plus its metadata; what the app and CLI hold."""
 
-    model: DANet
+    model: Segmentor
     meta: ModelMeta
     source: str = ""
     warnings: list[str] = field(default_factory=list)

@@ -35,6 +35,7 @@ from safetensors.torch import load as load_safetensors_bytes
 
 from danet.errors import CheckpointError
 from danet.safety.paths import FileRefused, open_regular as open_regular_file
+from danet.safety.records import scan_json
 
 # ---- bounds on what a checkpoint may declare (all far above any real DANet) ------------------
 MAX_FILE_BYTES = 4 << 30          # 4 GiB: ResNet-152 DANet with SGD state is ~0.7 GB
@@ -67,22 +68,9 @@ def json_depth(text: str | bytes) -> int:
     """Deepest ``[``/``{`` nesting of a JSON text, brackets inside strings ignored; O(n), no recursion.
 
     ``json.loads`` recurses once per level (100,000 levels: RecursionError); this runs first.
+    The scan is ``danet.safety.records.scan_json``, the one every untrusted JSON text goes through.
     """
-    raw = np.frombuffer(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text),
-                        dtype=np.uint8)
-    if raw.size == 0:
-        return 0
-    index = np.arange(raw.size, dtype=np.int32)            # int32: a few bytes per header byte, at most
-    last_plain = np.maximum.accumulate(np.where(raw == 0x5C, np.int32(-1), index))   # last non-backslash <= i
-    run_before = np.zeros(raw.size, dtype=np.int32)         # backslashes just before i
-    run_before[1:] = index[:-1] - last_plain[:-1]
-    del index, last_plain
-    quote = (raw == 0x22) & (run_before % 2 == 0)
-    del run_before
-    inside = (np.cumsum(quote, dtype=np.int32) - quote) % 2 == 1     # within a string (quotes excluded)
-    step = ((raw == 0x5B) | (raw == 0x7B)).astype(np.int8) - ((raw == 0x5D) | (raw == 0x7D))
-    step[inside] = 0
-    return int(np.cumsum(step, dtype=np.int32).max(initial=0))
+    return scan_json(text).depth
 
 
 def bounded_json(text: str | bytes, what: str, max_bytes: int = MAX_HEADER_BYTES, max_depth: int = MAX_JSON_DEPTH):

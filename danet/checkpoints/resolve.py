@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from danet.models.heads import list_heads
 from danet.data.palettes import DatasetInfo, dataset_for_classes, get_dataset
 from danet.errors import CheckpointError, UnknownNameError
 from danet.models import DANetConfig
@@ -85,6 +86,12 @@ def _config_problem(config: DANetConfig) -> str | None:
             return f"backbone {backbone!r} (not a timm architecture name)"
     if not _whole(config.num_classes, high=MAX_CLASSES):
         return f"num_classes {config.num_classes!r}"
+    if not isinstance(config.head, str) or config.head not in list_heads():
+        return f"head {str(config.head)[:40]!r} (known heads: {', '.join(list_heads())})"
+    for key, value in config.head_options:
+        if not isinstance(key, str) or not (value is None or type(value) in (bool, int, float, str)) \
+                or (isinstance(value, str) and len(value) > 200):
+            return f"head option {str(key)[:40]!r}"
     for name in ("head_channels", "key_channels"):
         if getattr(config, name) is not None and not _whole(getattr(config, name)):
             return f"{name} {getattr(config, name)!r}"

@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from danet.models import DANet
+from danet.models import Segmentor
 from danet.checkpoints.meta import ModelMeta
 
 
-def save_model(model: DANet, meta: ModelMeta, path: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_model(model: Segmentor, meta: ModelMeta, path: str | Path, dtype: torch.dtype | None = None) -> None:
     """Write weights (optionally cast, e.g. fp16) and metadata; BN counters are dropped."""
     tensors = {}
     for name, tensor in model.state_dict().items():

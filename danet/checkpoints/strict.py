@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from danet.errors import CheckpointError
-from danet.models import DANet, DANetConfig
+from danet.models import Segmentor, DANetConfig
 from danet.checkpoints.layouts import to_foreign
 from danet.checkpoints.mapping import Mapped, listed
 
@@ -13,7 +13,7 @@ def _foreign(mapped: Mapped, key: str) -> str:
     return mapped.foreign_names.get(key) or to_foreign(mapped.layout, mapped.stem_style, key)
 
 
-def load_strict(model: DANet, mapped: Mapped) -> list[str]:
+def load_strict(model: Segmentor, mapped: Mapped) -> list[str]:
     """Copy ``mapped`` into ``model``; every missing, unexpected or misshapen key is an error.
 
     The only tolerated gaps are a layout's ``optional_head`` modules (zero-filled, with a
@@ -66,7 +66,7 @@ def _finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all())
 
 
-def build_empty(config: DANetConfig) -> DANet:
+def build_empty(config: DANetConfig) -> Segmentor:
     """The network without initialising weights (they all come from the file)."""
     with torch.device("meta"):
-        return DANet(config)
+        return Segmentor(config)

@@ -15,6 +15,7 @@ from danet.safety.outputs import prepare_output_dir
 from danet.jobs.measures import measure_query, write_measures
 from danet.cli.errors import reports_errors, warn
 from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.cli.ranges import ranged
 
 Image = Annotated[Path, typer.Argument(metavar="IMAGE", help="image file", show_default=False)]
 Points = Annotated[List[str], typer.Option("--point", metavar="X,Y", help="query pixel X,Y in the file's pixels (repeat for more points)")]
@@ -25,14 +26,14 @@ def attention(
     image: Image,
     point: Points,
     out: Path = typer.Option(..., "--out", help="output folder"),
-    channel: List[int] = typer.Option([], "--channel", help="CAM channel to export before/after (repeatable)"),
+    channel: List[int] = ranged("attention", "--channel", [], "CAM channel to export before/after (repeatable)"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
     dataset: Dataset = None,
     align_corners: AlignCorners = None,
     device: Device = "auto",
-    opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="heatmap opacity in the overlays"),
-    top_k: int = typer.Option(5, min=1, help="channels listed as CAM's strongest sources per --channel"),
+    opacity: float = ranged("attention", "--opacity", 0.5, "heatmap opacity in the overlays"),
+    top_k: int = ranged("attention", "--top-k", 5, "channels listed as CAM's strongest sources per --channel"),
 ):
     """PAM attention maps of query points, the CAM matrix and channel maps, with a JSON manifest."""
     query = read_query(image, point)
@@ -51,10 +52,10 @@ def figure(
     dataset: Dataset = None,
     align_corners: AlignCorners = None,
     device: Device = "auto",
-    dpi: int = typer.Option(300, min=50, max=1200, help="resolution of raster output"),
+    dpi: int = ranged("figure", "--dpi", 300, "resolution of raster output"),
     title: Optional[str] = typer.Option(None, help="figure title"),
     all_classes: bool = typer.Option(False, help="legend lists every class, not only predicted ones"),
-    columns: int = typer.Option(4, min=2, max=8, help="panels per row"),
+    columns: int = ranged("figure", "--columns", 4, "panels per row"),
 ):
     """The paper-style figure: image with points, one attention map per point, fused/PAM/CAM, legend."""
     check_figure_path(out)
@@ -73,9 +74,9 @@ def measures(
                                           help="label map of the image (ids or the dataset's colours): "
                                                "adds the fused mIoU change of each ablation"),
     as_json: bool = typer.Option(False, "--json", help="print the record (measures.json) instead of sentences"),
-    max_k: int = typer.Option(64, min=1, help="knockout: remove up to this many cells of each point's row"),
-    draws: int = typer.Option(5, min=1, help="knockout: random removals averaged per k"),
-    seed: int = typer.Option(0, help="seed of the query sample (large grids) and the random removals"),
+    max_k: int = ranged("measures", "--max-k", 64, "knockout: remove up to this many cells of each point's row"),
+    draws: int = ranged("measures", "--draws", 5, "knockout: random removals averaged per k"),
+    seed: int = ranged("measures", "--seed", 0, "seed of the query sample (large grids) and the random removals"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
     dataset: Dataset = None,

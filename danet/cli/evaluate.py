@@ -21,11 +21,16 @@ from danet.cli.errors import reports_errors
 from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 
 
+MAX_SCALES = 8
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(s) for s in text.split(","))
     except ValueError:
         raise InputError(f"--scales {text!r} is not a comma-separated list of numbers") from None
+    if len(scales) > MAX_SCALES:
+        raise InputError(f"--scales lists {len(scales)} scales; at most {MAX_SCALES} (each is a forward per image)")
     if not all(0.1 <= s <= 4 for s in scales):
         raise InputError(f"--scales {text!r}: each scale must lie between 0.1 and 4")
     return scales
@@ -41,7 +46,8 @@ def evaluate(
     align_corners: AlignCorners = None,
     device: Device = "auto",
     flip: bool = typer.Option(False, help="average with the horizontally flipped input"),
-    scales: str = typer.Option("1.0", help="comma-separated inference scales, e.g. 0.75,1.0,1.25"),
+    scales: str = typer.Option("1.0", help="comma-separated inference scales, e.g. 0.75,1.0,1.25 (each 0.1 "
+                                           "to 4, at most 8)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores (and the model) as JSON"),
 ):
     """mIoU over the dataset's classes, per-class IoU, pixel accuracy and confusion matrix."""

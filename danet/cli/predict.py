@@ -12,6 +12,7 @@ from danet.jobs.inputs import collect_images
 from danet.jobs.predict import predict_images
 from danet.cli.errors import fail, reports_errors
 from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.cli.ranges import ranged
 
 
 @reports_errors
@@ -23,12 +24,12 @@ def predict(
     dataset: Dataset = None,
     align_corners: AlignCorners = None,
     device: Device = "auto",
-    batch_size: Optional[int] = typer.Option(
-        None, min=1, help="images of one size per forward pass; default 1 on the CPU (no gain measured), "
-                          "8 on a GPU"),
+    batch_size: Optional[int] = ranged("predict", "--batch-size", None,
+                                       "images of one size per forward pass; default 1 on the CPU (no gain "
+                                       "measured), 8 on a GPU"),
     save_logits: bool = typer.Option(False, help="also write logits.npz (logits and probabilities)"),
     logits_dtype: str = typer.Option("float16", help="float16 (23 MB per 480x360 CamVid frame) or float32"),
-    opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="mask opacity in the overlays"),
+    opacity: float = ranged("predict", "--opacity", 0.5, "mask opacity in the overlays"),
     recursive: bool = typer.Option(False, help="also look in sub-folders"),
     force: bool = typer.Option(False, help="redo images that already have all their outputs"),
 ):

@@ -15,6 +15,7 @@ from danet.runtime import distributed
 from danet.jobs.attention_stats import overall_sentences, write_attention_stats
 from danet.cli.errors import reports_errors
 from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.cli.ranges import ranged
 
 
 @reports_errors
@@ -22,11 +23,14 @@ def attention_stats(
     data: Path = typer.Option(..., help="labelled folder in the CamVid layout (<split>/, <split>annot/)"),
     out: Path = typer.Option(..., "--out", help="output folder"),
     split: str = typer.Option("val", help="which <split> folder to use"),
-    points_per_image: int = typer.Option(20, min=1, help="query cells sampled per image (non-void)"),
-    max_images: Optional[int] = typer.Option(None, min=1, help="use at most this many images, spread evenly"),
-    seed: int = typer.Option(0, help="seed of the query sampling"),
+    points_per_image: int = ranged("attention-stats", "--points-per-image", 20, "query cells sampled per image "
+                                   "(non-void)"),
+    max_images: Optional[int] = ranged("attention-stats", "--max-images", None, "use at most this many images, "
+                                       "spread evenly"),
+    seed: int = ranged("attention-stats", "--seed", 0, "seed of the query sampling"),
     ablation: bool = typer.Option(True, help="also score the model with alpha=0 / beta=0 (on copies)"),
-    ignore_index: Optional[int] = typer.Option(None, help="void label id; default: the model's dataset's"),
+    ignore_index: Optional[int] = ranged("attention-stats", "--ignore-index", None,
+                                         "void label id; default: the model's dataset's"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
     dataset: Dataset = None,

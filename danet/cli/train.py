@@ -15,6 +15,11 @@ from danet.errors import InputError
 from danet.jobs.train import TrainConfig, train as run_training
 from danet.cli.errors import reports_errors
 from danet.cli.options import Device
+from danet.cli.ranges import ranged
+
+
+MAX_CROP_SIDE = 4096
+"""Training frames are at most 4 MP (``camvid.DATASET_MAX_PIXELS``): a larger crop only pads."""
 
 
 def parse_crop(text: str) -> tuple[int, int]:
@@ -22,8 +27,8 @@ def parse_crop(text: str) -> tuple[int, int]:
         height, width = (int(v) for v in text.split(","))
     except ValueError:
         raise InputError(f"--crop {text!r} is not H,W in whole pixels") from None
-    if height < 32 or width < 32:
-        raise InputError(f"--crop {text!r}: each side must be at least 32 pixels")
+    if not (32 <= height <= MAX_CROP_SIDE and 32 <= width <= MAX_CROP_SIDE):
+        raise InputError(f"--crop {text!r}: each side must be 32 to {MAX_CROP_SIDE} pixels")
     return height, width
 
 
@@ -49,15 +54,17 @@ def train(
     data: Path = typer.Option(..., help="CamVid-layout folder (train/, trainannot/, val/, valannot/)"),
     out: Path = typer.Option(Path("runs/camvid"), help="run folder: last.pt (resume), log.jsonl, best.safetensors"),
     backbone: str = typer.Option("mobilenetv2_100", help="timm backbone name or resnet18/34/50/101/152"),
-    head_channels: int = typer.Option(128, help="DA head width"),
-    output_stride: int = typer.Option(8, help="8, 16 or 32"),
+    head_channels: int = ranged("train", "--head-channels", 128, "DA head width"),
+    output_stride: int = ranged("train", "--output-stride", 8, "the backbone's output stride"),
     imagenet: bool = typer.Option(True, help="initialise the backbone from the offline ImageNet weights"),
-    epochs: int = typer.Option(30, min=1),
-    batch_size: int = typer.Option(8, min=1, help="per process: under torchrun the effective batch is N times this"),
-    lr: float = typer.Option(1e-3, help="head learning rate (the backbone's is half); not scaled under torchrun"),
-    crop: str = typer.Option("288,384", help="training crop H,W"),
-    scale: str = typer.Option("0.75,1.5", help="random rescale range LOW,HIGH before cropping"),
-    dropout: float = typer.Option(0.1, min=0.0, max=0.9, help="dropout before each classifier"),
+    epochs: int = ranged("train", "--epochs", 30, "passes over the training set"),
+    batch_size: int = ranged("train", "--batch-size", 8, "per process: under torchrun the effective batch is N "
+                             "times this"),
+    lr: float = ranged("train", "--lr", 1e-3, "head learning rate (the backbone's is half); not scaled under "
+                       "torchrun"),
+    crop: str = typer.Option("288,384", help=f"training crop H,W (each 32 to {MAX_CROP_SIDE})"),
+    scale: str = typer.Option("0.75,1.5", help="random rescale range LOW,HIGH before cropping (0.1 to 4)"),
+    dropout: float = ranged("train", "--dropout", 0.1, "dropout before each classifier"),
     freeze_bn: bool = typer.Option(False, help="BatchNorm keeps its running statistics (small per-process batches)"),
     sync_bn: bool = typer.Option(False, help="SyncBatchNorm across torchrun processes (CUDA only)"),
     class_weights: str = typer.Option("sqrt-median", help="none | median | sqrt-median"),
@@ -67,20 +74,19 @@ def train(
                                    "backbone only (a new head, alpha = beta = 0, any width)"),
     freeze_backbone: bool = typer.Option(False, help="train the head only; the backbone keeps its weights "
                                          "and BatchNorm statistics"),
-    key_channels: Optional[int] = typer.Option(None, min=1, help="PAM query/key width d; default: head "
-                                               "channels / 8"),
-    attention_lr_scale: float = typer.Option(1.0, min=0.0, help="alpha and beta learn at lr times this, "
-                                             "without weight decay"),
-    ohem_thresh: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="online hard example mining: "
-                                                "train on pixels whose true-class probability is below this "
-                                                "(0.7 is usual)"),
-    ohem_min_kept: int = typer.Option(100_000, min=1, help="with --ohem-thresh, at least this many "
-                                      "hardest pixels per batch (per process under torchrun)"),
-    aux_weight: float = typer.Option(0.5, min=0.0, help="weight of the PAM- and CAM-branch losses"),
-    seed: int = typer.Option(0),
+    key_channels: Optional[int] = ranged("train", "--key-channels", None, "PAM query/key width d; default: "
+                                         "head channels / 8"),
+    attention_lr_scale: float = ranged("train", "--attention-lr-scale", 1.0, "alpha and beta learn at lr times "
+                                       "this, without weight decay"),
+    ohem_thresh: Optional[float] = ranged("train", "--ohem-thresh", None, "online hard example mining: train on "
+                                          "pixels whose true-class probability is below this (0.7 is usual)"),
+    ohem_min_kept: int = ranged("train", "--ohem-min-kept", 100_000, "with --ohem-thresh, at least this many "
+                                "hardest pixels per batch (per process under torchrun)"),
+    aux_weight: float = ranged("train", "--aux-weight", 0.5, "weight of the PAM- and CAM-branch losses"),
+    seed: int = ranged("train", "--seed", 0, "seed of the initialisation, crops and order"),
     device: Device = "auto",
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads"),
-    max_steps: Optional[int] = typer.Option(None, min=1, help="stop after this many steps"),
+    threads: Optional[int] = ranged("train", "--threads", None, "CPU threads"),
+    max_steps: Optional[int] = ranged("train", "--max-steps", None, "stop after this many steps"),
     export: Optional[Path] = typer.Option(None, help="also write the best model here (.safetensors)"),
 ):
     """Train DANet on CamVid (CUDA uses mixed precision); resumes from OUT/last.pt when it exists."""

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from danet.errors import ImageLoadError, LabelMapError
+from danet.errors import ImageLoadError, InputError, LabelMapError
 from danet.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, LoadedImage, load_image
 from danet.data.labels import load_label_map
 from danet.safety import sandbox
+from danet.safety.records import bounded_loads
 
 MEMORY_MB = 2048
 """Address space the child may add: a 64 MP 16-bit RGBA TIFF is 512 MB decoded, plus its conversions."""
@@ -58,8 +59,13 @@ def _run(kind: str, data: bytes, name: str, params: dict, error) -> tuple[np.nda
         info_path = os.path.join(folder, "info.json")
         if code != 0 or not os.path.isfile(info_path):
             raise error(f"{name} could not be read safely ({_child_note(folder) or f'exit status {code}'})")
-        with open(info_path, encoding="utf-8") as handle:
-            info = json.loads(handle.read(1 << 20))
+        with open(info_path, "rb") as handle:          # the child's word: bounded like any stranger's
+            try:
+                info = bounded_loads(handle.read(1 << 20), "the decoder's reply", max_bytes=1 << 20)
+            except InputError as exc:
+                raise error(f"{name} could not be read safely ({exc})") from None
+        if not isinstance(info, dict):
+            raise error(f"{name} could not be read safely (the decoder's reply is not an object)")
         if "error" in info:
             raise error(str(info["error"]))
         array = np.load(os.path.join(folder, "array.npy"), allow_pickle=False)

@@ -35,10 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from danet.models import attention
-from danet.models.attention import ChannelAttention, PositionAttention
-from danet.models.danet import DANet, DANetConfig
-
+from danet.models.segmentor import Segmentor, DANetConfig
+from danet.maps.dot_softmax import method_for
+from danet.models.heads.da import pam_working_bytes  # noqa: F401  (re-exported: the tests measure it)
 
 ALLOCATOR_SLACK = {"cpu": 1.6, "cuda": 1.2}   # process memory / live tensors (see module docstring)
 
@@ -74,29 +73,7 @@ class ForwardMemory:
 
 def pam_method_for(positions: int, method: str = "auto", device: str = "cpu") -> str:
     """The path ``pam_aggregate`` takes for ``positions`` (its own ``auto`` rule)."""
-    return attention.pam_method_for(positions, device) if method == "auto" else method
-
-
-def pam_working_bytes(positions: int, key_channels: int, channels: int, method: str,
-                      device: str = "cpu", element_bytes: int = 4) -> int:
-    """Temporary memory of one PAM aggregation beyond its query, key and value."""
-    n = positions
-    output = n * channels * element_bytes
-    if method == "explicit":
-        return 2 * n * n * element_bytes + output             # energy + softmax, then the product
-    if method == "chunked":
-        # Two blocks of at most CHUNK_ELEMENTS and two outputs: the autograd path's energy +
-        # softmax per block, then its per-block outputs and their concatenation. Inference
-        # (``_pam_chunked`` without grad) needs one block, in place, and one preallocated
-        # output, so this is an upper bound there.
-        block = min(n, max(1, attention.CHUNK_ELEMENTS // n)) * n
-        return 2 * block * element_bytes + 2 * output
-    if method == "sdpa":
-        # Contiguous copies of q, k (zero-padded to C on the CPU) and v, then the output; the
-        # fused kernel's own blocks (a few query x key tiles per thread) are small next to these.
-        qk_width = channels if device == "cpu" else key_channels
-        return (2 * qk_width + channels) * n * element_bytes + output
-    raise ValueError(f"unknown PAM method {method!r}")
+    return method_for(positions, device) if method == "auto" else method
 
 
 def _bytes(value) -> int:
@@ -106,8 +83,8 @@ def _bytes(value) -> int:
         return sum(_bytes(v) for v in value)
     if isinstance(value, dict):
         return sum(_bytes(v) for v in value.values())
-    if hasattr(value, "_fields"):          # NamedTuple outputs such as HeadOutput
-        return sum(_bytes(v) for v in value)
+    if hasattr(value, "logits") and hasattr(value, "kept"):      # a HeadState
+        return _bytes(value.logits) + _bytes(value.kept)
     return 0
 
 
@@ -129,7 +106,7 @@ def _keeps_input(module: nn.Module) -> bool:
 class _LiveSetTracer:
     """Forward hooks that record the largest live set, split into backbone and head."""
 
-    def __init__(self, model: DANet, device: str, element_bytes: int):
+    def __init__(self, model: Segmentor, device: str, element_bytes: int):
         self.model, self.device, self.element_bytes = model, device, element_bytes
         self.stack: list[tuple[nn.Module, list[torch.Tensor]]] = []
         self.peaks = {"backbone": 0, "head": 0}
@@ -179,52 +156,36 @@ class _LiveSetTracer:
         self.peaks[part] = max(self.peaks[part], total)
 
     def wrap_attention(self, module: nn.Module) -> None:
-        """``DAHead`` calls ``pam.attend``/``cam.attend`` directly (no hooks fire): wrap them.
-
-        The wrappers only exist on the private meta-device copy built for the estimate.
-        """
-        if isinstance(module, PositionAttention):
-            def attend(x):
-                # Only the q/k/v convolutions run (traced like any layer); the aggregation's
-                # working set is added analytically below. Running the real aggregation on meta
-                # would loop over query blocks on the chunked path (millions of steps for a
-                # 16k x 16k image) for shapes we already know.
-                self.stack.append((module, [x]))
-                query, key, _ = module.project(x)
-                self.stack.pop()
-                out = (torch.empty_like(x), query, key)
-                n = x.shape[-2] * x.shape[-1]
-                d, c = module.query.out_channels, module.value.out_channels
-                self.pam_method = pam_method_for(n, module.method, self.device)
-                self.pam_working = pam_working_bytes(n, d, c, self.pam_method, self.device, self.element_bytes)
-                qkv = x.shape[0] * n * (2 * d + c) * self.element_bytes
-                self.record(self.part() or "head", (x,), (), extra=self.pam_working + qkv)
-                return out
-            module.attend = attend
-        elif isinstance(module, ChannelAttention):
-            def attend(x):       # autocast cannot run on meta: build the output shapes directly
-                b, c = x.shape[:2]
-                fp32_copy = x.numel() * 4 if x.dtype != torch.float32 else 0
-                self.record(self.part() or "head", (x,), (), extra=3 * b * c * c * 4 + x.numel() * 4 + fp32_copy)
-                return torch.empty_like(x), x.new_empty(b, c, c)
-            module.attend = attend
+        """Heads call their attention modules' ``attend`` directly (no hooks fire): replace it, on
+        the private meta-device copy, by the module's ``meta_attend``, which gives the outputs'
+        shapes and the working set without running the aggregation (on the chunked path that
+        would loop over query blocks for shapes already known)."""
+        def attend(x):
+            self.stack.append((module, [x]))
+            out, extra, info = module.meta_attend(x, self.device, self.element_bytes)
+            self.stack.pop()
+            if info is not None:          # the position attention's own working set and path
+                self.pam_method, self.pam_working = info
+            self.record(self.part() or "head", (x,), (), extra=extra)
+            return out
+        module.attend = attend
 
 
 @functools.lru_cache(maxsize=64)
 def _estimate(config: DANetConfig, height: int, width: int, device: str, element_bytes: int) -> ForwardMemory:
     with torch.device("meta"):
-        model = DANet(config).eval()
+        model = Segmentor(config).eval()
     parameters = sum(_bytes(p) for p in model.parameters()) + sum(_bytes(b) for b in model.buffers())
     dtype = {2: torch.float16, 4: torch.float32, 8: torch.float64}[element_bytes]
     x = torch.empty(1, 3, height, width, device="meta", dtype=dtype)
     model = model.to(dtype)
     with torch.inference_mode(), _LiveSetTracer(model, device, element_bytes) as tracer:
-        for module in model.modules():
+        for module in model.head.attention_modules():
             tracer.wrap_attention(module)
         features = model.backbone(x)
         head = model.head.inspect(features)
     grid = tuple(features.shape[-2:])
-    outputs = 3 * config.num_classes * height * width * element_bytes
+    outputs = len(model.head.outputs) * config.num_classes * height * width * element_bytes
     # The head's outputs (logits at grid size, Q/K, CAM maps) stay alive while logits are upsampled.
     head_peak = max(tracer.peaks["head"], _bytes(head) + outputs)
     return ForwardMemory(parameters=parameters, backbone_peak=tracer.peaks["backbone"], head_peak=head_peak,

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from danet.jobs.inputs import check_points, describe_model, parse_point
 from danet.safety.outputs import OutputError, clean_stale_partials, output_lock, prepare_output_dir, save_json, save_npy, save_png, save_text
-from danet.safety.paths import file_sha256
+from danet.safety.paths import file_sha256, regular_file
 from danet.checkpoints.meta import LoadedModel
 from danet.data.images import ImageLoadError, LoadedImage, load_image
 from danet.errors import InputError
@@ -25,6 +25,8 @@ from danet.inspection import InspectionResult, inspect_image
 from danet.render.overlays import heatmap, heatmap_overlay, mark_points
 
 MANIFEST = "manifest.json"
+MAX_QUERY_POINTS = 64
+"""Points one command takes: each is a map (and files, or a figure panel) of its own."""
 
 
 @dataclass
@@ -41,10 +43,10 @@ class Query:
 def read_query(image: str | Path, points: list[str | tuple[float, float]], *, need_points: bool = True) -> Query:
     """Decode ``image`` and check ``points`` (``"X,Y"`` strings or pairs) against it; with
     ``need_points=False`` an empty list is allowed."""
+    if len(points) > MAX_QUERY_POINTS:
+        raise InputError(f"{len(points):,} points given; at most {MAX_QUERY_POINTS} (each is a map of its own)")
     given = [parse_point(p) if isinstance(p, str) else (float(p[0]), float(p[1])) for p in points]
-    path = Path(image)
-    if not path.is_file():
-        raise InputError(f"{path} is not a file")
+    path = regular_file(image, "an image file", ImageLoadError)
     try:
         picture = load_image(path)
     except ImageLoadError as error:
@@ -81,7 +83,9 @@ def export_attention(loaded: LoadedModel, query: Query, out: str | Path, *, chan
     model_info = describe_model(loaded)          # hash now: the file may be replaced later
     result = _inspect(loaded, query)
     channels = list(channels)
-    channels_total = result.cam_attention.shape[0]
+    if result.cam_attention is None and channels:
+        raise InputError(f"--channel needs channel attention, which the {result.head} head does not have")
+    channels_total = 0 if result.cam_attention is None else result.cam_attention.shape[0]
     bad = [c for c in channels if not 0 <= c < channels_total]
     if bad:
         raise InputError(f"channel {bad[0]} does not exist; the CAM has channels 0..{channels_total - 1}")
@@ -100,38 +104,44 @@ def _write_attention(loaded, query, result, out, model_info, channels, channels_
     except OSError as error:
         raise OutputError(f"cannot replace {out / MANIFEST}: {error.strerror or error}") from None
     array, points, picture = query.picture.array, query.used, query.picture
-    rows = result.rows(points)                      # (P, h, w), each sums to 1
-    upsampled = result.upsample_maps(rows)
     files = []
 
     def keep(name):
         files.append(name)
         return out / name
 
-    with tqdm(total=len(points) + 2 + len(channels), desc="attention", unit="file-set",
+    with tqdm(total=len(points) * len(result.maps) + 2 + len(channels), desc="attention", unit="file-set",
               disable=not progress) as bar:
         save_png(keep("image_points.png"), mark_points(array, points))
-        save_npy(keep("pam_maps.npy"), rows.astype(np.float32))
         bar.update(1)
-        point_entries = []
-        for index, ((x, y), (gx, gy), grid_map, full_map) in enumerate(zip(points, query.given, rows, upsampled)):
-            row, col = result.pixel_to_cell(x, y)
-            stem = f"pam_point{index + 1}"
-            save_npy(keep(f"{stem}.npy"), grid_map.astype(np.float32))
-            overlay = heatmap_overlay(array, full_map, opacity, vmin=0.0)
-            save_png(keep(f"{stem}.png"), mark_points(overlay, [(x, y)], first_index=index))
-            point_entries.append({
-                "index": index + 1, "x": gx, "y": gy, "x_used": x, "y_used": y, "cell": [row, col],
-                "cell_box": [round(v, 3) for v in result.cell_to_pixel_box(row, col)],
-                "self_weight": float(grid_map[row, col]), "max_weight": float(grid_map.max()),
-                "files": [f"{stem}.npy", f"{stem}.png"]})
-            bar.update(1)
+        point_entries, map_entries = [], {}
+        for map_name, the_map in result.maps.items():      # DANet: one map, "pam"
+            rows = the_map.rows(points)                     # (P, h, w)
+            upsampled = result.upsample_maps(rows)
+            save_npy(keep(f"{map_name}_maps.npy"), rows.astype(np.float32))
+            map_entries[map_name] = {"file": f"{map_name}_maps.npy", "shape": list(rows.shape), "kind": the_map.kind,
+                                     "meaning": f"the row of each query cell over the h x w grid: {the_map.describe()}"}
+            for index, ((x, y), (gx, gy), grid_map, full_map) in enumerate(zip(points, query.given, rows, upsampled)):
+                row, col = result.pixel_to_cell(x, y)
+                stem = f"{map_name}_point{index + 1}"
+                save_npy(keep(f"{stem}.npy"), grid_map.astype(np.float32))
+                overlay = heatmap_overlay(array, full_map, opacity, vmin=0.0)
+                save_png(keep(f"{stem}.png"), mark_points(overlay, [(x, y)], first_index=index))
+                if map_name == next(iter(result.maps)):
+                    point_entries.append({
+                        "index": index + 1, "x": gx, "y": gy, "x_used": x, "y_used": y, "cell": [row, col],
+                        "cell_box": [round(v, 3) for v in result.cell_to_pixel_box(row, col)],
+                        "self_weight": float(grid_map[row, col]), "max_weight": float(grid_map.max()),
+                        "files": []})
+                point_entries[index]["files"] += [f"{stem}.npy", f"{stem}.png"]
+                bar.update(1)
 
-        matrix = result.cam_attention
-        save_npy(keep("cam_matrix.npy"), matrix.astype(np.float32))
-        with_rows = "\n".join(",".join(f"{v:.8g}" for v in line) for line in matrix) + "\n"
-        save_text(keep("cam_matrix.csv"), with_rows)
-        save_figure(cam_matrix_figure(matrix), keep("cam_matrix.png"), dpi=150)
+        if result.cam_attention is not None:
+            matrix = result.cam_attention
+            save_npy(keep("cam_matrix.npy"), matrix.astype(np.float32))
+            with_rows = "\n".join(",".join(f"{v:.8g}" for v in line) for line in matrix) + "\n"
+            save_text(keep("cam_matrix.csv"), with_rows)
+            save_figure(cam_matrix_figure(matrix), keep("cam_matrix.png"), dpi=150)
         bar.update(1)
 
         channel_entries = []
@@ -152,13 +162,16 @@ def _write_attention(loaded, query, result, out, model_info, channels, channels_
         "model": model_info,
         "image": {"path": str(query.path), "sha256": file_sha256(query.path), "size": list(picture.size),
                   "original_size": list(picture.original_size), "notices": picture.notices},
-        "grid_size": list(result.grid_size), "alpha": result.alpha, "beta": result.beta,
+        "head": result.head, "grid_size": list(result.grid_size), "gains": dict(result.gains),
+        **({"alpha": result.alpha, "beta": result.beta} if result.head == "da" else {}),
         "device": result.device, "forward_seconds": round(result.seconds, 4),
         "points": point_entries,
-        "pam_maps": {"file": "pam_maps.npy", "shape": list(rows.shape),
-                     "meaning": "softmax row of each query cell over the h x w grid (sums to 1)"},
-        "cam": {"channels": channels_total, "files": ["cam_matrix.npy", "cam_matrix.csv", "cam_matrix.png"],
-                "meaning": "row i: weights with which channel i gathers every channel j (rows sum to 1)"},
+        "maps": map_entries,
+        **({"pam_maps": {**map_entries["pam"], "meaning": "softmax row of each query cell over the h x w grid (sums to 1)"}}
+           if "pam" in map_entries else {}),
+        **({"cam": {"channels": channels_total, "files": ["cam_matrix.npy", "cam_matrix.csv", "cam_matrix.png"],
+                    "meaning": "row i: weights with which channel i gathers every channel j (rows sum to 1)"}}
+           if result.cam_attention is not None else {}),
         "channels": channel_entries,
         "files": files,
         "settings": {"model_sha256": model_info["sha256"], "config": loaded.meta.config.to_dict(),
@@ -176,7 +189,7 @@ def export_figure(loaded: LoadedModel, query: Query, out: str | Path, *, dpi: in
     check_figure_path(out)
     result = _inspect(loaded, query)
     maps = result.rows_upsampled(query.used)
-    predictions = {which: result.prediction(which) for which in ("fused", "pam", "cam")}
+    predictions = {which: result.prediction(which) for which in result.outputs}
     figure = attention_figure(query.picture.array, query.used, maps, predictions, loaded.meta.classes,
                               loaded.meta.palette, all_classes=all_classes, title=title, columns=columns)
     clean_stale_partials(Path(out))

@@ -18,13 +18,13 @@ from danet.checkpoints.meta import LoadedModel
 from danet.data.camvid import IGNORE_INDEX, list_pairs, normalise, read_pair
 from danet.errors import LabelMapError
 from danet.analysis.metrics import confusion_matrix, scores
-from danet.models import IMAGENET_MEAN, IMAGENET_STD, DANet
+from danet.models import IMAGENET_MEAN, IMAGENET_STD, Segmentor
 
 
 @torch.inference_mode()
-def predict_logits(model: DANet, x: torch.Tensor, flip: bool = False,
+def predict_logits(model: Segmentor, x: torch.Tensor, flip: bool = False,
                    scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
-    """Fused logits (summed softmax over scales and flips) at the input size."""
+    """Main-output logits (DANet: fused; summed softmax over scales and flips) at the input size."""
     size = x.shape[-2:]
     total = 0
     for scale in scales:
@@ -32,7 +32,7 @@ def predict_logits(model: DANet, x: torch.Tensor, flip: bool = False,
                                                   align_corners=model.config.align_corners)
         views = [xs, xs.flip(-1)] if flip else [xs]
         for i, view in enumerate(views):
-            logits = model(view)[0]
+            logits = next(iter(model(view).values()))       # the main output
             if i == 1:
                 logits = logits.flip(-1)
             total = total + torch.softmax(F.interpolate(logits, size=size, mode="bilinear",
@@ -40,7 +40,7 @@ def predict_logits(model: DANet, x: torch.Tensor, flip: bool = False,
     return total
 
 
-def evaluate_model(model: DANet, data: str | Path, split: str = "val", device=None, num_classes: int = 11,
+def evaluate_model(model: Segmentor, data: str | Path, split: str = "val", device=None, num_classes: int = 11,
                    ignore_index: int = IGNORE_INDEX, flip: bool = False, scales=(1.0,),
                    mean=IMAGENET_MEAN, std=IMAGENET_STD, progress=None, distributed: bool | None = None) -> dict:
     """Scores of ``model`` on every pair of ``data/split``; ``progress`` wraps the pair list.

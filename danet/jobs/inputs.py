@@ -17,7 +17,7 @@ import numpy as np
 from danet.data.images import IMAGE_SUFFIXES
 from danet.errors import InputError
 from danet.safety.outputs import RESERVED_NAMES
-from danet.safety.paths import file_sha256
+from danet.safety.paths import file_sha256, regular_file
 
 MAX_NAME_BYTES = 120            # per-image folder names (file systems allow 255 bytes)
 
@@ -41,7 +41,7 @@ def collect_images(inputs: list[str | Path], recursive: bool = False) -> list[Pa
             candidates = sorted(_walk(path) if recursive else
                                 (p for p in path.iterdir() if _is_image_name(p.name) and p.is_file()))
         elif _is_image_name(path.name):
-            candidates = [path]
+            candidates = [regular_file(path, "an image file")]     # a FIFO or /dev/zero link: refused now
         else:
             raise InputError(f"{path} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
         for candidate in candidates:

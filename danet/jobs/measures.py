@@ -18,12 +18,12 @@ import numpy as np
 
 from danet.analysis import Ablation, ImageMeasures, Knockout, ablate, knockout_curve, measure_image
 from danet.analysis.contribution import percent
-from danet.analysis.knockout import DRAWS, MAX_K
+from danet.analysis.knockout import DRAWS, MAX_K, check_knockout_settings
 from danet.analysis.specificity import MAX_QUERIES
 from danet.jobs.attention import Query
 from danet.jobs.inputs import describe_model
 from danet.safety.outputs import OutputError, output_lock, prepare_output_dir, save_json
-from danet.safety.paths import file_sha256
+from danet.safety.paths import file_sha256, regular_file
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
 from danet.errors import InputError, LabelMapError
@@ -49,9 +49,7 @@ class LabelMap:
 def read_labels(path: str | Path, query: Query, loaded: LoadedModel) -> LabelMap:
     """Read the label map ``path`` for ``query``'s image (resized with it when it was downscaled);
     ids or the dataset's colours. Ids outside the classes are void."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabelMapError(f"label map {path} is not a file")
+    path = regular_file(path, "a label map", LabelMapError)
     ignore = loaded.meta.dataset.ignore_index
     ignore = FALLBACK_IGNORE if ignore is None else int(ignore)
     ids, notices = load_label_map(path, query.picture.size, loaded.meta.config.num_classes, ignore,
@@ -151,8 +149,7 @@ def measure_query(loaded: LoadedModel, query: Query, *, labels: str | Path | Non
     """Inspect ``query``'s image once and take every measure: ``measure_image``, ``ablate`` for PAM
     off, CAM off and both (with the label map ``labels``: the fused mIoU change too), and
     ``knockout_curve`` for each point (``max_k``, ``draws`` and ``seed`` as there)."""
-    if max_k < 1 or draws < 1:
-        raise InputError(f"max_k and draws must be at least 1, got {max_k} and {draws}")
+    check_knockout_settings(max_k, draws, seed)             # before the forward, not after it
     label_map = read_labels(labels, query, loaded) if labels is not None else None
     model = loaded.model
     result = inspect_image(model, query.picture.array, loaded.meta.mean, loaded.meta.std)

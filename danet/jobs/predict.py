@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from danet.runtime import distributed
-from danet.errors import one_line
+from danet.errors import DanetError, one_line
 from danet.jobs.inputs import collect_images, describe_model, output_names
 from danet.safety.outputs import OutputBusyError, OutputError, child_folder, output_lock, prepare_output_dir, read_json, save_json, save_npz, save_png
 from danet.safety.paths import file_sha256
@@ -36,7 +36,7 @@ from danet.errors import InputError
 from danet.inspection import to_tensor
 from danet.render.overlays import colorize, legend, mask_overlay
 
-OUTPUTS = ("fused", "pam", "cam")
+OUTPUTS = ("fused", "pam", "cam")      # DANet's; a model's own come from ``model.outputs``
 RECORD = "prediction.json"
 LOGITS_DTYPES = ("float16", "float32")
 
@@ -75,15 +75,15 @@ class PredictReport:
         return f"{len(self.failed)} of {len(self.images)} images could not be read ({listing})"
 
 
-def expected_files(save_logits: bool) -> list[str]:
-    names = [f"{which}_{kind}.png" for which in OUTPUTS for kind in ("mask", "overlay")]
+def expected_files(save_logits: bool, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
+    names = [f"{which}_{kind}.png" for which in outputs for kind in ("mask", "overlay")]
     return names + (["logits.npz"] if save_logits else []) + [RECORD]
 
 
 def output_settings(loaded: LoadedModel, model_sha: str, opacity: float) -> dict:
     """Every setting besides the image that changes an output: a rerun redoes images whose
     record holds other values (the logits dtype is compared separately, only when asked for)."""
-    from danet import __version__        # at call time: the package finishes importing first
+    from danet import __version__  # at call time: the package finishes importing first
 
     meta = loaded.meta
     return {"model_sha256": model_sha, "config": meta.config.to_dict(), "dataset": meta.dataset.name,
@@ -132,7 +132,8 @@ def redo_reason(folder: Path, image_sha: str, settings: dict, logits_dtype: str 
         reasons += _differences(record["settings"], settings)
     if logits_dtype is not None and record.get("logits_dtype") != logits_dtype:
         reasons.append("--logits-dtype changed" if record.get("logits_dtype") else "--save-logits asked for logits")
-    if not reasons and not all((folder / name).is_file() for name in expected_files(logits_dtype is not None)):
+    if not reasons and not all((folder / name).is_file() for name in expected_files(
+            logits_dtype is not None, tuple(record.get("class_fractions") or OUTPUTS))):
         reasons.append("outputs were missing")
     return " and ".join(reasons) or None
 
@@ -146,10 +147,10 @@ def is_new(folder: Path) -> bool:
 
 
 def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: np.ndarray,
-                  opacity: float, logits_dtype: str | None, record: dict) -> None:
+                  opacity: float, logits_dtype: str | None, record: dict, outputs: tuple[str, ...] = OUTPUTS) -> None:
     """Masks, overlays (and logits) of one image; the record last, as the completion mark.
 
-    ``logits`` is (3, K, H, W) in the order fused, PAM, CAM; with ``logits_dtype`` ("float16" or
+    ``logits`` is (O, K, H, W) in the order of ``outputs`` (the model's, main first); with ``logits_dtype`` ("float16" or
     "float32") they are saved, with their softmax probabilities, in ``logits.npz``.
     """
     try:
@@ -157,16 +158,16 @@ def write_outputs(folder: Path, image: np.ndarray, logits: np.ndarray, palette: 
     except OSError as error:
         raise OutputError(f"cannot replace {folder / RECORD}: {one_line(error)}") from None
     predictions = logits.argmax(1)
-    for which, prediction in zip(OUTPUTS, predictions):
+    for which, prediction in zip(outputs, predictions):
         save_png(folder / f"{which}_mask.png", colorize(prediction, palette))
         save_png(folder / f"{which}_overlay.png", mask_overlay(image, prediction, palette, opacity))
     if logits_dtype is not None:
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         save_npz(folder / "logits.npz", logits=logits.astype(logits_dtype),
-                 probabilities=probabilities.astype(logits_dtype), outputs=np.array(OUTPUTS))
+                 probabilities=probabilities.astype(logits_dtype), outputs=np.array(outputs))
         record["logits_dtype"] = logits_dtype
     counts = [np.bincount(p.ravel(), minlength=len(palette)) / p.size for p in predictions]
-    record["class_fractions"] = {which: [round(float(v), 6) for v in c] for which, c in zip(OUTPUTS, counts)}
+    record["class_fractions"] = {which: [round(float(v), 6) for v in c] for which, c in zip(outputs, counts)}
     save_json(folder / RECORD, record)
 
 
@@ -255,8 +256,8 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
     pending = []
     for path, name in mine:
         try:
-            sha = file_sha256(path)
-        except OSError as error:
+            sha = file_sha256(path)               # refuses a FIFO or device swapped in since the listing
+        except (OSError, DanetError) as error:
             report.failed.append((path, one_line(error)))
             continue
         folder = out / name
@@ -286,8 +287,8 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
             x = torch.cat([to_tensor(item["image"], meta.mean, meta.std) for item in group]).to(device)
             start = time.perf_counter()
             with torch.inference_mode():
-                fused, pam, cam = model(x)
-            logits = torch.stack([fused, pam, cam], 1).float().cpu().numpy()   # (B, 3, K, H, W)
+                outputs = model(x)
+            logits = torch.stack(list(outputs.values()), 1).float().cpu().numpy()   # (B, O, K, H, W)
             seconds = (time.perf_counter() - start) / len(group)
             for item, image_logits in zip(group, logits):
                 height, width = item["image"].shape[:2]
@@ -299,7 +300,7 @@ def _predict_locked(loaded: LoadedModel, files: list[Path], out: Path, *, batch_
                 if sharded:
                     record["rank"] = distributed.rank()
                 write_outputs(child_folder(out, item["name"]), item["image"], image_logits, palette, opacity,
-                              wanted_dtype, record)
+                              wanted_dtype, record, tuple(outputs))
                 report.processed.append(item["name"])
                 bar.update(1)
 

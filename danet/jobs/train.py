@@ -29,9 +29,11 @@ from danet.checkpoints.save import save_model
 from danet.data.camvid import IGNORE_INDEX, SegmentationAugment, SegmentationDataset
 from danet.data.palettes import CAMVID
 from danet.runtime import distributed
-from danet.errors import InputError
+from danet.analysis.common import check_seed
+from danet.errors import CheckpointError, InputError
+from danet.safety.paths import regular_file
 from danet.jobs.evaluate import evaluate_model
-from danet.models import DANet, DANetConfig
+from danet.models import Segmentor, DANetConfig
 from danet.models.registry import normalisation
 
 
@@ -112,10 +114,10 @@ def hard_pixels(logits: torch.Tensor, target: torch.Tensor, thresh: float, min_k
 
 
 def seg_loss(outputs, target, weight, aux_weight, ohem_thresh: float | None = None, ohem_min_kept: int = 100_000):
-    """Cross-entropy on the fused output plus ``aux_weight`` times that of the PAM and CAM branch
-    outputs, as DANet is trained; with ``ohem_thresh`` each output's loss is the weighted mean over
+    """Cross-entropy on the main output plus ``aux_weight`` times that of each other output (DANet:
+    fused, then the PAM and CAM branch outputs, as the paper trains it); with ``ohem_thresh`` each output's loss is the weighted mean over
     its own hard pixels (``hard_pixels``)."""
-    fused, pam, cam = outputs
+    main, *auxiliary = outputs.values() if isinstance(outputs, dict) else outputs
 
     def ce(logits):
         if ohem_thresh is None:
@@ -125,7 +127,7 @@ def seg_loss(outputs, target, weight, aux_weight, ohem_thresh: float | None = No
             return logits.float().sum() * 0.0
         return F.cross_entropy(logits.float(), kept, weight=weight, ignore_index=IGNORE_INDEX)
 
-    return ce(fused) + aux_weight * (ce(pam) + ce(cam))
+    return ce(main) + aux_weight * sum(ce(logits) for logits in auxiliary)
 
 
 def poly_lr(step: int, total: int, warmup: int) -> float:
@@ -134,12 +136,12 @@ def poly_lr(step: int, total: int, warmup: int) -> float:
     return (1 - min(step, total - 1) / total) ** 0.9
 
 
-def build(cfg: TrainConfig) -> DANet:
+def build(cfg: TrainConfig) -> Segmentor:
     config = DANetConfig(num_classes=CAMVID.num_classes, backbone=cfg.backbone,
                          head_channels=cfg.head_channels, key_channels=cfg.key_channels,
                          output_stride=cfg.output_stride, align_corners=False,
                          stem="7x7" if cfg.backbone.startswith("resnet") else None, dropout=cfg.dropout)
-    model = DANet(config)
+    model = Segmentor(config)
     if cfg.init:
         initialise_from(model, cfg.init, parts=cfg.init_parts)
     elif cfg.imagenet and not config.is_resnet:
@@ -148,9 +150,9 @@ def build(cfg: TrainConfig) -> DANet:
     return model
 
 
-def initialise_from(model: DANet, source: str, parts: str = "all") -> None:
+def initialise_from(model: Segmentor, source: str, parts: str = "all") -> None:
     """Copy the weights of ``source`` (any layout ``danet.load`` reads) into ``model``: fine-tuning
-    a trained DANet (``parts="all"``: backbone, widths and classes must agree), or a new head on
+    a trained model (``parts="all"``: backbone, widths and classes must agree), or a new head on
     its trained backbone (``"backbone"``: the head keeps its fresh initialisation, alpha = beta = 0,
     and may be of another width). The run's own settings (dropout, schedule, crops) stay the run's."""
     from danet.loader import load
@@ -171,11 +173,11 @@ def initialise_from(model: DANet, source: str, parts: str = "all") -> None:
         raise InputError(f"--init {source} does not fit this run's architecture: {detail}") from None
 
 
-def param_groups(model: DANet, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: Segmentor, cfg: TrainConfig) -> list[dict]:
     """Backbone at ``lr * backbone_lr_scale``; head at ``lr``; the two attention gains (alpha,
     beta) in a group of their own at ``lr * attention_lr_scale`` and without weight decay, which
     would otherwise pull the scalars that switch attention on back towards zero."""
-    gains = [model.head.pam.alpha, model.head.cam.beta]
+    gains = [model.head.get_parameter(term.gain) for term in model.head.terms]
     ids = {id(p) for p in gains}
     head = [p for p in model.head.parameters() if id(p) not in ids]
     groups = [{"params": head, "lr": cfg.lr},
@@ -233,6 +235,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
     if cfg.sync_bn and device.type != "cuda":
         raise InputError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm syncs GPU tensors only "
                          "(on the CPU use --freeze-bn or larger per-process batches)")
+    if cfg.init:                     # a FIFO or /dev/zero link is refused before the dataset is read
+        regular_file(cfg.init, "a checkpoint", CheckpointError)
+    check_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -321,7 +326,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
         epoch += 1
         record = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
                   "seconds": round(time.time() - started, 1),
-                  "alpha": float(net.head.pam.alpha.detach()), "beta": float(net.head.cam.beta.detach())}
+                  **{term.gain_title or term.name: gain for term, gain in zip(net.head.terms, net.head.gains().values())}}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs or step >= total:
             net.eval()
             # sharded over the processes; the summed confusion matrix gives every rank the same scores
@@ -348,7 +353,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, log) -> dict:
     return best
 
 
-def run_meta(model: DANet, cfg: TrainConfig, **extra) -> ModelMeta:
+def run_meta(model: Segmentor, cfg: TrainConfig, **extra) -> ModelMeta:
     """What a run's checkpoints say about themselves: config, labels, normalisation."""
     mean, std = normalisation(cfg.backbone)
     return ModelMeta(config=model.config, dataset=CAMVID, mean=mean, std=std, layout="danet-lens", extra=extra)
@@ -362,7 +367,7 @@ def val_history(log: Path) -> list[tuple[int, float]]:
     return [(r["epoch"], r["val_miou"]) for r in records if r.get("val_miou") is not None]
 
 
-def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path, processes: int = 1,
+def export_best(model: Segmentor, cfg: TrainConfig, best: dict, out: Path, processes: int = 1,
                 history: list[tuple[int, float]] = ()) -> Path:
     """Write the best model as fp16 ``.safetensors`` with its measured accuracy, the command that
     trained it and its val curve (the card's rows)."""
@@ -371,20 +376,11 @@ def export_best(model: DANet, cfg: TrainConfig, best: dict, out: Path, processes
         card["training_command"] = cfg.command
     if history:
         card["training_history"] = ", ".join(f"{epoch}: {100 * miou:.1f}" for epoch, miou in history)
-    meta = run_meta(model, cfg, **card, **{
-        "val_miou": round(best["miou"] * 100, 2),
-        "val_pixel_accuracy": round(best["pixel_accuracy"] * 100, 2),
-        "val_iou": dict(zip(CAMVID.classes, [None if v is None else round(v * 100, 2) for v in best["iou"]])),
-        "epoch": best["epoch"], "step": best["step"],
-        "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
+    meta = run_meta(model, cfg, **card, val_miou=round(best["miou"] * 100, 2), val_pixel_accuracy=round(best["pixel_accuracy"] * 100, 2), val_iou=dict(zip(CAMVID.classes, [None if v is None else round(v * 100, 2) for v in best["iou"]])), epoch=best["epoch"], step=best["step"], training={k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
                      if k not in ("data", "out", "export", "device", "threads", "init", "command")}
                     | ({"init": Path(cfg.init).name} if cfg.init else {})
-                    | {"processes": processes, "effective_batch_size": cfg.batch_size * processes},
-        "training_data": "CamVid train split (367 frames, SegNet 11-class version)",
-        "input_size": [360, 480],
-        "license": "Weights trained on CamVid: research and personal use only (CC BY-NC 4.0), "
-                   "inheriting the dataset's non-commercial terms.",
-    })
+                    | {"processes": processes, "effective_batch_size": cfg.batch_size * processes}, training_data="CamVid train split (367 frames, SegNet 11-class version)", input_size=[360, 480], license="Weights trained on CamVid: research and personal use only (CC BY-NC 4.0), "
+                   "inheriting the dataset's non-commercial terms.")
     path = Path(cfg.export) if cfg.export else out / "best.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -71,12 +71,12 @@ def attention_figure(image: np.ndarray, points: list[tuple[float, float]], maps:
             _mark(ax, x, y, index, width)
         _image_axis(ax, "Image and query points")
         names = {"fused": "Fused (DANet)", "pam": "PAM branch", "cam": "CAM branch"}
-        for column, key in enumerate(("fused", "pam", "cam"), start=1):
+        for column, key in enumerate(predictions, start=1):        # the head's outputs, main first
             if column >= columns:
                 break
             ax = fig.add_subplot(grid[0, column])
             ax.imshow(colorize(predictions[key], palette), interpolation="nearest")
-            _image_axis(ax, names[key])
+            _image_axis(ax, names.get(key, key))
 
         for index, ((x, y), values) in enumerate(zip(points, maps)):
             ax = fig.add_subplot(grid[1 + index // columns, index % columns])

@@ -19,6 +19,8 @@ from typing import Iterator
 import numpy as np
 
 from danet.errors import DanetError, InputError, one_line
+from danet.safety.paths import FileRefused, open_regular
+from danet.safety.records import MAX_RECORD_BYTES, bounded_loads
 
 LOCK_NAME = ".danet.lock"
 RESERVED_NAMES = ("legend.png", "manifest.json", LOCK_NAME)   # what the output root itself holds
@@ -138,11 +140,13 @@ def save_figure(figure, path: str | Path, dpi: int | None = None) -> None:
         figure.savefig(temporary, format=path.suffix.lstrip(".").lower(), dpi=dpi, bbox_inches="tight")
 
 
-def read_json(path: str | Path) -> dict | None:
-    """The JSON object in ``path``, or ``None`` when it is missing or unreadable."""
+def read_json(path: str | Path, max_bytes: int = MAX_RECORD_BYTES) -> dict | None:
+    """The JSON object in ``path``, or ``None`` when it is missing, unreadable or not a bounded,
+    finite JSON object (a record in ``--out`` may have been edited: it is then redone, not trusted)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        with open_regular(Path(path), max_bytes) as (fd, size):
+            data = bounded_loads(os.read(fd, size + 1), str(path), max_bytes=max_bytes)
+    except (FileRefused, OSError, InputError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -1,4 +1,10 @@
-"""DANet = backbone + DA head, described by a small serialisable config."""
+"""A segmentor = a dilated backbone + one attention head, described by a small serialisable config.
+
+The head is looked up by name in ``danet.models.heads`` (DANet's ``"da"`` by default), so the
+segmentor knows no head. ``forward`` returns the head's logits by output name at input size,
+main output first (torchvision's segmentation models return an ordered dict the same way).
+``DANet`` stays for the 0.2 API: a segmentor whose ``forward`` returns the (fused, PAM, CAM) tuple.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danet.models.backbones import DilatedResNet, TimmBackbone
-from danet.models.head import DAHead
+from danet.models.heads import get_head
 from danet.models.registry import BACKBONES, register_model
 
 
@@ -24,6 +30,7 @@ class DANetConfig:
 
     num_classes: int = 19
     backbone: str = "resnet50"
+    head: str = "da"                      # a registered head (``danet.models.heads.list_heads()``)
     stem: str = "7x7"
     output_stride: int = 8
     multi_grid: bool = False
@@ -31,26 +38,41 @@ class DANetConfig:
     key_channels: int | None = None       # None: head_channels // 8
     align_corners: bool = True
     dropout: float = 0.1
+    # options of heads other than DA, as sorted (name, value) pairs (hashable, JSON-ready)
+    head_options: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
         if isinstance(self.backbone, str) and not self.is_resnet and self.stem is not None:
             object.__setattr__(self, "stem", None)
+        if isinstance(self.head_options, dict):
+            object.__setattr__(self, "head_options", tuple(sorted(self.head_options.items())))
+        else:
+            object.__setattr__(self, "head_options", tuple(tuple(pair) for pair in self.head_options))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "head_options": dict(self.head_options)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DANetConfig":
+    def from_dict(cls, data: dict) -> DANetConfig:
+        """Unknown fields are ignored; a v1 record (no ``head``) is DANet's DA head."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    def options(self) -> dict:
+        """What the head's ``build`` reads: DA's own fields and every other head's options."""
+        return {"head_channels": self.head_channels, "key_channels": self.key_channels,
+                "dropout": self.dropout, **dict(self.head_options)}
 
     @property
     def is_resnet(self) -> bool:
         return self.backbone.startswith("resnet") and self.backbone[6:].isdigit()
 
 
-class DANet(nn.Module):
-    """Dual Attention Network. ``forward`` returns (fused, PAM, CAM) logits at input size."""
+SegmentorConfig = DANetConfig
+
+
+class Segmentor(nn.Module):
+    """Backbone + attention head. ``forward`` returns {output name: logits at input size}."""
 
     def __init__(self, config: DANetConfig):
         super().__init__()
@@ -60,29 +82,38 @@ class DANet(nn.Module):
                                           config.output_stride, config.multi_grid)
         else:
             self.backbone = TimmBackbone(config.backbone, config.output_stride)
-        self.head = DAHead(self.backbone.out_channels, config.num_classes, config.head_channels,
-                           config.key_channels, config.dropout)
+        self.head = get_head(config.head).build(self.backbone.out_channels, config.num_classes, config.options())
 
     def upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(logits, size=size, mode="bilinear",
                              align_corners=self.config.align_corners)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.head.outputs
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
-        fused, pam, cam = self.head(self.backbone(x))
-        return self.upsample(fused, size), self.upsample(pam, size), self.upsample(cam, size)
+        return {name: self.upsample(t, size) for name, t in self.head(self.backbone(x)).items()}
 
 
-def create_model(config: DANetConfig | None = None, **overrides) -> DANet:
-    """Build a DANet from a config (and/or keyword overrides); weights are random."""
+class DANet(Segmentor):
+    """The 0.2 API: a segmentor whose ``forward`` returns the tuple of its outputs, main first."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(super().forward(x).values())
+
+
+def create_model(config: DANetConfig | None = None, **overrides) -> Segmentor:
+    """Build a segmentor from a config (and/or keyword overrides); weights are random."""
     config = dataclasses.replace(config or DANetConfig(), **overrides)
-    return DANet(config)
+    return Segmentor(config)
 
 
 def _builder(backbone: str, default_classes: int):
     spec = BACKBONES[backbone]
 
-    def build(*, num_classes: int = default_classes, **config) -> DANet:
+    def build(*, num_classes: int = default_classes, **config) -> Segmentor:
         if spec.head_channels is not None:
             config.setdefault("head_channels", spec.head_channels)
         return create_model(num_classes=num_classes, backbone=backbone, **config)
