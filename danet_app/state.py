@@ -17,9 +17,9 @@ import numpy as np
 from danet.maps.grid import grid_labels
 from danet.analysis.metrics import confusion_matrix, scores
 from danet.checkpoints.meta import LoadedModel
-from danet.checkpoints.read import bounded_json
 from danet.data.labels import load_label_map
 from danet.errors import InputError, LabelMapError
+from danet.safety.records import read_points_record
 from danet.inspection import InspectionResult
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "attention_entropy",
     "branch_disagreement",
     "click_to_pixel",
+    "dataset_guess",
+    "dataset_label",
     "drop_point",
     "file_sha256",
     "model_facts",
@@ -45,7 +47,6 @@ __all__ = [
     "points_to_param",
     "prepare_label_map",
     "read_points_param",
-    "read_record_points",
     "recorded_scores",
     "remove_point",
     "result_key",
@@ -276,64 +277,14 @@ def points_from_param(text: str, image_size: tuple[int, int], max_points: int = 
     return read_points_param(text, image_size, max_points)[0]
 
 
-MAX_RECORD_BYTES = 8 << 20         # a record of 8 points with 3,000 class names is ~0.2 MB
-MAX_RECORD_DEPTH = 16              # ours nests 4 deep (metrics -> output -> iou -> class)
-MAX_COORDINATE = 1 << 31
-
-
-def _coordinate(value) -> int:
-    """A record's x or y: a whole number (an int, or a float with no fraction), finite, in range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"a record point has a non-numeric coordinate ({type(value).__name__})")
-    if isinstance(value, float) and not (np.isfinite(value) and value.is_integer()):
-        raise InputError(f"a record point has a coordinate that is not a whole number ({value!r})")
-    if not -MAX_COORDINATE <= value <= MAX_COORDINATE:
-        raise InputError("a record point has a coordinate out of range")
-    return int(value)
-
-
-def read_record_points(data: bytes | str, image_sha256: str, image_size: tuple[int, int],
-                       max_points: int = MAX_POINTS) -> tuple[list[tuple[int, int]], str | None]:
-    """The points of a downloaded JSON record, if it is a record of this image (same sha256 and
-    size), and a notice when it held more than ``max_points`` (the first are kept).
-
-    The record is a stranger's file: its size and nesting are checked before it is parsed, and
-    every point must be two whole, finite numbers inside the image. Anything else is one
-    ``InputError`` naming the problem (never a ``RecursionError`` or ``OverflowError``).
-    """
-    try:
-        record = bounded_json(data, "the record", MAX_RECORD_BYTES, MAX_RECORD_DEPTH)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if not isinstance(record, dict) or record.get("tool") != "danet-lens" or not isinstance(record.get("points"), list):
-        raise InputError("the file is not a danet-lens record (no tool/points)")
-    image = record.get("image") if isinstance(record.get("image"), dict) else {}
-    if image.get("sha256") != image_sha256:
-        raise InputError(f"the record is for another image ({image.get('name', 'unnamed')}); choose that image first")
-    height, width = image_size
-    if image.get("size") not in (None, {"height": height, "width": width}):
-        raise InputError(f"the record's image was {image['size']}, this one is {{'height': {height}, 'width': {width}}}"
-                         " (another size limit)")
-    points: list[tuple[int, int]] = []
-    used = 0
-    for entry in record["points"]:
-        if len(points) == max_points:
-            break
-        used += 1
-        if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
-            raise InputError("the record's points have no x/y")
-        x, y = _coordinate(entry["x"]), _coordinate(entry["y"])
-        if not (0 <= x < width and 0 <= y < height):
-            raise InputError(f"point ({x}, {y}) in the record lies outside the {width}x{height} image")
-        points, _ = add_point(points, (x, y), max_points)
-    given = len(record["points"])
-    return points, _kept_notice(given, len(points), "The record", max_points) if used < given else None
-
-
 def points_from_record(data: bytes | str, image_sha256: str, image_size: tuple[int, int],
                        max_points: int = MAX_POINTS) -> list[tuple[int, int]]:
-    """``read_record_points`` without its notice."""
-    return read_record_points(data, image_sha256, image_size, max_points)[0]
+    """The points of a downloaded JSON record, if it is a record of this image (same sha256 and size).
+
+    The record is a stranger's file: ``danet.safety.records`` bounds its size, nesting, values
+    and numbers before parsing and checks each field; any problem is one ``InputError`` line.
+    """
+    return read_points_record(data, image_sha256, image_size, max_points).points
 
 
 # ---- per-point attention statistics -----------------------------------------------------------
