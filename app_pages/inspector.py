@@ -34,7 +34,7 @@ from danet_app.literal import code, file_stem, md, plain
 from danet_app.verdict import (VERDICT_MAX_CELLS, Measured, card_pam_off_cost, pinned_summary, sink_peak,
                                typical_query, verdict_line)
 from danet_app.state import (MAX_POINTS, apply_click, branch_disagreement, drop_point, point_statistics,
-                             points_to_param, read_points_param, read_record_points, score_outputs)
+                             points_from_record, points_to_param, read_points_param, score_outputs)
 
 VIEW_KEY = "attention_view"
 OUTPUT_TITLES = {"fused": "Fused (DANet output)", "pam": "PAM branch", "cam": "CAM branch", "out": "Output"}
@@ -227,10 +227,10 @@ def load_record() -> None:
     if upload is None:
         return
     try:
-        st.session_state["points"], kept = read_record_points(upload.getvalue(), selection.image_sha256,
-                                                              result.image_size)
+        st.session_state["points"] = points_from_record(upload.getvalue(), selection.image_sha256,
+                                                        result.image_size)
         st.session_state["point_notice"] = (f"Loaded {len(st.session_state['points'])} points from "
-                                            f"{code(upload.name)}." + (f" {md(kept)}." if kept else ""))
+                                            f"{code(upload.name)}.")
     except DanetError as error:
         st.session_state["point_notice"] = f"Record not loaded: {md(error)}"
 

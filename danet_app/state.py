@@ -36,6 +36,8 @@ __all__ = [
     "attention_entropy",
     "branch_disagreement",
     "click_to_pixel",
+    "dataset_guess",
+    "dataset_label",
     "drop_point",
     "file_sha256",
     "model_facts",
@@ -46,7 +48,6 @@ __all__ = [
     "points_to_param",
     "prepare_label_map",
     "read_points_param",
-    "read_record_points",
     "recorded_scores",
     "remove_point",
     "result_key",
@@ -277,39 +278,14 @@ def points_from_param(text: str, image_size: tuple[int, int], max_points: int = 
     return read_points_param(text, image_size, max_points)[0]
 
 
-MAX_RECORD_BYTES = 8 << 20         # a record of 8 points with 3,000 class names is ~0.2 MB
-MAX_RECORD_DEPTH = 16              # ours nests 4 deep (metrics -> output -> iou -> class)
-MAX_COORDINATE = 1 << 31
-
-
-def _coordinate(value) -> int:
-    """A record's x or y: a whole number (an int, or a float with no fraction), finite, in range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"a record point has a non-numeric coordinate ({type(value).__name__})")
-    if isinstance(value, float) and not (np.isfinite(value) and value.is_integer()):
-        raise InputError(f"a record point has a coordinate that is not a whole number ({value!r})")
-    if not -MAX_COORDINATE <= value <= MAX_COORDINATE:
-        raise InputError("a record point has a coordinate out of range")
-    return int(value)
-
-
-def read_record_points(data: bytes | str, image_sha256: str, image_size: tuple[int, int],
-                       max_points: int = MAX_POINTS) -> tuple[list[tuple[int, int]], str | None]:
-    """The points of a downloaded JSON record, if it is a record of this image (same sha256 and
-    size), and a notice (None: the library refuses what it cannot keep whole).
-
-    The record is a stranger's file: ``danet.safety.records`` bounds its size, nesting, values
-    and numbers before parsing and checks each field; anything else is one ``InputError`` line
-    (never a ``RecursionError`` or ``OverflowError``). A record with more points than a page keeps
-    is refused with the count, as the issue asks of records (a URL keeps the first and says so).
-    """
-    return read_points_record(data, image_sha256, image_size, max_points).points, None
-
-
 def points_from_record(data: bytes | str, image_sha256: str, image_size: tuple[int, int],
                        max_points: int = MAX_POINTS) -> list[tuple[int, int]]:
-    """``read_record_points`` without its notice."""
-    return read_record_points(data, image_sha256, image_size, max_points)[0]
+    """The points of a downloaded JSON record, if it is a record of this image (same sha256 and size).
+
+    The record is a stranger's file: ``danet.safety.records`` bounds its size, nesting, values
+    and numbers before parsing and checks each field; any problem is one ``InputError`` line.
+    """
+    return read_points_record(data, image_sha256, image_size, max_points).points
 
 
 # ---- per-point attention statistics -----------------------------------------------------------

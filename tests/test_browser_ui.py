@@ -12,6 +12,7 @@ Screenshots go to ``test-artifacts/ui_*.png``.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -341,4 +342,23 @@ def test_the_reverse_view_bar_and_the_raw_readout_say_what_they_show(app_server,
     assert "does not sum to 1" in view.page.locator("#readout").inner_text()
     view.shot("ui_reverse_view.png")
     view.choose("Map", "Where it looks (row)")
+    view.context.close()
+
+
+def test_a_link_with_10000_points_keeps_the_first_8_and_says_so(app_server, browser):
+    """10,000 valid points in ?points= (62,896 characters, about the longest query the server
+    takes: Tornado answers 400 to a request line over 64 KB, so 10^5 points never reach the app)
+    were silently dropped; now the first 8 are kept and a notice says so, next to the map."""
+    tag = hashlib.sha256(SAMPLE.read_bytes()).hexdigest()[:12]
+    points = ";".join(f"{i % 480},{i // 480 % 360}" for i in range(10_000))
+    view = Page(browser, app_server, path=f"/?image={tag}&points={points}").ready()
+    view.wait_attr("pinned-count", "8")
+    notice = view.page.locator("[data-testid='stMain'] [data-testid='stAlertContainer']",
+                               has_text="The URL holds 10,000 points")
+    notice.wait_for(timeout=WAIT_S * 1000)
+    assert "the first 8 are used (the inspector keeps at most 8 points per image)" in notice.inner_text()
+    assert notice.bounding_box()["y"] < view.page.locator("#input-canvas").bounding_box()["y"]   # above the map
+    view.page.wait_for_function("() => location.search.length < 200")        # the link now holds those 8
+    view.shot("ui_link_10000_points.png")
+    assert view.outside == []
     view.context.close()
