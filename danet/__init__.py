@@ -33,16 +33,22 @@ __all__ = ["load", "inspect_image", "InspectionResult", "select_device", "list_m
 __version__ = "0.2.0"
 
 
+SUBPACKAGES = ("analysis", "checkpoints", "cli", "data", "inspection", "jobs", "maps", "models", "render",
+               "runtime", "safety", "weights", "loader", "errors")
+
+
 def __getattr__(name: str):
+    import importlib
+
+    if name in SUBPACKAGES:                  # ``danet.weights...`` after a plain ``import danet``, as before
+        return importlib.import_module(f"danet.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'danet' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value                  # later look-ups are plain attribute reads
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(SUBPACKAGES))

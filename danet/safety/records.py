@@ -149,7 +149,9 @@ def shown(value, limit: int = 60, *, quote: bool = True) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-MAX_COORDINATE = 1 << 31           # a coordinate beyond this is out of range, whatever the image
+def _told(number: int) -> str:
+    """A whole number for a message: in full up to 40 digits, else short (1e+300 stays one line)."""
+    return str(number) if abs(number) < 10**40 else f"{float(number):.3g}"
 
 
 def _whole(value, what: str, low: int | None = None, high: int | None = None) -> int:
@@ -160,8 +162,7 @@ def _whole(value, what: str, low: int | None = None, high: int | None = None) ->
         raise InputError(f"{what} is {value!r}, not a whole number")
     number = int(value)
     if low is not None and high is not None and not low <= number < high:
-        told = f"{number:,}" if abs(number) < 10**15 else f"{float(value):.3g}"    # a huge number stays short
-        raise InputError(f"{what} is {told}, outside {low:,}..{high - 1:,}")
+        raise InputError(f"{what} is {number:,}, outside {low}..{high - 1:,}")
     return number
 
 
@@ -209,10 +210,9 @@ def read_points_record(data: str | bytes, image_sha256: str, image_size: tuple[i
     for number, point in enumerate(points, 1):
         if not isinstance(point, dict) or "x" not in point or "y" not in point:
             raise InputError(f"the record's point {number} is {shown(point)}, not an object with x and y")
-        x, y = (_whole(point["x"], f"point {number}'s x", -MAX_COORDINATE, MAX_COORDINATE),
-                _whole(point["y"], f"point {number}'s y", -MAX_COORDINATE, MAX_COORDINATE))
+        x, y = _whole(point["x"], f"point {number}'s x"), _whole(point["y"], f"point {number}'s y")
         if not (0 <= x < width and 0 <= y < height):
-            raise InputError(f"the record's point ({x}, {y}) lies outside the {width}x{height} image")
+            raise InputError(f"the record's point ({_told(x)}, {_told(y)}) lies outside the {width}x{height} image")
         kept[(x, y)] = None
     if len(kept) > max_points:
         raise InputError(f"the record holds {len(kept):,} points; a page keeps at most {max_points}")
