@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from danet.maps.base import entropy_bits
-from danet.maps.grid import grid_labels
+from danet.maps.grid import grid_labels, same_class_mass
 from danet.analysis.metrics import confusion_matrix, scores
 from danet.checkpoints.meta import LoadedModel
 from danet.data.labels import load_label_map
@@ -342,7 +342,8 @@ def point_statistics(result: InspectionResult, points: list[tuple[int, int]], ro
             index=index, x=int(x), y=int(y), cell=result.pixel_to_cell(x, y),
             class_id=class_id, class_name=classes[class_id] if class_id < num_classes else str(class_id),
             entropy_bits=entropy, entropy_fraction=entropy / max_entropy,
-            same_class_share=float(mass[class_id]) if class_id < num_classes else 0.0,
+            same_class_share=float(same_class_mass(flat[None], per_class_index, [class_id])[0])
+            if class_id < num_classes else 0.0,                     # the one definition (danet.maps.grid)
             top_class_id=top, top_class_name=classes[top], top_class_share=float(mass[top]),
             peak_cell=divmod(peak, result.grid_size[1]),
         ))

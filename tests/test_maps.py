@@ -102,3 +102,13 @@ def test_aggregation_paths_agree_with_the_scaled_reference(method):
     q, k, v = (torch.randn(2, 50, d, generator=g) for d in (4, 4, 6))
     reference = torch.softmax(q @ k.transpose(1, 2) * 0.25, -1) @ v
     torch.testing.assert_close(aggregate(q, k, v, method, scale=0.25), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_same_class_mass_is_one_definition_with_void_left_out():
+    from danet.maps.grid import VOID, same_class_mass
+
+    rows = np.array([[0.5, 0.2, 0.2, 0.1], [0.1, 0.1, 0.4, 0.4]])
+    cells = np.array([3, 3, VOID, 7])
+    # query 1 is class 3: 0.7 of the 0.8 off void; query 2 is class 7: 0.4 of 0.6
+    np.testing.assert_allclose(same_class_mass(rows, cells, [3, 7]), [0.7 / 0.8, 0.4 / 0.6])
+    assert np.isnan(same_class_mass(np.array([[0.0, 0.0, 1.0, 0.0]]), cells, [3])[0])

@@ -48,7 +48,7 @@ import torch
 from danet.errors import LabelMapError
 from danet.analysis.metrics import confusion_matrix, scores
 from danet.maps.base import entropy_bits
-from danet.maps.grid import VOID, cell_centres, grid_labels, pixel_cells  # noqa: F401  (re-exported)
+from danet.maps.grid import VOID, same_class_mass, cell_centres, grid_labels, pixel_cells  # noqa: F401  (re-exported)
 
 QUERY_COLUMNS = ("image", "row", "col", "x", "y", "gt_class", "pred_class", "same_class_mass_gt",
                  "chance_gt", "same_class_mass_pred", "chance_pred", "entropy", "entropy_normalised",
@@ -90,7 +90,7 @@ def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray,
     same_gt = (gt[None, :] == gt[queries][:, None]) & valid[None, :]
     same_pred = pred[None, :] == pred[queries][:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        mass_gt = (rows * same_gt).sum(1) / (rows * valid[None, :]).sum(1)
+        mass_gt = same_class_mass(rows, gt, gt[queries])
         chance_gt = same_gt.sum(1) / max(valid.sum(), 1)
     entropy = entropy_bits(rows)
     if mean_row is not None:
@@ -108,7 +108,7 @@ def query_statistics(rows: np.ndarray, queries: np.ndarray, grid_gt: np.ndarray,
     return {
         "same_class_mass_gt": mass_gt,
         "chance_gt": chance_gt,
-        "same_class_mass_pred": (rows * same_pred).sum(1),
+        "same_class_mass_pred": same_class_mass(rows, pred, pred[queries]),
         "chance_pred": same_pred.mean(1),
         "entropy": entropy,
         "entropy_normalised": entropy / math.log2(n) if n > 1 else np.zeros_like(entropy),

@@ -94,3 +94,20 @@ def cell_centres(grid_size: tuple[int, int], image_size: tuple[int, int]) -> tup
     in_cells = np.stack([rows.ravel(), cols.ravel()], 1)
     in_pixels = np.stack([cols.ravel() * width / gw, rows.ravel() * height / gh], 1)
     return in_cells, in_pixels
+
+
+def same_class_mass(rows, cell_classes, query_classes) -> np.ndarray:
+    """The share of each row's mass on cells of its query's class: the one definition.
+
+    ``rows`` (P, N) attention rows, ``cell_classes`` (N,) each cell's class (``grid_labels``: the
+    majority of its pixels, ``VOID`` where void wins), ``query_classes`` (P,) the class each query
+    stands for (a clicked pixel's own class in the app; a sampled cell's majority class in
+    attention-stats). Void cells are left out and the rest renormalised; NaN when a row has no
+    mass off void cells.
+    """
+    rows = np.asarray(rows, dtype=np.float64).reshape(len(query_classes), -1)
+    cells = np.asarray(cell_classes).ravel()
+    valid = cells != VOID
+    same = (cells[None, :] == np.asarray(query_classes)[:, None]) & valid[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (rows * same).sum(1) / (rows * valid[None, :]).sum(1)
