@@ -1013,3 +1013,12 @@ def test_importing_danet_makes_openmp_wait_passively_unless_told_otherwise():
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                               env={**env, "PYTHONPATH": str(REPO), **({"OMP_WAIT_POLICY": preset} if preset else {})})
         assert done.stdout.strip() == expected, done.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "attention", "measures"])
+def test_out_help_says_one_run_per_folder_and_how_to_run_two(command):
+    import re as _re
+
+    text = " ".join(run(command, "--help", env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output.split())
+    assert _re.search(r"a second run on the same --out stops at once .*intended.* run two jobs at once with two "
+                      r"folders", text), text
