@@ -964,3 +964,59 @@ def test_3000_classes_predict_within_2_gb_above_the_loaded_libraries(tmp_path, m
     for name in ("fused_mask.png", "pam_mask.png", "cam_mask.png"):
         limited = np.asarray(Image.open(tmp_path / "limited" / "frame" / name))
         assert np.array_equal(limited, np.asarray(Image.open(tmp_path / "free" / "frame" / name))), name
+
+
+# ---- thumbnails: batched, one flush per batch (issue 26) ---------------------------------------
+def test_a_sync_group_puts_files_in_place_only_at_commit_and_keeps_what_completed(tmp_path, monkeypatch):
+    group = outputs.SyncGroup(tmp_path)
+    with group.collect(key="a"):
+        outputs.save_text(tmp_path / "a.txt", "first")
+    with group.collect(key="b"):
+        outputs.save_text(tmp_path / "b.txt", "second")
+        outputs.save_text(tmp_path / "b2.txt", "third")
+    assert not (tmp_path / "a.txt").exists() and len(partials(tmp_path)) == 3     # nothing named yet
+    real_fsync = outputs._fsync
+
+    def full(path):
+        if path.name.startswith(".b2"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(path)
+
+    monkeypatch.setattr(outputs, "_fsync", full)
+    committed = []
+    with pytest.raises(outputs.OutputError, match=r"cannot write .*b2\.txt: no space left on device"):
+        for key in group.commit():
+            committed.append(key)
+    assert committed == ["a"] and (tmp_path / "a.txt").read_text() == "first"
+    assert (tmp_path / "b.txt").exists() and not (tmp_path / "b2.txt").exists() and not partials(tmp_path)
+
+
+def test_thumbnails_are_batched_on_the_cpu_with_the_masks_of_batch_1(tmp_path, checkpoint):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for i in range(12):
+        write_image(folder / f"t{i:02d}.png", 12, 16, seed=i)
+    assert predict(folder, tmp_path / "batched", checkpoint).exit_code == 0
+    assert predict(folder, tmp_path / "single", checkpoint, "--batch-size", 1).exit_code == 0
+    records = [json.loads((tmp_path / "batched" / f"t{i:02d}" / "prediction.json").read_text()) for i in range(12)]
+    assert {r["batch"] for r in records} == {12}
+    agree = [np.mean(np.asarray(Image.open(tmp_path / "batched" / f"t{i:02d}" / "fused_mask.png"))
+                     == np.asarray(Image.open(tmp_path / "single" / f"t{i:02d}" / "fused_mask.png")))
+             for i in range(12)]
+    assert min(agree) > 0.999, agree                             # batched convolutions round alike but for ties
+
+
+def test_importing_danet_makes_openmp_wait_passively():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", "import os, danet; print(os.environ['OMP_WAIT_POLICY'])"],
+                          capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": str(REPO)})
+    assert done.stdout.strip() == "PASSIVE", done.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "attention", "measures"])
+def test_out_help_says_one_run_per_folder_and_how_to_run_two(command):
+    import re as _re
+
+    text = " ".join(run(command, "--help", env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output.split())
+    assert _re.search(r"a second run on the same --out stops at once .*intended.* run two jobs at once with two "
+                      r"folders", text), text

@@ -14,7 +14,7 @@ from danet.jobs.attention import check_figure_path, export_attention, export_fig
 from danet.safety.outputs import prepare_output_dir
 from danet.jobs.measures import measure_query, write_measures
 from danet.cli.errors import reports_errors, warn
-from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.cli.options import ONE_RUN, AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 from danet.cli.ranges import ranged
 
 Image = Annotated[Path, typer.Argument(metavar="IMAGE", help="image file", show_default=False)]
@@ -25,7 +25,7 @@ Points = Annotated[List[str], typer.Option("--point", metavar="X,Y", help="query
 def attention(
     image: Image,
     point: Points,
-    out: Path = typer.Option(..., "--out", help="output folder"),
+    out: Path = typer.Option(..., "--out", help="output folder" + ONE_RUN),
     channel: List[int] = ranged("attention", "--channel", [], "CAM channel to export before/after (repeatable)"),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
@@ -69,7 +69,8 @@ def figure(
 def measures(
     image: Image,
     point: Points = [],
-    out: Optional[Path] = typer.Option(None, "--out", help="also write measures.json and the PNGs into this folder"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write measures.json and the PNGs into this folder"
+                                       + ONE_RUN),
     labels: Optional[Path] = typer.Option(None, "--labels", metavar="LABELMAP", show_default=False,
                                           help="label map of the image (ids or the dataset's colours): "
                                                "adds the fused mIoU change of each ablation"),

@@ -21,6 +21,9 @@ from danet.loader import load
 from danet.cli.errors import fail, warn
 
 FROM_FILE = "default: what the file records, else its layout's"
+ONE_RUN = ("; one run per folder at a time: a second run on the same --out stops at once with \"in use by "
+           "another danet run\" (intended: the two would overwrite each other); run two jobs at once with two "
+           "folders")
 
 Checkpoint = Annotated[Optional[Path], typer.Option(
     "--checkpoint", metavar="PATH", show_default=False,

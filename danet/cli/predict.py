@@ -11,14 +11,14 @@ from danet.runtime import distributed
 from danet.jobs.inputs import collect_images
 from danet.jobs.predict import predict_images
 from danet.cli.errors import fail, reports_errors
-from danet.cli.options import AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
+from danet.cli.options import ONE_RUN, AlignCorners, Checkpoint, Dataset, Device, Dilation, load_chosen
 from danet.cli.ranges import ranged
 
 
 @reports_errors
 def predict(
     inputs: List[Path] = typer.Argument(..., metavar="IMAGES_OR_DIRS", help="image files and/or folders"),
-    out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per image)"),
+    out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per image)" + ONE_RUN),
     checkpoint: Checkpoint = None,
     dilation: Dilation = None,
     dataset: Dataset = None,
