@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from danet.render import overlays as viz
+from danet.maps.base import FLOAT32_LIMIT
 from danet.maps.grid import grid_labels
 from danet.errors import InputError
 from danet.inspection import InspectionResult
@@ -34,10 +35,7 @@ from danet_app.timeline import mark
 STATIC = Path(__file__).resolve().parent / "static"
 COMPONENT_NAME = "danet_attention_view"
 JPEG_QUALITY = 90
-# Q and K go as float32 while they are small (the default model: N d = 43,200 values each, 0.35 MB
-# both) and as float16 above (a 2048x1024 frame at d = 64: 8 MB instead of 16 MB). float16 moves a
-# softmax weight by up to ~1e-3 on the default model; float32 matches InspectionResult.rows to 1e-7.
-FLOAT32_LIMIT = 1 << 18
+# Q and K go as float32 while they are small, float16 above: the rule is the maps' own (danet.maps.base).
 
 
 def image_data_url(image: np.ndarray, quality: int = JPEG_QUALITY) -> str:

@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 MAX_POINTS = 8                     # clicked points kept per image (the paper figure shows 2-6)
-OUTPUTS = ("fused", "pam", "cam")  # the three DANet outputs, in the order the model returns them
 FALLBACK_IGNORE = 255              # ignore id for label maps when the dataset has none
 
 
